@@ -1,0 +1,301 @@
+"""Scripted transfer client that migrates mid-transfer, then reports one JSON object.
+
+    python -m testbed.apps.client --server IP:PORT --local-ip IP --client NAME --bytes N
+        [--migrate nat-rebind|active --migrate-ip IP (--at-bytes N | --at-seconds S)]
+        [--seed S] [--idle-timeout S] [--timeout S] [--qlog-dir DIR] [--keylog FILE]
+        --out FILE
+
+Migration follows the recipe measured in ../shared/AIOQUIC.md: open the new socket first,
+then swap the transport, switch CID (active migration only) and transmit with no `await`
+in between, and close the old socket a little later so packets in flight still arrive.
+The client uses its own IPv4 sockets so the new socket's address family matches the peer
+address aioquic already holds.
+
+A connection that dies is a result: the report says `completed: false` and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import ssl
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from aioquic.asyncio import QuicConnectionProtocol
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
+
+from testbed.apps.server import parse_address
+from testbed.apps.transfer import (
+    ALPN,
+    MAX_HEADER_BYTES,
+    SERVER_NAME,
+    StreamHeader,
+    TransferProtocolError,
+    TransferReply,
+    payload_chunks,
+)
+
+# Payload handed to aioquic but not yet acknowledged; aioquic buffers whatever it is given,
+# so without this bound "migrate at byte N" would mean "N bytes queued", not "N delivered".
+SEND_WINDOW_BYTES = 1024 * 1024
+MIGRATION_KINDS = ("nat-rebind", "active")
+OLD_SOCKET_GRACE_S = 1.0
+
+
+@dataclass
+class ClientReport:
+    client: str
+    completed: bool = False
+    verified: bool = False
+    handshake_ms: float | None = None
+    goodput_mbps: float | None = None
+    bytes_requested: int = 0
+    bytes_acknowledged: int = 0
+    started_at: float | None = None
+    first_byte_sent_at: float | None = None
+    last_byte_acknowledged_at: float | None = None
+    migration: dict | None = None
+    last_received_at: float | None = None
+    failure: str | None = None
+    smoothed_rtt_ms: float | None = None
+    quic_close: dict | None = None
+    digest: dict = field(default_factory=dict)
+
+
+class _SocketForwarder(asyncio.DatagramProtocol):
+    """Feeds the datagrams of a migrated-to socket into the QUIC protocol."""
+
+    def __init__(self, protocol: QuicConnectionProtocol) -> None:
+        self._protocol = protocol
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self._protocol.datagram_received(data, addr)
+
+
+class TransferClientProtocol(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = asyncio.Event()
+        self.reply_buffer = bytearray()
+        self.reply_complete = False
+        self.last_received_at: float | None = None
+        self.close_event: ConnectionTerminated | None = None
+
+    def datagram_received(self, data, addr) -> None:
+        self.last_received_at = time.monotonic()
+        super().datagram_received(data, addr)
+        self.progress.set()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            if len(self.reply_buffer) + len(event.data) <= MAX_HEADER_BYTES:
+                self.reply_buffer += event.data
+            self.reply_complete = self.reply_complete or event.end_stream
+        elif isinstance(event, ConnectionTerminated):
+            self.close_event = event
+        self.progress.set()
+
+    @property
+    def transport(self) -> asyncio.DatagramTransport:
+        return self._transport
+
+    def switch_transport(self, transport: asyncio.DatagramTransport, new_cid: bool) -> None:
+        """Moves the connection to `transport`; no await may separate these steps."""
+        self._transport = transport
+        if new_cid:
+            self._quic.change_connection_id()
+        self.transmit()
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    kind: str
+    new_local_ip: str
+    at_bytes: int | None = None
+    at_seconds: float | None = None
+
+    def due(self, acknowledged: int, since_first_byte: float) -> bool:
+        if self.at_bytes is not None:
+            return acknowledged >= self.at_bytes
+        return since_first_byte >= self.at_seconds
+
+
+async def migrate(
+    protocol: TransferClientProtocol, plan: MigrationPlan
+) -> dict:
+    loop = asyncio.get_running_loop()
+    quic = protocol._quic
+    old_transport = protocol.transport
+    old_local = old_transport.get_extra_info("sockname")
+    new_transport, _ = await loop.create_datagram_endpoint(
+        lambda: _SocketForwarder(protocol), local_addr=(plan.new_local_ip, 0)
+    )
+    old_dcid = quic._peer_cid.cid.hex()
+    migrated_at = time.monotonic()
+    protocol.switch_transport(new_transport, new_cid=plan.kind == "active")
+    loop.call_later(OLD_SOCKET_GRACE_S, old_transport.close)
+    return {
+        "kind": plan.kind,
+        "at": migrated_at,
+        "from": list(old_local[:2]),
+        "to": list(new_transport.get_extra_info("sockname")[:2]),
+        "old_dcid": old_dcid,
+        "new_dcid": quic._peer_cid.cid.hex(),
+    }
+
+
+def _acknowledged_bytes(quic: QuicConnection, stream_id: int, header_size: int) -> int:
+    # aioquic discards stream data once acknowledged contiguously; _buffer_start is that
+    # offset (private, checked on aioquic 1.7.2).
+    sender = quic._streams[stream_id].sender
+    return max(0, sender._buffer_start - header_size)
+
+
+def _buffered_bytes(quic: QuicConnection, stream_id: int) -> int:
+    sender = quic._streams[stream_id].sender
+    return sender._buffer_stop - sender._buffer_start
+
+
+async def run_transfer(args: argparse.Namespace, report: ClientReport) -> None:
+    loop = asyncio.get_running_loop()
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=[ALPN],
+        server_name=SERVER_NAME,
+        verify_mode=ssl.CERT_NONE,
+        idle_timeout=args.idle_timeout,
+    )
+    if args.qlog_dir:
+        from aioquic.quic.logger import QuicFileLogger
+
+        configuration.quic_logger = QuicFileLogger(args.qlog_dir)
+    if args.keylog:
+        configuration.secrets_log_file = open(args.keylog, "a")  # noqa: SIM115 (lives as long as the process)
+    quic = QuicConnection(configuration=configuration)
+    server = parse_address(args.server)
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: TransferClientProtocol(quic), local_addr=(args.local_ip, 0)
+    )
+    plan = (
+        MigrationPlan(args.migrate, args.migrate_ip, args.at_bytes, args.at_seconds)
+        if args.migrate
+        else None
+    )
+    try:
+        report.started_at = time.monotonic()
+        protocol.connect(server)
+        await protocol.wait_connected()
+        report.handshake_ms = (time.monotonic() - report.started_at) * 1000
+        await _send_and_await_reply(protocol, quic, args, plan, report)
+    except ConnectionError:
+        pass  # the close event below says why
+    finally:
+        report.last_received_at = protocol.last_received_at
+        report.smoothed_rtt_ms = quic._loss._rtt_smoothed * 1000
+        if protocol.close_event is not None:
+            event = protocol.close_event
+            report.quic_close = {"error_code": event.error_code, "reason": event.reason_phrase}
+            if not report.completed and report.failure is None:
+                report.failure = f"connection closed: {event.reason_phrase or 'no reason'}"
+                if event.reason_phrase == "Idle timeout":
+                    report.failure = (
+                        f"connection closed by idle timeout ({args.idle_timeout:g} s "
+                        "without a packet from the server)"
+                    )
+        protocol.close()
+        protocol.transport.close()
+
+
+async def _send_and_await_reply(
+    protocol: TransferClientProtocol,
+    quic: QuicConnection,
+    args: argparse.Namespace,
+    plan: MigrationPlan | None,
+    report: ClientReport,
+) -> None:
+    stream_id = quic.get_next_available_stream_id()
+    header = StreamHeader(client=args.client, bytes=args.bytes).encode()
+    quic.send_stream_data(stream_id, header)
+    chunks = payload_chunks(args.bytes, args.seed)
+    digest = hashlib.sha256()
+    sent = 0
+    report.first_byte_sent_at = time.monotonic()
+    while not protocol.reply_complete:
+        if protocol.close_event is not None:
+            return
+        acknowledged = _acknowledged_bytes(quic, stream_id, len(header))
+        if plan and report.migration is None and quic._handshake_confirmed:
+            since_first = time.monotonic() - report.first_byte_sent_at
+            if plan.due(acknowledged, since_first):
+                report.migration = await migrate(protocol, plan)
+        while sent < args.bytes and _buffered_bytes(quic, stream_id) < SEND_WINDOW_BYTES:
+            chunk = next(chunks)
+            digest.update(chunk)
+            sent += len(chunk)
+            quic.send_stream_data(stream_id, chunk, end_stream=sent >= args.bytes)
+        protocol.transmit()
+        protocol.progress.clear()
+        await protocol.progress.wait()
+    report.last_byte_acknowledged_at = time.monotonic()
+    report.bytes_acknowledged = args.bytes
+    reply = TransferReply.decode(bytes(protocol.reply_buffer).partition(b"\n")[0])
+    report.completed = True
+    report.digest = {"sent": digest.hexdigest(), "received": reply.sha256}
+    report.verified = reply.sha256 == digest.hexdigest() and reply.bytes == args.bytes
+    if not report.verified:
+        report.failure = f"payload mismatch: server got {reply.bytes} bytes, sha256 {reply.sha256}"
+    elapsed = report.last_byte_acknowledged_at - report.first_byte_sent_at
+    report.goodput_mbps = args.bytes * 8 / elapsed / 1e6 if report.verified else None
+
+
+async def main_async(args: argparse.Namespace) -> ClientReport:
+    report = ClientReport(client=args.client, bytes_requested=args.bytes)
+    try:
+        await asyncio.wait_for(run_transfer(args, report), timeout=args.timeout)
+    except TimeoutError:
+        report.failure = f"transfer did not finish within the {args.timeout:g} s run timeout"
+    except TransferProtocolError as exc:
+        report.failure = f"bad reply from server: {exc}"
+    except OSError as exc:
+        report.failure = f"socket error: {exc}"
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", required=True, help="IPv4:PORT")
+    parser.add_argument("--local-ip", required=True)
+    parser.add_argument("--client", required=True, help="client name carried in the stream")
+    parser.add_argument("--bytes", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--migrate", choices=MIGRATION_KINDS)
+    parser.add_argument("--migrate-ip")
+    parser.add_argument("--at-bytes", type=int)
+    parser.add_argument("--at-seconds", type=float)
+    parser.add_argument("--idle-timeout", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--qlog-dir")
+    parser.add_argument("--keylog")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.migrate and (args.migrate_ip is None or (args.at_bytes is None) == (args.at_seconds is None)):
+        parser.error("--migrate needs --migrate-ip and exactly one of --at-bytes/--at-seconds")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    report = asyncio.run(main_async(args))
+    with open(args.out, "w", encoding="utf-8") as stream:
+        json.dump(asdict(report), stream)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Transfer server: receives each client's stream, hashes it, replies with the digest.
+
+It writes one JSON line per event to `--events` and flushes at once, so the runner can read
+what happened even after killing it: `first_data` the first time stream bytes arrive from a
+peer address (the receiver side of the disruption metric), `finished` when a stream's FIN
+arrives. Times are `time.monotonic()`, the system-wide clock that the client also uses.
+
+    python -m testbed.apps.server --listen 10.0.0.250:4433 --events FILE [--qlog-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import hashlib
+import json
+import signal
+import time
+from typing import IO
+
+from aioquic.asyncio import QuicConnectionProtocol, serve
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from testbed.apps.transfer import (
+    ALPN,
+    MAX_HEADER_BYTES,
+    SERVER_NAME,
+    StreamHeader,
+    TransferProtocolError,
+    TransferReply,
+)
+
+
+def self_signed_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAME)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate, key
+
+
+class EventLog:
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def write(self, event: str, **fields: object) -> None:
+        self._stream.write(json.dumps({"event": event, "t": time.monotonic(), **fields}) + "\n")
+        self._stream.flush()
+
+
+class _ReceivedStream:
+    def __init__(self) -> None:
+        self.header: StreamHeader | None = None
+        self.pending_header = bytearray()
+        self.digest = hashlib.sha256()
+        self.received = 0
+        self.addresses_seen: set[tuple[str, int]] = set()
+
+
+class TransferServerProtocol(QuicConnectionProtocol):
+    def __init__(self, *args, event_log: EventLog, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._event_log = event_log
+        self._streams: dict[int, _ReceivedStream] = {}
+        self._datagram_source: tuple[str, int] | None = None
+
+    def datagram_received(self, data, addr) -> None:
+        # Events produced by this datagram are attributed to the address it came from.
+        self._datagram_source = (addr[0], addr[1])
+        super().datagram_received(data, addr)
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            self._stream_data(event)
+        elif isinstance(event, ConnectionTerminated):
+            clients = [s.header.client for s in self._streams.values() if s.header]
+            self._event_log.write(
+                "terminated",
+                clients=clients,
+                error_code=event.error_code,
+                reason=event.reason_phrase,
+            )
+
+    def _stream_data(self, event: StreamDataReceived) -> None:
+        stream = self._streams.setdefault(event.stream_id, _ReceivedStream())
+        data = event.data
+        if stream.header is None:
+            stream.pending_header += data
+            line, newline, rest = stream.pending_header.partition(b"\n")
+            if not newline:
+                if len(stream.pending_header) > MAX_HEADER_BYTES:
+                    self._quic.close(error_code=0x1, reason_phrase="header too long")
+                return
+            try:
+                stream.header = StreamHeader.decode(bytes(line))
+            except TransferProtocolError as exc:
+                self._quic.close(error_code=0x1, reason_phrase=str(exc)[:100])
+                return
+            data = bytes(rest)
+        if data and self._datagram_source not in stream.addresses_seen:
+            stream.addresses_seen.add(self._datagram_source)
+            self._event_log.write(
+                "first_data",
+                client=stream.header.client,
+                addr=list(self._datagram_source),
+                offset=stream.received,
+            )
+        stream.digest.update(data)
+        stream.received += len(data)
+        if event.end_stream:
+            reply = TransferReply(bytes=stream.received, sha256=stream.digest.hexdigest())
+            self._event_log.write(
+                "finished", client=stream.header.client, bytes=reply.bytes, sha256=reply.sha256
+            )
+            self._quic.send_stream_data(event.stream_id, reply.encode(), end_stream=True)
+            self.transmit()
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+async def serve_forever(args: argparse.Namespace) -> None:
+    configuration = QuicConfiguration(
+        is_client=False, alpn_protocols=[ALPN], idle_timeout=args.idle_timeout
+    )
+    configuration.certificate, configuration.private_key = self_signed_certificate()
+    if args.qlog_dir:
+        from aioquic.quic.logger import QuicFileLogger
+
+        configuration.quic_logger = QuicFileLogger(args.qlog_dir)
+    host, port = parse_address(args.listen)
+    with open(args.events, "a", encoding="utf-8") as stream:
+        event_log = EventLog(stream)
+        server = await serve(
+            host,
+            port,
+            configuration=configuration,
+            create_protocol=lambda *a, **kw: TransferServerProtocol(
+                *a, event_log=event_log, **kw
+            ),
+        )
+        event_log.write("listening", addr=[host, port])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", required=True, help="IPv4:PORT")
+    parser.add_argument("--events", required=True, help="JSON-lines event file (appended)")
+    parser.add_argument("--idle-timeout", type=float, default=30.0)
+    parser.add_argument("--qlog-dir")
+    asyncio.run(serve_forever(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
