@@ -1,0 +1,138 @@
+"""The os-ken (Ryu API) app: a thin shell around `Middlebox`.
+
+Each handler is one delegation call; `_apply` is the one place that turns decisions into
+OpenFlow 1.3 messages and writes the decision log (one JSON line per decision). An unhandled
+exception ends the process loudly (faucet's kill_on_exception): the runner sees a dead
+controller and reports an infrastructure failure instead of measuring a half-dead middlebox.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+
+from os_ken import cfg
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.ofproto import ofproto_v1_3
+
+from qasm.controller.messages import PORT_CONTROLLER, ClearFlows, FlowRule, Match, PacketOut
+from qasm.controller.pipeline import Decision, Middlebox, MiddleboxConfig
+
+CONF = cfg.CONF
+CONF.register_cli_opts(
+    [
+        cfg.StrOpt("qasm-config", help="middlebox configuration (JSON file)"),
+        cfg.StrOpt("qasm-decision-log", help="JSON-lines decision log (appended)"),
+    ]
+)
+EXIT_HANDLER_CRASHED = 70
+
+
+def kill_on_exception(handler):
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            os._exit(EXIT_HANDLER_CRASHED)
+
+    return wrapper
+
+
+class MiddleboxApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        with open(CONF.qasm_config, encoding="utf-8") as stream:
+            self.middlebox = Middlebox(MiddleboxConfig.from_json(stream.read()))
+        self.decision_log = open(CONF.qasm_decision_log, "a", encoding="utf-8")  # noqa: SIM115
+
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    @kill_on_exception
+    def switch_features(self, ev) -> None:
+        datapath = ev.msg.datapath
+        self._apply(datapath, self.middlebox.switch_connected(datapath.id))
+
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    @kill_on_exception
+    def packet_in(self, ev) -> None:
+        msg = ev.msg
+        decision = self.middlebox.packet_in(
+            msg.datapath.id, msg.match["in_port"], bytes(msg.data), time.monotonic()
+        )
+        self._apply(msg.datapath, decision)
+
+    def _apply(self, datapath, decision: Decision) -> None:
+        for message in decision.messages:
+            datapath.send_msg(_to_openflow(datapath, message))
+        record = {"t": time.monotonic(), **decision.record}
+        self.decision_log.write(json.dumps(record) + "\n")
+        self.decision_log.flush()
+
+
+def _to_openflow(datapath, message):
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    if isinstance(message, ClearFlows):
+        return parser.OFPFlowMod(
+            datapath,
+            command=ofp.OFPFC_DELETE,
+            table_id=ofp.OFPTT_ALL,
+            out_port=ofp.OFPP_ANY,
+            out_group=ofp.OFPG_ANY,
+            match=parser.OFPMatch(),
+        )
+    if isinstance(message, PacketOut):
+        return parser.OFPPacketOut(
+            datapath,
+            buffer_id=ofp.OFP_NO_BUFFER,
+            in_port=message.in_port,
+            actions=[parser.OFPActionOutput(message.out_port)],
+            data=message.data,
+        )
+    if isinstance(message, FlowRule):
+        actions = []
+        if message.out_port == PORT_CONTROLLER:
+            actions = [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]
+        elif message.out_port is not None:
+            actions = [parser.OFPActionOutput(message.out_port)]
+        instructions = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]
+        return parser.OFPFlowMod(
+            datapath,
+            priority=message.priority,
+            match=parser.OFPMatch(**_match_fields(message.match)),
+            idle_timeout=message.idle_timeout_s,
+            instructions=instructions,
+        )
+    raise TypeError(f"no OpenFlow translation for {message!r}")
+
+
+def _match_fields(match: Match) -> dict:
+    fields: dict = {}
+    if match.eth_dst:
+        fields["eth_dst"] = match.eth_dst
+    if match.flow:
+        flow = match.flow
+        fields.update(
+            eth_type=0x0800,
+            ip_proto=17,
+            ipv4_src=flow.src_ip,
+            ipv4_dst=flow.dst_ip,
+            udp_src=flow.src_port,
+            udp_dst=flow.dst_port,
+        )
+    elif match.ipv4_src or match.ipv4_dst:
+        fields["eth_type"] = 0x0800
+        if match.ipv4_src:
+            fields["ipv4_src"] = match.ipv4_src
+        if match.ipv4_dst:
+            fields["ipv4_dst"] = match.ipv4_dst
+    return fields
