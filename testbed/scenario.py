@@ -1,0 +1,295 @@
+"""Scenario files: YAML in, a validated `Scenario` out, or every problem with its line.
+
+Each problem is reported as `FILE:LINE: KEY: expected ...` (../shared/DESIGN.md) and the
+whole file is checked before anything starts, so one run of `qasm validate` lists them all.
+
+    name: default                  # optional, defaults to the file name
+    description: free text         # optional
+    seed: 1
+    repetitions: 1
+    variants: [baseline, tuple]
+    functions: [firewall]
+    topology: {name: dualhomed, clients: 1, wifi_bw_mbit: 100, lte_bw_mbit: 100}
+    workload: {bytes: 4000000}
+    migration: {kind: [nat-rebind, active], at_bytes: 1000000}   # or at_seconds
+    timeouts: {idle_s: 3, run_s: 60}
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qasm.controller.pipeline import FUNCTIONS, VARIANTS
+from topologies import TOPOLOGIES, Parameter
+
+MIGRATION_KINDS = ("nat-rebind", "active")
+TOP_LEVEL_KEYS = {
+    "name": False,
+    "description": False,
+    "seed": False,
+    "repetitions": False,
+    "variants": True,
+    "functions": False,
+    "topology": True,
+    "workload": True,
+    "migration": False,
+    "timeouts": False,
+}  # key -> required
+
+
+class ScenarioError(ValueError):
+    """The scenario is invalid; `problems` holds one `FILE:LINE: KEY: expected ...` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Migration:
+    kinds: tuple[str, ...]
+    at_bytes: int | None = None
+    at_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    path: Path
+    sha256: str
+    name: str
+    description: str
+    seed: int
+    repetitions: int
+    variants: tuple[str, ...]
+    functions: tuple[str, ...]
+    topology: str
+    topology_params: dict[str, Any]
+    bytes: int
+    migration: Migration | None
+    idle_timeout_s: float
+    run_timeout_s: float
+    raw: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def migration_kinds(self) -> tuple[str | None, ...]:
+        return self.migration.kinds if self.migration else (None,)
+
+
+class _Checker:
+    """Walks the composed YAML node tree, so every value keeps its line number."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.problems: list[str] = []
+
+    def problem(self, node: yaml.Node | None, key: str, expected: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else 1
+        self.problems.append(f"{self.filename}:{line}: {key}: {expected}")
+
+    def mapping(
+        self, node: yaml.Node, key: str, allowed: dict[str, bool]
+    ) -> dict[str, yaml.Node] | None:
+        """Children of a mapping; unknown, duplicate and missing required keys are problems."""
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, key or "(top level)", "expected a mapping")
+            return None
+        children: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            name = key_node.value
+            path = f"{key}.{name}" if key else name
+            if name in children:
+                self.problem(key_node, path, "expected each key once (duplicate key)")
+            elif name not in allowed:
+                self.problem(key_node, path, f"unknown key, expected one of {', '.join(allowed)}")
+            else:
+                children[name] = value_node
+        for name, required in allowed.items():
+            if required and name not in children:
+                path = f"{key}.{name}" if key else name
+                self.problem(node, path, "expected this key (missing)")
+        return children
+
+    def scalar(self, node: yaml.Node, key: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            self.problem(node, key, "expected a single value, not a list or mapping")
+            return None
+        return yaml.safe_load(yaml.serialize(node))
+
+    def integer(self, node: yaml.Node | None, key: str, minimum: int, maximum: int | None = None):
+        if node is None:
+            return None
+        value = self.scalar(node, key)
+        if type(value) is not int or value < minimum or (maximum is not None and value > maximum):
+            bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+            self.problem(node, key, f"expected an integer {bound}, got {value!r}")
+            return None
+        return value
+
+    def number(self, node: yaml.Node | None, key: str, minimum: float, maximum: float):
+        if node is None:
+            return None
+        value = self.scalar(node, key)
+        if type(value) not in (int, float) or not minimum < value <= maximum:
+            self.problem(node, key, f"expected a number in ({minimum:g}, {maximum:g}], got {value!r}")
+            return None
+        return float(value)
+
+    def text(self, node: yaml.Node | None, key: str) -> str | None:
+        if node is None:
+            return None
+        value = self.scalar(node, key)
+        if not isinstance(value, str):
+            self.problem(node, key, f"expected a string, got {value!r}")
+            return None
+        return value
+
+    def choices(self, node: yaml.Node | None, key: str, allowed: tuple[str, ...]):
+        """A name or a list of names, each from `allowed`, without repeats."""
+        if node is None:
+            return None
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        names: list[str] = []
+        for item in items:
+            value = self.scalar(item, key)
+            if value not in allowed:
+                self.problem(item, key, f"expected one of {', '.join(allowed)}, got {value!r}")
+            elif value in names:
+                self.problem(item, key, f"expected each of {', '.join(allowed)} once")
+            else:
+                names.append(value)
+        if not items:
+            self.problem(node, key, f"expected at least one of {', '.join(allowed)}")
+        return tuple(names)
+
+    def parameter(self, node: yaml.Node, key: str, spec: Parameter):
+        if spec.kind is int:
+            return self.integer(node, key, int(spec.minimum), int(spec.maximum))
+        return self.number(node, key, spec.minimum, spec.maximum)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Reads and validates a scenario file; raises ScenarioError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError([f"{path}:1: (file): expected a readable UTF-8 file ({exc})"]) from exc
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        raise ScenarioError([f"{path}:{line}: (syntax): expected valid YAML ({exc})"]) from exc
+    if root is None:
+        raise ScenarioError([f"{path}:1: (top level): expected a mapping, the file is empty"])
+    checker = _Checker(str(path))
+    scenario = _check(checker, root, path, text)
+    if checker.problems:
+        raise ScenarioError(checker.problems)
+    return scenario
+
+
+def _check(checker: _Checker, root: yaml.Node, path: Path, text: str) -> Scenario | None:
+    top = checker.mapping(root, "", TOP_LEVEL_KEYS)
+    if top is None:
+        return None
+    name = checker.text(top.get("name"), "name") or path.stem
+    description = checker.text(top.get("description"), "description") or ""
+    seed = checker.integer(top.get("seed"), "seed", 0)
+    repetitions = checker.integer(top.get("repetitions"), "repetitions", 1, 1000)
+    variants = checker.choices(top.get("variants"), "variants", VARIANTS)
+    functions = checker.choices(top.get("functions"), "functions", FUNCTIONS)
+
+    topology, topology_params = None, {}
+    topology_node = top.get("topology")
+    if topology_node is not None:
+        topology_name_node = (
+            dict((k.value, v) for k, v in topology_node.value).get("name")
+            if isinstance(topology_node, yaml.MappingNode)
+            else None
+        )
+        topology = checker.text(topology_name_node, "topology.name")
+        if topology_name_node is not None and topology is not None and topology not in TOPOLOGIES:
+            checker.problem(
+                topology_name_node,
+                "topology.name",
+                f"expected one of {', '.join(TOPOLOGIES)}, got {topology!r}",
+            )
+            topology = None
+        specs = TOPOLOGIES[topology].PARAMETERS if topology else {}
+        allowed = {"name": True, **{k: False for k in specs}}
+        children = checker.mapping(topology_node, "topology", allowed) if topology else None
+        for key, node in (children or {}).items():
+            if key != "name":
+                topology_params[key] = checker.parameter(node, f"topology.{key}", specs[key])
+
+    total_bytes = None
+    workload = top.get("workload")
+    if workload is not None:
+        children = checker.mapping(workload, "workload", {"bytes": True})
+        if children:
+            total_bytes = checker.integer(children.get("bytes"), "workload.bytes", 1, 10**10)
+
+    timeouts = {"idle_s": 5.0, "run_s": 60.0}
+    if top.get("timeouts") is not None:
+        children = checker.mapping(top["timeouts"], "timeouts", {"idle_s": False, "run_s": False})
+        for key, node in (children or {}).items():
+            value = checker.number(node, f"timeouts.{key}", 0, 3600)
+            if value is not None:
+                timeouts[key] = value
+
+    migration = None
+    if top.get("migration") is not None:
+        migration = _check_migration(checker, top["migration"], total_bytes, timeouts["run_s"])
+
+    if checker.problems:
+        return None
+    return Scenario(
+        path=path,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        name=name,
+        description=description,
+        seed=seed if seed is not None else 0,
+        repetitions=repetitions or 1,
+        variants=variants,
+        functions=functions if functions is not None else ("firewall",),
+        topology=topology,
+        topology_params=topology_params,
+        bytes=total_bytes,
+        migration=migration,
+        idle_timeout_s=timeouts["idle_s"],
+        run_timeout_s=timeouts["run_s"],
+        raw=yaml.safe_load(text),
+    )
+
+
+def _check_migration(
+    checker: _Checker, node: yaml.Node, total_bytes: int | None, run_timeout_s: float
+) -> Migration | None:
+    allowed = {"kind": True, "at_bytes": False, "at_seconds": False}
+    children = checker.mapping(node, "migration", allowed)
+    if children is None:
+        return None
+    kinds = checker.choices(children.get("kind"), "migration.kind", MIGRATION_KINDS)
+    at_bytes = checker.integer(children.get("at_bytes"), "migration.at_bytes", 1)
+    at_seconds = checker.number(children.get("at_seconds"), "migration.at_seconds", 0, 3600)
+    if ("at_bytes" in children) == ("at_seconds" in children):
+        checker.problem(node, "migration", "expected exactly one of at_bytes, at_seconds")
+    if at_bytes is not None and total_bytes is not None and at_bytes >= total_bytes:
+        checker.problem(
+            children["at_bytes"],
+            "migration.at_bytes",
+            f"expected less than workload.bytes ({total_bytes}): migration after the end",
+        )
+    if at_seconds is not None and at_seconds >= run_timeout_s:
+        checker.problem(
+            children["at_seconds"],
+            "migration.at_seconds",
+            f"expected less than timeouts.run_s ({run_timeout_s:g}): migration after the end",
+        )
+    return Migration(kinds or (), at_bytes, at_seconds)

@@ -1,0 +1,115 @@
+"""Dual-homed clients behind one middlebox switch, in front of one server.
+
+    client_i ──wifi──┐
+    client_i ──lte───┼── middlebox switch (OVS, OpenFlow 1.3, our controller only) ── server
+                     ┘
+
+Each client has two interfaces on the same /24, each on its own link to the switch, with
+source-based policy routing so a socket bound to an interface's address leaves through that
+interface (needed for active migration to really change the path). Parameters map
+one-to-one onto the scenario's `topology:` block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mininet.topo import Topo
+
+from topologies.parameters import Parameter
+
+SUBNET = "10.0.0.0/24"
+SERVER_IP = "10.0.0.250"
+MAX_CLIENTS = 100  # wifi 10.0.0.1-100, lte 10.0.0.101-200
+
+
+@dataclass(frozen=True)
+class ClientAddresses:
+    name: str
+    wifi_ip: str
+    lte_ip: str
+    wifi_intf: str
+    lte_intf: str
+
+
+class DualHomed(Topo):
+    """Parameters: prefix (per-run name prefix) plus PARAMETERS, from the scenario."""
+
+    # Mininet's TCIntf accepts bandwidths up to 1000 Mbit/s.
+    PARAMETERS = {
+        "clients": Parameter(int, 1, MAX_CLIENTS, "dual-homed client hosts"),
+        "wifi_bw_mbit": Parameter(float, 0, 1000, "wifi link bandwidth (HTB), Mbit/s"),
+        "lte_bw_mbit": Parameter(float, 0, 1000, "lte link bandwidth (HTB), Mbit/s"),
+        "server_bw_mbit": Parameter(float, 0, 1000, "server link bandwidth (HTB), Mbit/s"),
+    }
+
+    def build(
+        self,
+        prefix: str,
+        clients: int = 1,
+        wifi_bw_mbit: float | None = None,
+        lte_bw_mbit: float | None = None,
+        server_bw_mbit: float | None = None,
+    ) -> None:
+        if not 1 <= clients <= MAX_CLIENTS:
+            raise ValueError(f"clients: {clients}, expected 1..{MAX_CLIENTS}")
+        self.prefix = prefix
+        self.switch_name = f"{prefix}mb"
+        self.server_name = f"{prefix}srv"
+        self.server_ip = SERVER_IP
+        # Mininet derives a DPID from digits in the name unless told; ours has hex digits.
+        switch = self.addSwitch(self.switch_name, dpid="0000000000000001", protocols="OpenFlow13")
+        server = self.addHost(self.server_name, ip=f"{SERVER_IP}/24")
+        self.addLink(server, switch, port2=1, **_bandwidth(server_bw_mbit))
+        self.clients: list[ClientAddresses] = []
+        for index in range(1, clients + 1):
+            addresses = ClientAddresses(
+                name=f"{prefix}c{index}",
+                wifi_ip=f"10.0.0.{index}",
+                lte_ip=f"10.0.0.{100 + index}",
+                wifi_intf=f"{prefix}c{index}-wifi",
+                lte_intf=f"{prefix}c{index}-lte",
+            )
+            host = self.addHost(addresses.name, ip=f"{addresses.wifi_ip}/24")
+            self.addLink(
+                host,
+                switch,
+                intfName1=addresses.wifi_intf,
+                params1={"ip": f"{addresses.wifi_ip}/24"},
+                port2=2 * index,
+                **_bandwidth(wifi_bw_mbit),
+            )
+            self.addLink(
+                host,
+                switch,
+                intfName1=addresses.lte_intf,
+                params1={"ip": f"{addresses.lte_ip}/24"},
+                port2=2 * index + 1,
+                **_bandwidth(lte_bw_mbit),
+            )
+            self.clients.append(addresses)
+
+    def configure(self, net) -> None:
+        """Per-host set-up that a Topo cannot declare: policy routing on the clients."""
+        for addresses in self.clients:
+            host = net.get(addresses.name)
+            # Per-namespace sysctls: answer ARP only on the interface owning the address and
+            # announce the right source, else both interfaces answer for both addresses.
+            for setting in (
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.all.rp_filter=0",
+            ):
+                host.cmd("sysctl", "-qw", setting)
+            for table, ip, intf in (
+                (101, addresses.wifi_ip, addresses.wifi_intf),
+                (102, addresses.lte_ip, addresses.lte_intf),
+            ):
+                host.cmd("ip", "rule", "add", "from", ip, "table", str(table))
+                host.cmd("ip", "route", "add", SUBNET, "dev", intf, "src", ip, "table", str(table))
+
+
+def _bandwidth(bw_mbit: float | None) -> dict:
+    # HTB shaping through Mininet's TCLink; no netem (this kernel has no sch_netem).
+    return {"bw": bw_mbit} if bw_mbit else {}
+
