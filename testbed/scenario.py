@@ -135,7 +135,9 @@ class _Checker:
             return None
         value = self.scalar(node, key)
         if type(value) not in (int, float) or not minimum < value <= maximum:
-            self.problem(node, key, f"expected a number in ({minimum:g}, {maximum:g}], got {value!r}")
+            self.problem(
+                node, key, f"expected a number in ({minimum:g}, {maximum:g}], got {value!r}"
+            )
             return None
         return float(value)
 

@@ -112,4 +112,3 @@ class DualHomed(Topo):
 def _bandwidth(bw_mbit: float | None) -> dict:
     # HTB shaping through Mininet's TCLink; no netem (this kernel has no sch_netem).
     return {"bw": bw_mbit} if bw_mbit else {}
-

@@ -1,6 +1,6 @@
 """Runs the middlebox controller as its own process.
 
-    python -m qasm.controller --config FILE.json --decision-log FILE --listen 127.0.0.1:6653
+python -m qasm.controller --config FILE.json --decision-log FILE --listen 127.0.0.1:6653
 """
 
 from __future__ import annotations
@@ -33,10 +33,14 @@ def main() -> int:
 
     cfg.CONF(
         args=[
-            "--ofp-listen-host", host,
-            "--ofp-tcp-listen-port", port,
-            "--qasm-config", args.config,
-            "--qasm-decision-log", args.decision_log,
+            "--ofp-listen-host",
+            host,
+            "--ofp-tcp-listen-port",
+            port,
+            "--qasm-config",
+            args.config,
+            "--qasm-decision-log",
+            args.decision_log,
         ],
         project="qasm",
     )

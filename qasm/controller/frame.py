@@ -66,7 +66,9 @@ def parse_frame(data: bytes) -> Frame:
         raise FrameError(f"ipv4: {len(ip)} bytes, expected at least 20")
     version, header_len = ip[0] >> 4, (ip[0] & 0x0F) * 4
     if version != 4 or header_len < 20:
-        raise FrameError(f"ipv4: version {version} header length {header_len}, expected 4 and >= 20")
+        raise FrameError(
+            f"ipv4: version {version} header length {header_len}, expected 4 and >= 20"
+        )
     (total_len,) = struct.unpack_from("!H", ip, 2)
     if total_len < header_len or total_len > len(ip):
         raise FrameError(f"ipv4: total length {total_len} outside [{header_len}, {len(ip)}]")

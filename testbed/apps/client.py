@@ -126,9 +126,7 @@ class MigrationPlan:
         return since_first_byte >= self.at_seconds
 
 
-async def migrate(
-    protocol: TransferClientProtocol, plan: MigrationPlan
-) -> dict:
+async def migrate(protocol: TransferClientProtocol, plan: MigrationPlan) -> dict:
     loop = asyncio.get_running_loop()
     quic = protocol._quic
     old_transport = protocol.transport
@@ -284,7 +282,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keylog")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    if args.migrate and (args.migrate_ip is None or (args.at_bytes is None) == (args.at_seconds is None)):
+    if args.migrate and (
+        args.migrate_ip is None or (args.at_bytes is None) == (args.at_seconds is None)
+    ):
         parser.error("--migrate needs --migrate-ip and exactly one of --at-bytes/--at-seconds")
     return args
 

@@ -5,13 +5,15 @@ what happened even after killing it: `first_data` the first time stream bytes ar
 peer address (the receiver side of the disruption metric), `finished` when a stream's FIN
 arrives. Times are `time.monotonic()`, the system-wide clock that the client also uses.
 
-    python -m testbed.apps.server --listen 10.0.0.250:4433 --events FILE [--qlog-dir DIR]
+    python -m testbed.apps.server --listen 10.0.0.250:4433 --events FILE
+        [--idle-timeout S] [--max-lifetime S] [--qlog-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import json
@@ -153,16 +155,16 @@ async def serve_forever(args: argparse.Namespace) -> None:
             host,
             port,
             configuration=configuration,
-            create_protocol=lambda *a, **kw: TransferServerProtocol(
-                *a, event_log=event_log, **kw
-            ),
+            create_protocol=lambda *a, **kw: TransferServerProtocol(*a, event_log=event_log, **kw),
         )
         event_log.write("listening", addr=[host, port])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
+        # A leaked server (runner killed before teardown) still ends by itself.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=args.max_lifetime)
         server.close()
 
 
@@ -171,6 +173,7 @@ def main() -> None:
     parser.add_argument("--listen", required=True, help="IPv4:PORT")
     parser.add_argument("--events", required=True, help="JSON-lines event file (appended)")
     parser.add_argument("--idle-timeout", type=float, default=30.0)
+    parser.add_argument("--max-lifetime", type=float, default=3600.0, help="exit after S seconds")
     parser.add_argument("--qlog-dir")
     asyncio.run(serve_forever(parser.parse_args()))
 

@@ -1,0 +1,264 @@
+"""The emulated network of one scenario: Mininet hosts, an OVS switch, our controller.
+
+`Emulation` is a context manager that owns everything it creates and removes it on exit,
+also on an exception, Ctrl-C or SIGTERM (the runner turns those into exceptions). Facts it
+relies on (measured on these machines): no openvswitch kernel module, so the switch uses OVS's
+userspace datapath; veth offloads must be off or UDP checksums break through that datapath.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+from mininet.link import TCLink
+from mininet.log import lg as mininet_log
+from mininet.net import Mininet
+from mininet.node import OVSSwitch, RemoteController
+
+from qasm.controller.pipeline import MiddleboxConfig
+from testbed.ownership import RunRecord, remove_run_resources
+from topologies import TOPOLOGIES
+
+OFFLOADS = ("tx", "rx", "tso", "gso", "gro")
+SWITCH_CONNECT_TIMEOUT_S = 20.0
+# OVS backs off up to this long between controller connection attempts; the controller is
+# restarted per variant, so keep it short. 1000 ms is the minimum OVS accepts.
+SWITCH_RECONNECT_MS = 1000
+_PR_SET_PDEATHSIG = 1
+
+
+class InfrastructureError(RuntimeError):
+    """The emulation itself failed (not the QUIC connection under test)."""
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: if the runner dies (even by SIGKILL), the kernel sends
+    # SIGKILL to this process, so no app outlives its run.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def check_prerequisites() -> None:
+    """Fails with the reason when this machine cannot emulate (before creating anything)."""
+    if os.geteuid() != 0:
+        raise InfrastructureError("emulation needs root (Mininet creates namespaces and links)")
+    for tool in ("mnexec", "ovs-vsctl", "ethtool", "tc", "ip"):
+        if shutil.which(tool) is None:
+            raise InfrastructureError(f"{tool} not found: run `make setup`")
+    probe = subprocess.run(
+        ["ovs-vsctl", "--timeout=5", "show"], capture_output=True, text=True, check=False
+    )
+    if probe.returncode != 0:
+        raise InfrastructureError(
+            f"Open vSwitch is not running ({probe.stderr.strip()}): run `make setup`"
+        )
+
+
+class ManagedProcess:
+    """A process the emulation started, with its log file; stopped on teardown."""
+
+    def __init__(self, popen: subprocess.Popen, what: str, log_path: Path) -> None:
+        self.popen = popen
+        self.what = what
+        self.log_path = log_path
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def log_tail(self, lines: int = 5) -> str:
+        with contextlib.suppress(OSError):
+            return " | ".join(
+                self.log_path.read_text(errors="replace").strip().splitlines()[-lines:]
+            )
+        return ""
+
+
+class Emulation:
+    def __init__(self, topology: str, params: dict, record: RunRecord, log_dir: Path) -> None:
+        self.record = record
+        self.log_dir = log_dir
+        self.topo = TOPOLOGIES[topology](prefix=record.prefix, **params)
+        self.openflow_port = _free_tcp_port()
+        self.net: Mininet | None = None
+        self.controller: ManagedProcess | None = None
+        self._processes: list[ManagedProcess] = []
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def __enter__(self) -> Emulation:
+        try:
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.teardown()
+
+    def _build(self) -> None:
+        check_prerequisites()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self.log_dir / "mininet.log")
+        mininet_log.handlers[:] = [handler]
+        mininet_log.setLevel(logging.INFO)
+        # Recorded before creation, so a crash at any later point leaves a clean-up trail.
+        self.record.bridges = [self.topo.switch_name]
+        self.record.save()
+        switch = partial(OVSSwitch, datapath="user", reconnectms=SWITCH_RECONNECT_MS)
+        self.net = Mininet(
+            topo=self.topo,
+            switch=switch,
+            link=TCLink,
+            controller=None,
+            autoSetMacs=False,
+            build=False,
+            waitConnected=False,
+        )
+        self.net.addController(
+            RemoteController(f"{self.record.prefix}ctl", ip="127.0.0.1", port=self.openflow_port)
+        )
+        self.net.build()
+        for node in self.net.hosts + self.net.switches:
+            self.record.own(node.pid, f"mininet shell {node.name}")
+        self.net.start()
+        # Mininet logs a failed ovs-vsctl and carries on; a missing bridge must stop us here.
+        bridge = self.topo.switch_name
+        if subprocess.run(["ovs-vsctl", "br-exists", bridge], check=False).returncode != 0:
+            raise InfrastructureError(
+                f"OVS bridge {bridge} was not created; see {self.log_dir / 'mininet.log'}"
+            )
+        self._disable_offloads()
+        self.topo.configure(self.net)
+
+    def _disable_offloads(self) -> None:
+        for host in self.net.hosts:
+            for intf in host.intfList():
+                if intf.name != "lo":
+                    host.cmd("ethtool", "-K", intf.name, *_offload_args())
+        for switch in self.net.switches:
+            for intf in switch.intfList():
+                if intf.name != "lo":
+                    subprocess.run(
+                        ["ethtool", "-K", intf.name, *_offload_args()],
+                        capture_output=True,
+                        check=False,
+                    )
+
+    def teardown(self) -> None:
+        for process in reversed(self._processes):
+            process.stop()
+        self._processes.clear()
+        self.stop_controller()
+        if self.net is not None:
+            try:
+                self.net.stop()
+            except Exception as exc:  # fall through to the prefix-scoped removal below
+                mininet_log.error(f"net.stop failed: {exc}")
+            self.net = None
+        # Whatever Mininet missed, scoped to this run's prefix and recorded processes only.
+        remove_run_resources(self.record)
+        self.record.path.unlink(missing_ok=True)
+
+    # --- the controller ------------------------------------------------------------------
+
+    def start_controller(self, config: MiddleboxConfig, artifacts: Path) -> Path:
+        """Starts the controller for one variant; returns its decision log once the switch
+        has connected to it."""
+        self.stop_controller()
+        config_path = artifacts / "controller.json"
+        config_path.write_text(config.to_json())
+        decision_log = artifacts / "decisions.jsonl"
+        decision_log.touch()
+        log_path = artifacts / "controller.log"
+        argv = [
+            sys.executable, "-m", "qasm.controller",
+            "--config", str(config_path),
+            "--decision-log", str(decision_log),
+            "--listen", f"127.0.0.1:{self.openflow_port}",
+        ]  # fmt: skip
+        with open(log_path, "w") as log:
+            popen = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        self.record.own(popen.pid, "controller")
+        self.controller = ManagedProcess(popen, "controller", log_path)
+        deadline = time.monotonic() + SWITCH_CONNECT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if popen.poll() is not None:
+                raise InfrastructureError(
+                    f"controller exited with code {popen.returncode}: {self.controller.log_tail()}"
+                )
+            if any(
+                json.loads(line).get("event") == "switch_connected"
+                for line in decision_log.read_text().splitlines()
+            ):
+                return decision_log
+            time.sleep(0.1)
+        raise InfrastructureError(
+            f"switch did not connect to the controller within {SWITCH_CONNECT_TIMEOUT_S:g} s"
+        )
+
+    def stop_controller(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    def controller_failure(self) -> str | None:
+        """Why the controller is no longer running, or None while it is."""
+        if self.controller is None or self.controller.popen.poll() is None:
+            return None
+        return (
+            f"controller exited with code {self.controller.popen.returncode} during the run: "
+            f"{self.controller.log_tail()}"
+        )
+
+    # --- hosts ---------------------------------------------------------------------------
+
+    def forget_neighbours(self) -> None:
+        """Flushes ARP caches so every run starts from the same state."""
+        for host in self.net.hosts:
+            host.cmd("ip", "neigh", "flush", "all")
+
+    def start_on_host(self, host_name: str, argv: list[str], log_path: Path) -> ManagedProcess:
+        host = self.net.get(host_name)
+        with open(log_path, "w") as log:
+            popen = host.popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
+        self.record.own(popen.pid, f"{argv[2] if len(argv) > 2 else argv[0]} on {host_name}")
+        process = ManagedProcess(popen, host_name, log_path)
+        self._processes.append(process)
+        return process
+
+    def stop_process(self, process: ManagedProcess) -> None:
+        process.stop()
+        if process in self._processes:
+            self._processes.remove(process)
+
+
+def _offload_args() -> list[str]:
+    return [arg for name in OFFLOADS for arg in (name, "off")]

@@ -1,0 +1,115 @@
+"""Turns one run's artifacts into records (pure: dicts in, dicts out).
+
+Inputs per run: each client's JSON report, the server's event log and the controller's
+decision log. Both apps stamp events with `time.monotonic()`, which is one system-wide clock
+for every network namespace on the machine, so client and server times are comparable.
+
+Definitions (../shared/DESIGN.md):
+- goodput: verified payload bytes / (first payload byte sent → the server's digest reply
+  received). The reply arrives once every byte is acknowledged and answered, so this
+  includes half an RTT more than "last byte acknowledged"; the same for every variant.
+- migration disruption: from the client switching sockets until the server first receives
+  stream bytes from an address other than the pre-migration one; null when the connection
+  did not survive.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+RECORD_FIELDS = (
+    "variant",
+    "functions",
+    "migration",
+    "repetition",
+    "client",
+    "completed",
+    "verified",
+    "handshake_ms",
+    "goodput_mbps",
+    "disruption_ms",
+    "packet_ins",
+    "flow_mods",
+    "failure",
+)
+
+
+def disruption_ms(report: dict, server_events: Iterable[dict]) -> float | None:
+    migration = report.get("migration")
+    if not report.get("completed") or not migration:
+        return None
+    old_address = list(migration["from"])
+    arrivals = [
+        event["t"]
+        for event in server_events
+        if event.get("event") == "first_data"
+        and event.get("client") == report["client"]
+        and list(event["addr"]) != old_address
+        and event["t"] >= migration["at"]
+    ]
+    return (min(arrivals) - migration["at"]) * 1000 if arrivals else None
+
+
+def client_decisions(decisions: Iterable[dict], addresses: Iterable[str]) -> list[dict]:
+    """The controller decisions about packets to or from this client's addresses."""
+    mine = set(addresses)
+    return [
+        d for d in decisions if d.get("event") == "packet_in" and mine & set(d.get("addrs", ()))
+    ]
+
+
+def drop_evidence(decisions: Iterable[dict], since: float | None) -> str | None:
+    """A one-line account of what the middlebox dropped (after `since`, if given)."""
+    drops = Counter(
+        (d.get("flow") or ",".join(d.get("addrs", ())), d["reason"])
+        for d in decisions
+        if d.get("verdict") == "drop" and (since is None or d["t"] >= since)
+    )
+    if not drops:
+        return None
+    (flow, reason), count = drops.most_common(1)[0]
+    more = f" (+{len(drops) - 1} other drop reasons)" if len(drops) > 1 else ""
+    return f"middlebox dropped {count} packets of {flow}: {reason}{more}"
+
+
+def build_record(
+    *,
+    variant: str,
+    functions: Iterable[str],
+    migration_kind: str | None,
+    repetition: int,
+    addresses: Iterable[str],
+    report: dict,
+    server_events: list[dict],
+    decisions: list[dict],
+) -> dict:
+    mine = client_decisions(decisions, addresses)
+    migration = report.get("migration")
+    failure = report.get("failure")
+    if not report.get("completed"):
+        evidence = drop_evidence(mine, migration["at"] if migration else None)
+        if failure and evidence:
+            failure = f"{failure}; {evidence}"
+        if migration is None and migration_kind is not None and failure:
+            failure = f"{failure} (before the migration)"
+    record = {
+        "variant": variant,
+        "functions": list(functions),
+        "migration": migration_kind,
+        "repetition": repetition,
+        "client": report["client"],
+        "completed": bool(report.get("completed")),
+        "verified": bool(report.get("verified")),
+        "handshake_ms": report.get("handshake_ms"),
+        "goodput_mbps": report.get("goodput_mbps"),
+        "disruption_ms": disruption_ms(report, server_events),
+        "packet_ins": len(mine),
+        "flow_mods": sum(d.get("flow_mods", 0) for d in mine),
+        "failure": failure,
+        "migrated": migration is not None,
+        "migration_detail": migration,
+        "bytes_requested": report.get("bytes_requested"),
+        "smoothed_rtt_ms": report.get("smoothed_rtt_ms"),
+    }
+    return record

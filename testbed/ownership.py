@@ -1,0 +1,183 @@
+"""What each run owns on this machine, so a crashed run's leftovers can be removed, and only
+those: never a broad `mn -c` that would kill another run's processes.
+
+Before a run creates anything it writes `/run/qasm/runs/<prefix>.json` naming its runner
+process; it adds every process it starts. `qasm clean` removes, for records whose runner is
+dead, the recorded processes (only while their start time still matches, so a recycled pid
+is never killed), Mininet shells named `mininet:<prefix>...`, OVS bridges and interfaces
+named with the prefix, then the record. Runs whose runner is alive are left alone.
+
+One emulation at a time: the runner holds an exclusive lock on /run/qasm/emulation.lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+STATE_DIR = Path(os.environ.get("QASM_STATE_DIR", "/run/qasm"))
+PREFIX_PATTERN = re.compile(r"^q[0-9a-f]{4}$")
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time in clock ticks since boot (/proc/PID/stat field 22), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; fields after it follow the last ')'.
+    return int(stat.rpartition(")")[2].split()[19])
+
+
+@dataclass
+class OwnedProcess:
+    pid: int
+    start_time: int
+    what: str
+
+    def alive(self) -> bool:
+        return process_start_time(self.pid) == self.start_time
+
+
+@dataclass
+class RunRecord:
+    prefix: str
+    runner: OwnedProcess
+    run_dir: str
+    bridges: list[str] = field(default_factory=list)
+    processes: list[OwnedProcess] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return STATE_DIR / "runs" / f"{self.prefix}.json"
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(asdict(self)))
+        temporary.replace(self.path)
+
+    def own(self, pid: int, what: str) -> None:
+        start = process_start_time(pid)
+        if start is not None:
+            self.processes.append(OwnedProcess(pid, start, what))
+            self.save()
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord:
+        data = json.loads(path.read_text())
+        return cls(
+            prefix=data["prefix"],
+            runner=OwnedProcess(**data["runner"]),
+            run_dir=data["run_dir"],
+            bridges=list(data["bridges"]),
+            processes=[OwnedProcess(**p) for p in data["processes"]],
+        )
+
+
+def new_run_record(run_dir: str) -> RunRecord:
+    """Claims a fresh prefix (q + 4 hex digits) and records this process as its runner."""
+    (STATE_DIR / "runs").mkdir(parents=True, exist_ok=True)
+    pid = os.getpid()
+    while True:
+        prefix = "q" + secrets.token_hex(2)
+        path = STATE_DIR / "runs" / f"{prefix}.json"
+        with contextlib.suppress(FileExistsError):
+            path.touch(exist_ok=False)
+            record = RunRecord(
+                prefix, OwnedProcess(pid, process_start_time(pid), "runner"), run_dir
+            )
+            record.save()
+            return record
+
+
+@contextlib.contextmanager
+def emulation_lock(timeout_s: float = 1800.0, on_wait=None):
+    """Exclusive machine-wide lock for one emulation at a time."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / "emulation.lock", "a+") as lock:
+        deadline = time.monotonic() + timeout_s
+        waited = False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited and on_wait:
+                    on_wait()
+                waited = True
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"another qasm emulation held {lock.name} for {timeout_s:g} s"
+                    ) from None
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _run(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(command), capture_output=True, text=True, check=False)
+
+
+def remove_run_resources(record: RunRecord) -> list[str]:
+    """Kills the run's processes and deletes its bridges and links; returns what it removed."""
+    removed = []
+    for process in record.processes:
+        if process.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+            removed.append(f"process {process.pid} ({process.what})")
+    # Mininet host shells carry their node name in their command line.
+    marker = f"mininet:{record.prefix}"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if any(arg.decode(errors="replace").startswith(marker) for arg in argv):
+                os.kill(int(entry.name), signal.SIGKILL)
+                removed.append(f"process {entry.name} ({marker}...)")
+    for bridge in record.bridges:
+        if _run("ovs-vsctl", "--timeout=5", "br-exists", bridge).returncode == 0:
+            _run("ovs-vsctl", "--timeout=5", "--if-exists", "del-br", bridge)
+            removed.append(f"bridge {bridge}")
+    links = _run("ip", "-o", "link", "show").stdout
+    for name in re.findall(r"^\d+: ([^:@\s]+)", links, flags=re.MULTILINE):
+        if name.startswith(record.prefix):
+            _run("ip", "link", "del", name)
+            removed.append(f"link {name}")
+    return removed
+
+
+def clean_dead_runs() -> list[str]:
+    """Removes leftovers of runs whose runner is no longer alive; returns a line each."""
+    report = []
+    runs = STATE_DIR / "runs"
+    if not runs.is_dir():
+        return report
+    for path in sorted(runs.glob("*.json")):
+        try:
+            record = RunRecord.load(path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            report.append(f"{path}: unreadable run record left in place ({exc})")
+            continue
+        if record.runner.alive():
+            continue
+        removed = remove_run_resources(record)
+        path.unlink(missing_ok=True)
+        report.append(
+            f"run {record.prefix} ({record.run_dir}): removed "
+            + (", ".join(removed) if removed else "nothing (already gone)")
+        )
+    return report

@@ -1,0 +1,316 @@
+"""Runs a scenario: one emulation, then each (repetition, migration kind, variant) in turn.
+
+Every run gets a fresh controller (so no state leaks between variants), fresh ARP caches and
+a fresh server; clients then transfer and migrate. Records are appended to records.jsonl and
+flushed as each run ends, and summary.json is rewritten, so an interrupted experiment keeps
+every finished run. Artifacts of each run land in RUN_DIR/artifacts/NNN-variant-kind-rR/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qasm.controller.pipeline import MiddleboxConfig
+from testbed.emulation import Emulation, InfrastructureError, ManagedProcess
+from testbed.metrics import build_record
+from testbed.ownership import emulation_lock, new_run_record
+from testbed.scenario import Scenario
+from testbed.summary import format_table, summarize
+
+SERVICE_PORT = 4433
+SERVER_READY_TIMEOUT_S = 15.0
+# Beyond the client's own run timeout, before the runner gives up on the client process.
+CLIENT_EXIT_GRACE_S = 15.0
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    index: int
+    repetition: int
+    migration: str | None
+    variant: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.index:03d}-{self.variant}-{self.migration or 'none'}-r{self.repetition}"
+
+
+def plan_runs(scenario: Scenario, variants: tuple[str, ...], repetitions: int) -> list[RunSpec]:
+    """Variants interleaved, their order rotated per repetition, so drift hits all alike."""
+    specs = []
+    for repetition in range(repetitions):
+        shift = repetition % len(variants)
+        order = variants[shift:] + variants[:shift]
+        for kind in scenario.migration_kinds:
+            for variant in order:
+                specs.append(RunSpec(len(specs) + 1, repetition, kind, variant))
+    return specs
+
+
+def repetition_seed(scenario_seed: int, repetition: int) -> int:
+    digest = hashlib.sha256(f"{scenario_seed}:{repetition}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _command_output(*argv: str) -> str | None:
+    try:
+        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return None
+    return (
+        result.stdout.strip().splitlines()[0] if result.returncode == 0 and result.stdout else None
+    )
+
+
+def collect_metadata(scenario: Scenario, seed: int, variants, repetitions: int) -> dict:
+    from mininet.net import VERSION as MININET_VERSION
+
+    dirty = _command_output("git", "-C", str(REPOSITORY), "status", "--porcelain")
+    return {
+        "schema_version": 1,
+        "scenario": str(scenario.path),
+        "scenario_sha256": scenario.sha256,
+        "scenario_name": scenario.name,
+        "seed": seed,
+        "variants": list(variants),
+        "repetitions": repetitions,
+        "repetition_seeds": [repetition_seed(seed, r) for r in range(repetitions)],
+        "git_commit": _command_output("git", "-C", str(REPOSITORY), "rev-parse", "HEAD"),
+        "git_dirty": bool(dirty),
+        "versions": {
+            "python": platform.python_version(),
+            "aioquic": _version("aioquic"),
+            "os-ken": _version("os-ken"),
+            "mininet": MININET_VERSION,
+            "openvswitch": _command_output("ovs-vsctl", "--version"),
+            "kernel": platform.release(),
+        },
+        "ovs_datapath": "netdev (userspace)",
+        "link_emulation": "tc htb (bandwidth); no delay or loss in this scenario format",
+        "argv": sys.argv,
+        "started_at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "ended_at": None,
+        "status": "running",
+    }
+
+
+class _Terminated(Exception):
+    """SIGTERM/SIGHUP received: unwind like Ctrl-C so teardown runs."""
+
+
+def _raise_terminated(signum, _frame):
+    raise _Terminated(f"signal {signal.Signals(signum).name}")
+
+
+class ExperimentRunner:
+    def __init__(
+        self,
+        scenario: Scenario,
+        out_dir: Path,
+        variants: tuple[str, ...] | None = None,
+        repetitions: int | None = None,
+        seed: int | None = None,
+        log=print,
+    ) -> None:
+        self.scenario = scenario
+        self.out_dir = out_dir
+        self.variants = variants or scenario.variants
+        self.repetitions = repetitions or scenario.repetitions
+        self.seed = scenario.seed if seed is None else seed
+        self.log = log
+        self.records: list[dict] = []
+
+    def run(self) -> list[dict]:
+        """Runs everything; raises InfrastructureError (or KeyboardInterrupt) after saving
+        what finished."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        metadata = collect_metadata(self.scenario, self.seed, self.variants, self.repetitions)
+        self._write_json("metadata.json", metadata)
+        (self.out_dir / "records.jsonl").touch()
+        previous = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            with emulation_lock(on_wait=lambda: self.log("waiting for another qasm emulation")):
+                record = new_run_record(str(self.out_dir))
+                with Emulation(
+                    self.scenario.topology,
+                    self.scenario.topology_params,
+                    record,
+                    self.out_dir / "artifacts",
+                ) as emulation:
+                    specs = plan_runs(self.scenario, self.variants, self.repetitions)
+                    for spec in specs:
+                        self._run_one(emulation, spec, len(specs))
+            metadata["status"] = "finished"
+        except (KeyboardInterrupt, _Terminated):
+            metadata["status"] = "interrupted"
+            raise
+        except InfrastructureError as exc:
+            metadata["status"] = f"infrastructure failure: {exc}"
+            raise
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            metadata["ended_at"] = datetime.datetime.now(datetime.UTC).isoformat()
+            self._write_json("metadata.json", metadata)
+        return self.records
+
+    def _run_one(self, emulation: Emulation, spec: RunSpec, total: int) -> None:
+        started = time.monotonic()
+        artifacts = self.out_dir / "artifacts" / spec.name
+        artifacts.mkdir(parents=True, exist_ok=True)
+        topo = emulation.topo
+        config = MiddleboxConfig(
+            variant=spec.variant,
+            service_ip=topo.server_ip,
+            service_port=SERVICE_PORT,
+            functions=self.scenario.functions,
+        )
+        emulation.forget_neighbours()
+        decision_log = emulation.start_controller(config, artifacts)
+        server_events = artifacts / "server-events.jsonl"
+        server = emulation.start_on_host(
+            topo.server_name,
+            [
+                sys.executable, "-m", "testbed.apps.server",
+                "--listen", f"{topo.server_ip}:{SERVICE_PORT}",
+                "--events", str(server_events),
+                "--idle-timeout", str(self.scenario.idle_timeout_s),
+                "--max-lifetime", str(self.scenario.run_timeout_s + 2 * CLIENT_EXIT_GRACE_S),
+            ],
+            artifacts / "server.log",
+        )  # fmt: skip
+        self._wait_for_server(server, server_events)
+        seed = repetition_seed(self.seed, spec.repetition)
+        clients = [
+            (addresses, self._start_client(emulation, addresses, spec, seed, artifacts))
+            for addresses in topo.clients
+        ]
+        reports = [
+            self._await_client(process, artifacts, addresses.name) for addresses, process in clients
+        ]
+        failure = emulation.controller_failure()
+        emulation.stop_process(server)
+        emulation.stop_controller()
+        if failure:
+            raise InfrastructureError(f"run {spec.name}: {failure}")
+        events = _read_jsonl(server_events)
+        decisions = _read_jsonl(decision_log)
+        for (addresses, _), report in zip(clients, reports, strict=True):
+            record = build_record(
+                variant=spec.variant,
+                functions=self.scenario.functions,
+                migration_kind=spec.migration,
+                repetition=spec.repetition,
+                addresses=(addresses.wifi_ip, addresses.lte_ip),
+                report=report,
+                server_events=events,
+                decisions=decisions,
+            )
+            self._append_record(record)
+        outcome = ", ".join(
+            "ok" if r["completed"] and r["verified"] else f"FAILED ({r['failure']})"
+            for r in self.records[-len(clients) :]
+        )
+        self.log(
+            f"[{spec.index}/{total}] {spec.variant} {spec.migration or 'no migration'} "
+            f"rep {spec.repetition}: {outcome} ({time.monotonic() - started:.1f} s)"
+        )
+
+    def _wait_for_server(self, server: ManagedProcess, events_path: Path) -> None:
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if server.popen.poll() is not None:
+                raise InfrastructureError(
+                    f"server exited with code {server.popen.returncode}: {server.log_tail()}"
+                )
+            if any(e.get("event") == "listening" for e in _read_jsonl(events_path)):
+                return
+            time.sleep(0.05)
+        raise InfrastructureError(f"server not listening after {SERVER_READY_TIMEOUT_S:g} s")
+
+    def _start_client(self, emulation, addresses, spec: RunSpec, seed: int, artifacts: Path):
+        scenario = self.scenario
+        argv = [
+            sys.executable, "-m", "testbed.apps.client",
+            "--server", f"{emulation.topo.server_ip}:{SERVICE_PORT}",
+            "--local-ip", addresses.wifi_ip,
+            "--client", addresses.name,
+            "--bytes", str(scenario.bytes),
+            "--seed", str(seed),
+            "--idle-timeout", str(scenario.idle_timeout_s),
+            "--timeout", str(scenario.run_timeout_s),
+            "--out", str(artifacts / f"client-{addresses.name}.json"),
+        ]  # fmt: skip
+        if spec.migration:
+            new_ip = addresses.lte_ip if spec.migration == "active" else addresses.wifi_ip
+            argv += ["--migrate", spec.migration, "--migrate-ip", new_ip]
+            migration = scenario.migration
+            if migration.at_bytes is not None:
+                argv += ["--at-bytes", str(migration.at_bytes)]
+            else:
+                argv += ["--at-seconds", str(migration.at_seconds)]
+        return emulation.start_on_host(
+            addresses.name, argv, artifacts / f"client-{addresses.name}.log"
+        )
+
+    def _await_client(self, process: ManagedProcess, artifacts: Path, name: str) -> dict:
+        limit = self.scenario.run_timeout_s + CLIENT_EXIT_GRACE_S
+        try:
+            process.popen.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            process.stop()
+            return {"client": name, "failure": f"client process still running after {limit:g} s"}
+        report_path = artifacts / f"client-{name}.json"
+        try:
+            return json.loads(report_path.read_text())
+        except (OSError, ValueError):
+            return {
+                "client": name,
+                "failure": f"client process exited with code {process.popen.returncode} "
+                f"without a report: {process.log_tail()}",
+            }
+
+    def _append_record(self, record: dict) -> None:
+        self.records.append(record)
+        with open(self.out_dir / "records.jsonl", "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(record) + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        self._write_json("summary.json", summarize(self.records, seed=self.seed))
+
+    def _write_json(self, name: str, value: dict) -> None:
+        temporary = self.out_dir / f".{name}.tmp"
+        temporary.write_text(json.dumps(value, indent=2) + "\n")
+        temporary.replace(self.out_dir / name)
+
+    def table(self) -> str:
+        return format_table(self.records)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                records.append(json.loads(line))
+    return records
