@@ -29,13 +29,17 @@ PREFIX_PATTERN = re.compile(r"^q[0-9a-f]{4}$")
 
 
 def process_start_time(pid: int) -> int | None:
-    """Start time in clock ticks since boot (/proc/PID/stat field 22), None if gone."""
+    """Start time in clock ticks since boot (/proc/PID/stat field 22); None if the process
+    is gone or a zombie (dead, waiting to be reaped: PID 1 of a container may never reap)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may hold spaces; fields after it follow the last ')'.
-    return int(stat.rpartition(")")[2].split()[19])
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
 
 
 @dataclass
@@ -91,12 +95,9 @@ def new_run_record(run_dir: str) -> RunRecord:
     while True:
         prefix = "q" + secrets.token_hex(2)
         path = STATE_DIR / "runs" / f"{prefix}.json"
-        with contextlib.suppress(FileExistsError):
-            path.touch(exist_ok=False)
-            record = RunRecord(
-                prefix, OwnedProcess(pid, process_start_time(pid), "runner"), run_dir
-            )
-            record.save()
+        record = RunRecord(prefix, OwnedProcess(pid, process_start_time(pid), "runner"), run_dir)
+        with contextlib.suppress(FileExistsError), open(path, "x") as claimed:
+            claimed.write(json.dumps(asdict(record)))
             return record
 
 

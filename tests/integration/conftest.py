@@ -1,0 +1,65 @@
+"""Integration tests run the real emulation; they skip only where the machine cannot."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+QASM = [sys.executable, "-m", "testbed.cli"]
+
+
+def _missing_capability() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (Mininet creates namespaces and links)"
+    for tool in ("mnexec", "ovs-vsctl"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (run `make setup`)"
+    probe = subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        return "Open vSwitch is not running (run `make setup`)"
+    return None
+
+
+def pytest_collection_modifyitems(items):
+    reason = _missing_capability()
+    for item in items:
+        if item.get_closest_marker("integration") and reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+
+
+def leftovers(prefix: str) -> list[str]:
+    """Anything on the machine that still carries this run's prefix."""
+    found = []
+    bridges = subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout
+    found += [f"bridge {b}" for b in bridges.split() if b.startswith(prefix)]
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    found += [
+        f"link {line.split(':')[1].strip()}"
+        for line in links.splitlines()
+        if line.split(":")[1].strip().startswith(prefix)
+    ]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if f"mininet:{prefix}" in cmdline:
+                found.append(f"process {entry.name}: {cmdline}")
+    return found
+
+
+def assert_controller_logged_no_exception(run_dir: Path) -> None:
+    for log in run_dir.glob("artifacts/*/controller.log"):
+        assert "Traceback" not in log.read_text(), f"{log} has an exception"

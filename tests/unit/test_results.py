@@ -1,0 +1,128 @@
+"""Metric computation, aggregation and result writing, on stored artifacts (no emulation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from testbed.metrics import build_record, disruption_ms
+from testbed.runner import ExperimentRunner, plan_runs, repetition_seed
+from testbed.scenario import load_scenario
+from testbed.summary import bootstrap_interval, format_table, summarize
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+MIGRATION = {"kind": "active", "at": 100.0, "from": ["10.0.0.1", 5000], "to": ["10.0.0.101", 6000]}
+
+
+def report(**overrides) -> dict:
+    base = {
+        "client": "c1", "completed": True, "verified": True, "handshake_ms": 9.0,
+        "goodput_mbps": 40.0, "migration": MIGRATION, "failure": None, "bytes_requested": 10,
+    }  # fmt: skip
+    return {**base, **overrides}
+
+
+SERVER_EVENTS = [
+    {"event": "first_data", "t": 99.0, "client": "c1", "addr": ["10.0.0.1", 5000]},
+    {"event": "first_data", "t": 99.5, "client": "c2", "addr": ["10.0.0.102", 7000]},
+    {"event": "first_data", "t": 100.012, "client": "c1", "addr": ["10.0.0.101", 6000]},
+]
+
+
+def test_disruption_is_migration_to_first_server_byte_from_a_new_address():
+    assert disruption_ms(report(), SERVER_EVENTS) == pytest.approx(12.0)
+    assert disruption_ms(report(completed=False), SERVER_EVENTS) is None
+    assert disruption_ms(report(migration=None), SERVER_EVENTS) is None
+
+
+def test_record_counts_only_this_clients_packet_ins_and_explains_a_failure():
+    decisions = [
+        {"event": "switch_connected", "flow_mods": 3},
+        {"event": "packet_in", "t": 1.0, "addrs": ["10.0.0.1", "10.0.0.250"], "verdict": "admit",
+         "reason": "Initial", "flow_mods": 2, "flow": "10.0.0.1:5000>10.0.0.250:4433"},
+        {"event": "packet_in", "t": 101.0, "addrs": ["10.0.0.101", "10.0.0.250"], "verdict": "drop",
+         "reason": "new 5-tuple: short header", "flow_mods": 0, "flow": "10.0.0.101:6000>10.0.0.250:4433"},
+        {"event": "packet_in", "t": 101.0, "addrs": ["10.0.0.2", "10.0.0.250"], "verdict": "drop",
+         "reason": "other client", "flow_mods": 0, "flow": "x"},
+    ]  # fmt: skip
+    record = build_record(
+        variant="tuple",
+        functions=["firewall"],
+        migration_kind="active",
+        repetition=0,
+        addresses=("10.0.0.1", "10.0.0.101"),
+        report=report(completed=False, verified=False, goodput_mbps=None, failure="idle timeout"),
+        server_events=SERVER_EVENTS,
+        decisions=decisions,
+    )
+    assert (record["packet_ins"], record["flow_mods"]) == (2, 2)
+    assert record["disruption_ms"] is None and record["completed"] is False
+    assert record["failure"] == (
+        "idle timeout; middlebox dropped 1 packets of 10.0.0.101:6000>10.0.0.250:4433: "
+        "new 5-tuple: short header"
+    )
+    for field in ("variant", "functions", "migration", "repetition", "client", "completed",
+                  "verified", "handshake_ms", "goodput_mbps", "disruption_ms", "packet_ins",
+                  "flow_mods", "failure"):  # fmt: skip
+        assert field in record
+
+
+def _records(variant: str, goodputs: list[float], completed=True) -> list[dict]:
+    return [
+        {"variant": variant, "migration": "active", "completed": completed, "verified": completed,
+         "goodput_mbps": g if completed else None, "handshake_ms": 10.0, "disruption_ms": 5.0,
+         "packet_ins": 4, "flow_mods": 3, "failure": None if completed else "idle timeout"}
+        for g in goodputs
+    ]  # fmt: skip
+
+
+def test_summary_compares_each_variant_with_baseline():
+    records = _records("baseline", [40, 42, 44, 46]) + _records("tuple", [20, 21, 22, 23])
+    summary = summarize(records, seed=1)
+    comparison = summary["comparison_with_baseline"]["tuple"]["goodput_ratio"]
+    assert comparison["estimate"] == pytest.approx(21.5 / 43)
+    low, high = comparison["ci95"]
+    assert low <= comparison["estimate"] <= high < 1
+    assert comparison["note"] == "difference detected"
+    assert summary == summarize(records, seed=1)  # seeded bootstrap: reproducible
+
+
+def test_summary_says_when_it_cannot_compare():
+    records = _records("baseline", [40]) + _records("tuple", [0], completed=False)
+    comparison = summarize(records)["comparison_with_baseline"]["tuple"]
+    assert comparison["goodput_ratio"]["estimate"] is None
+    assert comparison["completed_fraction"] == 0 and comparison["baseline_completed_fraction"] == 1
+    assert bootstrap_interval([1.0], [1.0, 2.0], lambda a, b: a / b, seed=0) is None
+
+
+def test_table_has_a_row_per_variant_and_kind_with_the_failure():
+    table = format_table(_records("baseline", [40]) + _records("tuple", [0], completed=False))
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["variant", "migration", "runs"]
+    assert lines[1].startswith("baseline") and lines[2].startswith("tuple")
+    assert lines[2].endswith("idle timeout")
+
+
+def test_runs_are_interleaved_and_rotated_per_repetition():
+    scenario = load_scenario(REPOSITORY / "scenarios" / "default.yaml")
+    specs = plan_runs(scenario, ("baseline", "tuple"), repetitions=2)
+    assert [(s.repetition, s.migration, s.variant) for s in specs] == [
+        (0, "nat-rebind", "baseline"), (0, "nat-rebind", "tuple"),
+        (0, "active", "baseline"), (0, "active", "tuple"),
+        (1, "nat-rebind", "tuple"), (1, "nat-rebind", "baseline"),
+        (1, "active", "tuple"), (1, "active", "baseline"),
+    ]  # fmt: skip
+    assert repetition_seed(1, 0) != repetition_seed(1, 1) == repetition_seed(1, 1)
+
+
+def test_each_record_is_appended_and_the_summary_rewritten(tmp_path):
+    scenario = load_scenario(REPOSITORY / "scenarios" / "default.yaml")
+    runner = ExperimentRunner(scenario, tmp_path)
+    for record in _records("baseline", [40, 41]):
+        runner._append_record(record)
+    lines = (tmp_path / "records.jsonl").read_text().splitlines()
+    assert [json.loads(line)["goodput_mbps"] for line in lines] == [40, 41]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["variants"]["baseline"]["runs"] == 2

@@ -1,0 +1,107 @@
+"""Scenario validation: the default is valid; each kind of mistake names its line and key."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from testbed.cli import main
+from testbed.scenario import ScenarioError, load_scenario
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+VALID = """\
+variants: [baseline, tuple]
+topology:
+  name: dualhomed
+  clients: 1
+workload:
+  bytes: 4000
+migration:
+  kind: active
+  at_bytes: 1000
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario(write(tmp_path, text))
+    return caught.value.problems
+
+
+def test_default_scenario_is_valid_and_runs_both_kinds_and_variants():
+    scenario = load_scenario(REPOSITORY / "scenarios" / "default.yaml")
+    assert scenario.variants == ("baseline", "tuple")
+    assert scenario.migration_kinds == ("nat-rebind", "active")
+    assert scenario.migration.at_bytes < scenario.bytes
+
+
+def test_minimal_scenario_gets_defaults(tmp_path):
+    scenario = load_scenario(write(tmp_path, VALID))
+    assert scenario.name == "scenario"
+    assert scenario.seed == 0 and scenario.repetitions == 1
+    assert scenario.functions == ("firewall",)
+    assert scenario.migration.kinds == ("active",)
+    assert scenario.topology_params == {"clients": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (VALID + "colour: blue\n", "scenario.yaml:10: colour: unknown key"),
+        (VALID.replace("clients: 1", "clients: one"), "4: topology.clients: expected an integer"),
+        (VALID.replace("bytes: 4000", "bytes: -5"), "6: workload.bytes: expected an integer"),
+        (VALID.replace("tuple]", "tupel]"), "1: variants: expected one of baseline, tuple"),
+        (VALID.replace("at_bytes: 1000", "at_bytes: 4000"), "9: migration.at_bytes: expected less"),
+        (VALID.replace("kind: active", "kind: teleport"), "8: migration.kind: expected one of"),
+        (VALID.replace("name: dualhomed", "name: ring"), "3: topology.name: expected one of"),
+        (VALID.replace("  clients: 1\n", "  clients: 1\n  clients: 2\n"), "duplicate key"),
+        (VALID.replace("  at_bytes: 1000\n", ""), "8: migration: expected exactly one of"),
+        (
+            VALID.replace("  clients: 1", "  wifi_bw_mbit: 0"),
+            "topology.wifi_bw_mbit: expected a number",
+        ),
+        (
+            VALID.replace("topology:\n  name: dualhomed\n  clients: 1\n", ""),
+            "1: topology: expected this key",
+        ),
+        ("variants: [baseline\n", "(syntax): expected valid YAML"),
+        ("", "expected a mapping, the file is empty"),
+        ("- a\n- b\n", "(top level): expected a mapping"),
+    ],
+)
+def test_each_kind_of_mistake_is_reported_with_file_line_and_key(tmp_path, text, expected):
+    found = problems(tmp_path, text)
+    assert any(expected in p for p in found), found
+    assert all(p.startswith(str(tmp_path / "scenario.yaml") + ":") for p in found)
+
+
+def test_all_problems_are_reported_in_one_pass(tmp_path):
+    text = VALID.replace("tuple]", "tupel]").replace("bytes: 4000", "bytes: 0") + "extra: 1\n"
+    assert len(problems(tmp_path, text)) == 3
+
+
+def test_validate_command_exit_codes(tmp_path, capsys):
+    assert main(["validate", str(write(tmp_path, VALID))]) == 0
+    bad = write(tmp_path, VALID.replace("bytes: 4000", "bytes: -1"))
+    assert main(["validate", str(bad)]) == 2
+    assert f"{bad}:6: workload.bytes: expected" in capsys.readouterr().err
+
+
+def test_run_rejects_bad_input_before_starting_anything(tmp_path, capsys):
+    bad = write(tmp_path, VALID.replace("kind: active", "kind: teleport"))
+    assert main(["run", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+    good = write(tmp_path, VALID)
+    assert (
+        main(["run", str(good), "--variants", "baseline,cidd", "--out", str(tmp_path / "o")]) == 2
+    )
+    assert "--variants: expected names" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
