@@ -88,6 +88,15 @@ class ManagedProcess:
                 self.popen.kill()
                 self.popen.wait()
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time so far (/proc/PID/stat fields 14-15), None once reaped."""
+        try:
+            stat = Path(f"/proc/{self.popen.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, lines: int = 5) -> str:
         with contextlib.suppress(OSError):
             return " | ".join(

@@ -209,6 +209,7 @@ class ExperimentRunner:
             self._await_client(process, artifacts, addresses.name) for addresses, process in clients
         ]
         failure = emulation.controller_failure()
+        controller_cpu_s = emulation.controller.cpu_seconds()
         emulation.stop_process(server)
         emulation.stop_controller()
         if failure:
@@ -225,6 +226,10 @@ class ExperimentRunner:
                 report=report,
                 server_events=events,
                 decisions=decisions,
+            )
+            record["artifacts"] = str(artifacts.relative_to(self.out_dir))
+            record["controller_cpu_s"] = (
+                controller_cpu_s / len(clients) if controller_cpu_s is not None else None
             )
             self._append_record(record)
         outcome = ", ".join(

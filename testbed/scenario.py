@@ -25,9 +25,9 @@ from typing import Any
 import yaml
 
 from qasm.controller.pipeline import FUNCTIONS, VARIANTS
+from testbed.apps.client import MIGRATION_KINDS
 from topologies import TOPOLOGIES, Parameter
 
-MIGRATION_KINDS = ("nat-rebind", "active")
 TOP_LEVEL_KEYS = {
     "name": False,
     "description": False,

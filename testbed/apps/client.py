@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import ssl
@@ -46,6 +47,9 @@ from testbed.apps.transfer import (
 SEND_WINDOW_BYTES = 1024 * 1024
 MIGRATION_KINDS = ("nat-rebind", "active")
 OLD_SOCKET_GRACE_S = 1.0
+# Acknowledged-bytes samples for goodput-over-time plots: fine enough to see a migration gap
+# (tens of ms) without bloating the report (a 60 s transfer gives 3000 samples at most).
+PROGRESS_INTERVAL_S = 0.02
 
 
 @dataclass
@@ -66,6 +70,8 @@ class ClientReport:
     smoothed_rtt_ms: float | None = None
     quic_close: dict | None = None
     digest: dict = field(default_factory=dict)
+    # [monotonic time, payload bytes acknowledged by the server], every PROGRESS_INTERVAL_S.
+    progress: list = field(default_factory=list)
 
 
 class _SocketForwarder(asyncio.DatagramProtocol):
@@ -195,6 +201,8 @@ async def run_transfer(args: argparse.Namespace, report: ClientReport) -> None:
         pass  # the close event below says why
     finally:
         report.last_received_at = protocol.last_received_at
+        if not report.completed and report.progress:
+            report.bytes_acknowledged = report.progress[-1][1]
         report.smoothed_rtt_ms = quic._loss._rtt_smoothed * 1000
         if protocol.close_event is not None:
             event = protocol.close_event
@@ -228,6 +236,9 @@ async def _send_and_await_reply(
         if protocol.close_event is not None:
             return
         acknowledged = _acknowledged_bytes(quic, stream_id, len(header))
+        now = time.monotonic()
+        if not report.progress or now - report.progress[-1][0] >= PROGRESS_INTERVAL_S:
+            report.progress.append([now, acknowledged])
         if plan and report.migration is None and quic._handshake_confirmed:
             since_first = time.monotonic() - report.first_byte_sent_at
             if plan.due(acknowledged, since_first):
@@ -239,9 +250,13 @@ async def _send_and_await_reply(
             quic.send_stream_data(stream_id, chunk, end_stream=sent >= args.bytes)
         protocol.transmit()
         protocol.progress.clear()
-        await protocol.progress.wait()
+        # Also wake without traffic, so a stalled connection still samples (a flat line) and a
+        # time-based migration fires on time.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(protocol.progress.wait(), PROGRESS_INTERVAL_S)
     report.last_byte_acknowledged_at = time.monotonic()
     report.bytes_acknowledged = args.bytes
+    report.progress.append([report.last_byte_acknowledged_at, args.bytes])
     reply = TransferReply.decode(bytes(protocol.reply_buffer).partition(b"\n")[0])
     report.completed = True
     report.digest = {"sent": digest.hexdigest(), "received": reply.sha256}
