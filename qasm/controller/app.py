@@ -21,7 +21,15 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3
 
-from qasm.controller.messages import PORT_CONTROLLER, ClearFlows, FlowRule, Match, PacketOut
+from qasm.controller.messages import (
+    PORT_CONTROLLER,
+    ClearFlows,
+    FlowRule,
+    Match,
+    MeterRule,
+    PacketOut,
+    RemoveFlow,
+)
 from qasm.controller.pipeline import Decision, Middlebox, MiddleboxConfig
 
 CONF = cfg.CONF
@@ -67,51 +75,87 @@ class MiddleboxApp(app_manager.OSKenApp):
     def packet_in(self, ev) -> None:
         msg = ev.msg
         decision = self.middlebox.packet_in(
-            msg.datapath.id, msg.match["in_port"], bytes(msg.data), time.monotonic()
+            msg.datapath.id, msg.match["in_port"], bytes(msg.data), time.monotonic(), msg.cookie
         )
         self._apply(msg.datapath, decision)
 
     def _apply(self, datapath, decision: Decision) -> None:
         for message in decision.messages:
-            datapath.send_msg(_to_openflow(datapath, message))
+            for openflow_message in _to_openflow(datapath, message):
+                datapath.send_msg(openflow_message)
         record = {"t": time.monotonic(), **decision.record}
         self.decision_log.write(json.dumps(record) + "\n")
         self.decision_log.flush()
 
 
-def _to_openflow(datapath, message):
+def _to_openflow(datapath, message) -> list:
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
     if isinstance(message, ClearFlows):
-        return parser.OFPFlowMod(
-            datapath,
-            command=ofp.OFPFC_DELETE,
-            table_id=ofp.OFPTT_ALL,
-            out_port=ofp.OFPP_ANY,
-            out_group=ofp.OFPG_ANY,
-            match=parser.OFPMatch(),
-        )
+        return [
+            parser.OFPFlowMod(
+                datapath,
+                command=ofp.OFPFC_DELETE,
+                table_id=ofp.OFPTT_ALL,
+                out_port=ofp.OFPP_ANY,
+                out_group=ofp.OFPG_ANY,
+                match=parser.OFPMatch(),
+            ),
+            parser.OFPMeterMod(datapath, command=ofp.OFPMC_DELETE, meter_id=ofp.OFPM_ALL),
+        ]
+    if isinstance(message, MeterRule):
+        band = parser.OFPMeterBandDrop(rate=message.rate_kbps, burst_size=message.burst_kbit)
+        return [
+            parser.OFPMeterMod(
+                datapath,
+                command=ofp.OFPMC_ADD,
+                flags=ofp.OFPMF_KBPS | ofp.OFPMF_BURST,
+                meter_id=message.meter_id,
+                bands=[band],
+            )
+        ]
+    if isinstance(message, RemoveFlow):
+        return [
+            parser.OFPFlowMod(
+                datapath,
+                command=ofp.OFPFC_DELETE_STRICT,
+                priority=message.priority,
+                out_port=ofp.OFPP_ANY,
+                out_group=ofp.OFPG_ANY,
+                match=parser.OFPMatch(**_match_fields(message.match)),
+            )
+        ]
     if isinstance(message, PacketOut):
-        return parser.OFPPacketOut(
-            datapath,
-            buffer_id=ofp.OFP_NO_BUFFER,
-            in_port=message.in_port,
-            actions=[parser.OFPActionOutput(message.out_port)],
-            data=message.data,
-        )
+        return [
+            parser.OFPPacketOut(
+                datapath,
+                buffer_id=ofp.OFP_NO_BUFFER,
+                in_port=message.in_port,
+                actions=[parser.OFPActionOutput(message.out_port)],
+                data=message.data,
+            )
+        ]
     if isinstance(message, FlowRule):
+        to_controller = parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)
         actions = []
         if message.out_port == PORT_CONTROLLER:
-            actions = [parser.OFPActionOutput(ofp.OFPP_CONTROLLER, ofp.OFPCML_NO_BUFFER)]
+            actions = [to_controller]
         elif message.out_port is not None:
             actions = [parser.OFPActionOutput(message.out_port)]
+            if message.copy_to_controller:
+                actions.append(to_controller)
         instructions = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]
-        return parser.OFPFlowMod(
-            datapath,
-            priority=message.priority,
-            match=parser.OFPMatch(**_match_fields(message.match)),
-            idle_timeout=message.idle_timeout_s,
-            instructions=instructions,
-        )
+        if message.meter_id is not None:
+            instructions.insert(0, parser.OFPInstructionMeter(message.meter_id))
+        return [
+            parser.OFPFlowMod(
+                datapath,
+                cookie=message.cookie,
+                priority=message.priority,
+                match=parser.OFPMatch(**_match_fields(message.match)),
+                idle_timeout=message.idle_timeout_s,
+                instructions=instructions,
+            )
+        ]
     raise TypeError(f"no OpenFlow translation for {message!r}")
 
 

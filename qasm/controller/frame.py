@@ -29,6 +29,7 @@ class Frame:
     eth_src: str
     eth_dst: str
     eth_type: int
+    arp_request: bool = False
     ip_src: str | None = None
     ip_dst: str | None = None
     ip_proto: int | None = None
@@ -52,10 +53,12 @@ def parse_frame(data: bytes) -> Frame:
         # RFC 826 for IPv4 over Ethernet: sender protocol address at 14, target at 24.
         if len(data) < _ETH_HEADER + 28:
             raise FrameError(f"arp: {len(data) - _ETH_HEADER} bytes, expected 28")
+        (operation,) = struct.unpack_from("!H", data, 20)
         return Frame(
             eth_src,
             eth_dst,
             eth_type,
+            arp_request=operation == 1,
             ip_src=str(ipaddress.IPv4Address(data[28:32])),
             ip_dst=str(ipaddress.IPv4Address(data[38:42])),
         )
@@ -94,3 +97,42 @@ def parse_frame(data: bytes) -> Frame:
         flow=FlowKey(src, src_port, dst, dst_port),
         udp_payload=bytes(udp[_UDP_HEADER:udp_len]),
     )
+
+
+def _ipv4_checksum(header: bytes) -> int:
+    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def build_arp_reply(sender_mac: str, sender_ip: str, target_mac: str, target_ip: str) -> bytes:
+    """An ARP reply (RFC 826) saying `sender_ip` is at `sender_mac`."""
+    return (
+        _mac_bytes(target_mac)
+        + _mac_bytes(sender_mac)
+        + struct.pack("!HHHBBH", ETH_TYPE_ARP, 1, ETH_TYPE_IPV4, 6, 4, 2)
+        + _mac_bytes(sender_mac)
+        + ipaddress.IPv4Address(sender_ip).packed
+        + _mac_bytes(target_mac)
+        + ipaddress.IPv4Address(target_ip).packed
+    )
+
+
+def build_udp_frame(
+    eth_src: str, eth_dst: str, flow: FlowKey, payload: bytes, ttl: int = 64
+) -> bytes:
+    """Ethernet/IPv4/UDP frame; the UDP checksum is 0 (optional over IPv4, RFC 768)."""
+    udp = struct.pack("!HHHH", flow.src_port, flow.dst_port, _UDP_HEADER + len(payload), 0)
+    total = 20 + len(udp) + len(payload)
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, 0, 0x4000, ttl, IP_PROTO_UDP, 0,
+        ipaddress.IPv4Address(flow.src_ip).packed, ipaddress.IPv4Address(flow.dst_ip).packed,
+    )  # fmt: skip
+    header = header[:10] + struct.pack("!H", _ipv4_checksum(header)) + header[12:]
+    ethernet = _mac_bytes(eth_dst) + _mac_bytes(eth_src) + struct.pack("!H", ETH_TYPE_IPV4)
+    return ethernet + header + udp + payload

@@ -18,6 +18,7 @@ PRIORITY_TABLE_MISS = 0
 PRIORITY_L2 = 10
 PRIORITY_PROTECTED = 100  # service traffic goes to the middlebox, above L2 forwarding
 PRIORITY_ADMITTED_FLOW = 200
+PRIORITY_AGENT = 300  # reports to the Tracking Agent's management address
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +31,40 @@ class Match:
     flow: FlowKey | None = None
 
 
+# Flow entries whose packets are forwarded *and* copied to the controller carry this cookie,
+# so a packet-in that is only a copy is observed, never forwarded a second time.
+COOKIE_OBSERVE = 0x0B5E
+
+
 @dataclass(frozen=True, slots=True)
 class FlowRule:
     priority: int
     match: Match
     out_port: int | None  # None drops
     idle_timeout_s: int = 0
+    meter_id: int | None = None
+    copy_to_controller: bool = False
+
+    @property
+    def cookie(self) -> int:
+        return COOKIE_OBSERVE if self.copy_to_controller else 0
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveFlow:
+    """Delete the entry with exactly this priority and match."""
+
+    priority: int
+    match: Match
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRule:
+    """An OpenFlow meter: drop above `rate_kbps` with a bucket of `burst_kbit`."""
+
+    meter_id: int
+    rate_kbps: int
+    burst_kbit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +76,7 @@ class PacketOut:
 
 @dataclass(frozen=True, slots=True)
 class ClearFlows:
-    """Delete every flow entry: a (re)connected switch may hold a previous run's rules."""
+    """Delete every flow entry and meter: a (re)connected switch may hold a previous run's."""
 
 
-SwitchMessage = FlowRule | PacketOut | ClearFlows
+SwitchMessage = FlowRule | RemoveFlow | MeterRule | PacketOut | ClearFlows

@@ -1,41 +1,93 @@
 """The middlebox as a sans-I/O state machine: packet-in in, switch messages and a log out.
 
-Data flow (../shared/DESIGN.md): packet-in → parse → look up / update state → each configured
-function decides → flow rules on the switch, so later packets of an admitted 5-tuple stay in
-the fast path. Forwarding is MAC learning; traffic to or from the protected service is
+Data flow (../shared/DESIGN.md): packet-in → parse → look up / update connection state → each
+configured function decides → flow rules on the switch, so later packets of an admitted path
+stay in the fast path. Forwarding is MAC learning; traffic to or from the protected service is
 steered to the controller (above L2 rules) whenever the variant keeps middlebox state.
+
+How each variant finds the connection of a packet on a 5-tuple it has no rule for:
+- `tuple`: it does not: every new 5-tuple is a new connection.
+- `cid`: also by the short header's DCID, among server CIDs learnt from the handshake
+  (RFC 9312 §3.5). To see the handshake, a connection's first rules forward *and* copy to the
+  controller until the server's SCID is known; then plain forwarding replaces them.
+- `qasm`: as `cid`, plus the Client Agent's reports to the Tracking Agent, which associate the
+  next CID and the new path before the client uses them and pre-install the new path's rules.
+
+Functions: `firewall` admits a new connection only on a QUIC Initial (RFC 9312 §3.1.2, §4.7);
+`ratelimit` puts every path of a connection under one OpenFlow meter (one token bucket).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
-from qasm.controller.frame import ETH_TYPE_IPV4, Frame, FrameError, parse_frame
+from qasm.agents.messages import derive_client_key
+from qasm.agents.tracking import TrackingAgent
+from qasm.controller.frame import (
+    ETH_TYPE_ARP,
+    ETH_TYPE_IPV4,
+    IP_PROTO_UDP,
+    Frame,
+    FrameError,
+    build_arp_reply,
+    build_udp_frame,
+    parse_frame,
+)
 from qasm.controller.messages import (
+    COOKIE_OBSERVE,
     PORT_CONTROLLER,
     PORT_FLOOD,
     PRIORITY_ADMITTED_FLOW,
+    PRIORITY_AGENT,
     PRIORITY_L2,
     PRIORITY_PROTECTED,
     PRIORITY_TABLE_MISS,
     ClearFlows,
     FlowRule,
     Match,
+    MeterRule,
     PacketOut,
+    RemoveFlow,
     SwitchMessage,
 )
-from qasm.functions.firewall import QuicFirewall, Verdict
-from qasm.state.flows import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ENTRIES, FlowTable
+from qasm.flow import FlowKey
+from qasm.functions.firewall import client_initial_problem
+from qasm.state.connections import Connection, ConnectionTable
+from qasm.state.flows import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ENTRIES
+from qasm.wire.errors import WireError
+from qasm.wire.header import KNOWN_VERSIONS, HeaderForm, parse_datagram, short_header_dcid
 
 # Variants this controller implements; the names are fixed in DESIGN.md.
-STATEFUL_VARIANTS = ("tuple",)
+CID_AWARE_VARIANTS = ("cid", "qasm")
+STATEFUL_VARIANTS = ("tuple", *CID_AWARE_VARIANTS)
 VARIANTS = ("baseline", *STATEFUL_VARIANTS)
-FUNCTIONS = ("firewall",)
+FUNCTIONS = ("firewall", "ratelimit")
+# Packet-ins of a path whose rules went out less than this long ago were already queued
+# before the switch had the rules; forward them without sending the rules again.
+RULES_IN_FLIGHT_S = 1.0
 
 
 class ConfigError(ValueError):
     """The controller configuration is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """Where the Tracking Agent listens (a management address answered by the controller)
+    and who may report: per-client keys (hex) and each client's addresses."""
+
+    ip: str
+    port: int
+    mac: str
+    keys: dict[str, str] = field(default_factory=dict)
+    addresses: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    rate_kbps: int
+    burst_kbit: int
 
 
 @dataclass(frozen=True)
@@ -46,6 +98,8 @@ class MiddleboxConfig:
     functions: tuple[str, ...] = ("firewall",)
     state_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     max_flows: int = DEFAULT_MAX_ENTRIES
+    agent: AgentSettings | None = None
+    ratelimit: RateLimit | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -57,6 +111,10 @@ class MiddleboxConfig:
             raise ConfigError(f"service_port: {self.service_port}, expected 1..65535")
         if self.state_idle_timeout_s <= 0 or self.max_flows <= 0:
             raise ConfigError("state_idle_timeout_s and max_flows: expected positive numbers")
+        if self.variant == "qasm" and self.agent is None:
+            raise ConfigError("agent: the qasm variant needs the Tracking Agent's settings")
+        if "ratelimit" in self.functions and self.ratelimit is None:
+            raise ConfigError("ratelimit: the ratelimit function needs rate_kbps and burst_kbit")
 
     @classmethod
     def from_json(cls, text: str) -> MiddleboxConfig:
@@ -68,15 +126,19 @@ class MiddleboxConfig:
         unknown = set(values) - known
         if unknown:
             raise ConfigError(f"unknown keys {sorted(unknown)}, expected from {sorted(known)}")
-        if "functions" in values:
-            values["functions"] = tuple(values["functions"])
         try:
+            if "functions" in values:
+                values["functions"] = tuple(values["functions"])
+            if values.get("agent") is not None:
+                values["agent"] = AgentSettings(**values["agent"])
+            if values.get("ratelimit") is not None:
+                values["ratelimit"] = RateLimit(**values["ratelimit"])
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(str(exc)) from exc
 
     def to_json(self) -> str:
-        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)})
+        return json.dumps(asdict(self))
 
 
 @dataclass(frozen=True)
@@ -88,41 +150,63 @@ class Decision:
 
     @property
     def flow_mods(self) -> int:
-        return sum(isinstance(m, FlowRule) for m in self.messages)
+        return sum(isinstance(m, (FlowRule, RemoveFlow)) for m in self.messages)
+
+
+@dataclass
+class _PathPorts:
+    client_port: int
+    service_port: int
 
 
 class Middlebox:
     def __init__(self, config: MiddleboxConfig) -> None:
         self.config = config
+        self.stateful = config.variant in STATEFUL_VARIANTS
+        self.cid_aware = config.variant in CID_AWARE_VARIANTS
+        self.firewall = self.stateful and "firewall" in config.functions
+        self.ratelimit = config.ratelimit if "ratelimit" in config.functions else None
+        self.table = ConnectionTable(config.state_idle_timeout_s, config.max_flows)
         self._port_of_mac: dict[tuple[int, str], int] = {}
-        self.firewall: QuicFirewall | None = None
-        if config.variant in STATEFUL_VARIANTS and "firewall" in config.functions:
-            admitted = FlowTable(config.state_idle_timeout_s, config.max_flows)
-            self.firewall = QuicFirewall(config.service_ip, config.service_port, admitted)
+        self._port_of_ip: dict[tuple[int, str], int] = {}
+        self.tracking: TrackingAgent | None = None
+        if config.variant == "qasm":
+            agent = config.agent
+            self.tracking = TrackingAgent(
+                table=self.table,
+                service=(config.service_ip, config.service_port),
+                keys={client: bytes.fromhex(key) for client, key in agent.keys.items()},
+                addresses={c: frozenset(a) for c, a in agent.addresses.items()},
+            )
+
+    # --- events ---------------------------------------------------------------------------
 
     def switch_connected(self, dpid: int) -> Decision:
         messages: list[SwitchMessage] = [
             ClearFlows(),
             FlowRule(PRIORITY_TABLE_MISS, Match(), PORT_CONTROLLER),
         ]
-        if self.firewall:
+        if self.stateful:
             service = self.config.service_ip
             messages += [
                 FlowRule(PRIORITY_PROTECTED, Match(ipv4_dst=service), PORT_CONTROLLER),
                 FlowRule(PRIORITY_PROTECTED, Match(ipv4_src=service), PORT_CONTROLLER),
             ]
+        if self.tracking:
+            agent = Match(ipv4_dst=self.config.agent.ip)
+            messages.append(FlowRule(PRIORITY_AGENT, agent, PORT_CONTROLLER))
         return self._decision(messages, event="switch_connected", dpid=dpid)
 
-    def packet_in(self, dpid: int, in_port: int, data: bytes, now: float) -> Decision:
+    def packet_in(
+        self, dpid: int, in_port: int, data: bytes, now: float, cookie: int = 0
+    ) -> Decision:
         try:
             frame = parse_frame(data)
         except FrameError as exc:
             return self._decision(
                 [], event="packet_in", dpid=dpid, in_port=in_port, verdict="drop", reason=str(exc)
             )
-        if not _is_multicast(frame.eth_src):
-            self._port_of_mac[(dpid, frame.eth_src)] = in_port
-        out_port = self._port_of_mac.get((dpid, frame.eth_dst))
+        self._learn_location(dpid, in_port, frame)
         context = {
             "event": "packet_in",
             "dpid": dpid,
@@ -130,8 +214,25 @@ class Middlebox:
             "addrs": list(frame.addresses()),
             "flow": str(frame.flow) if frame.flow else None,
         }
-        if self.firewall and self._touches_service(frame):
-            return self._firewall_decision(frame, in_port, out_port, data, now, context)
+        if cookie == COOKIE_OBSERVE:
+            # Already forwarded by the switch; this copy only feeds CID learning.
+            return self._observe(dpid, frame, now, context)
+        if self.tracking and frame.ip_dst == self.config.agent.ip:
+            return self._agent_datagram(dpid, in_port, frame, now, context)
+        if self.stateful and self._touches_service(frame):
+            return self._service_packet(dpid, in_port, frame, data, now, context)
+        return self._l2_forward(dpid, in_port, frame, data, context)
+
+    # --- forwarding -----------------------------------------------------------------------
+
+    def _learn_location(self, dpid: int, in_port: int, frame: Frame) -> None:
+        if not int(frame.eth_src[:2], 16) & 0x01:  # not a multicast source
+            self._port_of_mac[(dpid, frame.eth_src)] = in_port
+        if frame.ip_src and (frame.eth_type == ETH_TYPE_ARP or frame.flow is not None):
+            self._port_of_ip[(dpid, frame.ip_src)] = in_port
+
+    def _l2_forward(self, dpid: int, in_port: int, frame: Frame, data: bytes, context: dict):
+        out_port = self._port_of_mac.get((dpid, frame.eth_dst))
         if out_port is None:
             return self._decision(
                 [PacketOut(in_port, PORT_FLOOD, data)], **context, verdict="flood", reason="l2"
@@ -145,31 +246,178 @@ class Middlebox:
     def _touches_service(self, frame: Frame) -> bool:
         return frame.eth_type == ETH_TYPE_IPV4 and self.config.service_ip in frame.addresses()
 
-    def _firewall_decision(
-        self,
-        frame: Frame,
-        in_port: int,
-        out_port: int | None,
-        data: bytes,
-        now: float,
-        context: dict,
+    # --- service traffic ------------------------------------------------------------------
+
+    def _service_packet(
+        self, dpid: int, in_port: int, frame: Frame, data: bytes, now: float, context: dict
     ) -> Decision:
-        verdict = self.firewall.decide(frame, now)
-        if verdict.verdict is Verdict.DROP:
-            return self._decision([], **context, verdict="drop", reason=verdict.reason)
-        if out_port is None:
-            # Destination MAC not learnt yet: deliver this packet, decide the fast path later.
-            messages: list[SwitchMessage] = [PacketOut(in_port, PORT_FLOOD, data)]
+        flow = frame.flow
+        if frame.ip_proto != IP_PROTO_UDP or flow is None:
+            if self.firewall:
+                reason = f"IP protocol {frame.ip_proto} is not QUIC/UDP"
+                return self._decision([], **context, verdict="drop", reason=reason)
+            return self._l2_forward(dpid, in_port, frame, data, context)
+        to_service = flow.dst_ip == self.config.service_ip
+        path = flow if to_service else flow.reversed()
+        if path.dst_port != self.config.service_port:
+            if self.firewall:
+                reason = f"UDP port {path.dst_port} not served"
+                return self._decision([], **context, verdict="drop", reason=reason)
+            return self._l2_forward(dpid, in_port, frame, data, context)
+        connection, how = self._locate(path, to_service, frame.udp_payload, now)
+        if connection is None:
+            return self._decision([], **context, verdict="drop", reason=how)
+        ports = self._path_ports(dpid, path)
+        if ports is None:
+            # A side's location not learnt yet: deliver this packet, install rules later.
+            messages = [PacketOut(in_port, PORT_FLOOD, data)]
         else:
-            idle = int(self.config.state_idle_timeout_s)
-            messages = [FlowRule(PRIORITY_ADMITTED_FLOW, Match(flow=frame.flow), out_port, idle)]
-            if verdict.verdict is Verdict.ADMIT:
-                reverse = Match(flow=frame.flow.reversed())
-                messages.append(FlowRule(PRIORITY_ADMITTED_FLOW, reverse, in_port, idle))
+            connection.policy.setdefault("ports", {})[path] = ports
+            messages = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
+            installed = connection.policy.setdefault("installed", {})
+            if not messages and now - installed.get(path, -RULES_IN_FLIGHT_S) >= RULES_IN_FLIGHT_S:
+                messages = self._path_rules(connection, path, ports)
+                installed[path] = now
+            out_port = ports.service_port if to_service else ports.client_port
             messages.append(PacketOut(in_port, out_port, data))
+        verdict = "forward" if how == "known path" else "admit"
         return self._decision(
-            messages, **context, verdict=verdict.verdict.value, reason=verdict.reason
+            messages, **context, verdict=verdict, reason=how, connection=connection.id
         )
+
+    def _locate(
+        self, path: FlowKey, to_service: bool, payload: bytes, now: float
+    ) -> tuple[Connection | None, str]:
+        connection = self.table.by_path(path, now)
+        if connection is not None:
+            return connection, "known path"
+        if not to_service:
+            return None, "from the service on a 5-tuple never admitted"
+        if self.cid_aware:
+            for length in self.table.cid_lengths:
+                try:
+                    dcid = short_header_dcid(payload, length)
+                except WireError:
+                    break  # a long header: not a migrated packet
+                connection = self.table.by_cid(dcid, now)
+                if connection and self.table.associate_path(connection, path, now):
+                    connection.migrations += 1
+                    return connection, "new path of a known connection (DCID match)"
+        if self.firewall:
+            problem = client_initial_problem(payload)
+            if problem:
+                return None, f"new 5-tuple: {problem}"
+        connection, _ = self.table.put(path, now)
+        connection.policy["observing"] = self.cid_aware
+        if self.firewall:
+            return connection, "new connection opened by a QUIC Initial"
+        return connection, "new 5-tuple"
+
+    def _learn_server_cids(
+        self, connection: Connection, to_service: bool, payload: bytes, now: float
+    ) -> list[SwitchMessage]:
+        """RFC 9312 §3.5: the server's long-header SCIDs are the DCIDs its client will use.
+        Returns the connection's rules without copies once a server CID is known."""
+        if not self.cid_aware or to_service:
+            return []
+        try:
+            headers = parse_datagram(payload, short_dcid_length=0)
+        except WireError:
+            return []
+        learnt = False
+        for header in headers:
+            if header.form is HeaderForm.LONG and header.version in KNOWN_VERSIONS and header.scid:
+                learnt |= self.table.associate_cid(connection, header.scid, now)
+        if not (learnt and connection.policy.get("observing")):
+            return []
+        connection.policy["observing"] = False
+        messages: list[SwitchMessage] = []
+        for path, ports in connection.policy.get("ports", {}).items():
+            if path in connection.paths:
+                messages += self._path_rules(connection, path, ports)
+        return messages
+
+    def _observe(self, dpid: int, frame: Frame, now: float, context: dict) -> Decision:
+        messages: list[SwitchMessage] = []
+        flow = frame.flow
+        if flow is not None and self.config.service_ip in (flow.src_ip, flow.dst_ip):
+            to_service = flow.dst_ip == self.config.service_ip
+            path = flow if to_service else flow.reversed()
+            connection = self.table.by_path(path, now)
+            if connection is not None:
+                messages = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
+        return self._decision(messages, **context, verdict="observe", reason="handshake copy")
+
+    def _path_ports(self, dpid: int, path: FlowKey) -> _PathPorts | None:
+        client_port = self._port_of_ip.get((dpid, path.src_ip))
+        service_port = self._port_of_ip.get((dpid, path.dst_ip))
+        if client_port is None or service_port is None:
+            return None
+        return _PathPorts(client_port, service_port)
+
+    def _path_rules(
+        self, connection: Connection, path: FlowKey, ports: _PathPorts
+    ) -> list[SwitchMessage]:
+        """Both directions of one path, under the connection's meter while observing or not."""
+        messages: list[SwitchMessage] = []
+        meter_id = None
+        if self.ratelimit:
+            meter_id = connection.policy.get("meter")
+            if meter_id is None:
+                meter_id = connection.policy["meter"] = connection.id
+                messages.append(
+                    MeterRule(meter_id, self.ratelimit.rate_kbps, self.ratelimit.burst_kbit)
+                )
+        idle = int(self.config.state_idle_timeout_s)
+        observing = bool(connection.policy.get("observing"))
+        messages += [
+            FlowRule(
+                PRIORITY_ADMITTED_FLOW, Match(flow=path), ports.service_port, idle,
+                meter_id=meter_id, copy_to_controller=observing,
+            ),
+            FlowRule(
+                PRIORITY_ADMITTED_FLOW, Match(flow=path.reversed()), ports.client_port, idle,
+                copy_to_controller=observing,
+            ),
+        ]  # fmt: skip
+        return messages
+
+    # --- the Tracking Agent ---------------------------------------------------------------
+
+    def _agent_datagram(
+        self, dpid: int, in_port: int, frame: Frame, now: float, context: dict
+    ) -> Decision:
+        agent = self.config.agent
+        if frame.eth_type == ETH_TYPE_ARP:
+            if not frame.arp_request:
+                return self._decision([], **context, verdict="drop", reason="ARP reply to agent")
+            reply = build_arp_reply(agent.mac, agent.ip, frame.eth_src, frame.ip_src)
+            messages = [PacketOut(PORT_CONTROLLER, in_port, reply)]
+            return self._decision(messages, **context, verdict="arp_reply", reason="agent address")
+        flow = frame.flow
+        if flow is None or flow.dst_port != agent.port:
+            reason = "not a report to the Tracking Agent's port"
+            return self._decision([], **context, verdict="drop", reason=reason)
+        report = self.tracking.receive(frame.udp_payload, flow.src_ip, now)
+        messages: list[SwitchMessage] = []
+        if report.new_path is not None:
+            ports = _PathPorts(in_port, self._port_of_ip.get((dpid, self.config.service_ip)))
+            if ports.service_port is not None:
+                report.connection.policy.setdefault("ports", {})[report.new_path] = ports
+                messages += self._path_rules(report.connection, report.new_path, ports)
+        if report.retired_path is not None:
+            for match in (
+                Match(flow=report.retired_path),
+                Match(flow=report.retired_path.reversed()),
+            ):
+                messages.append(RemoveFlow(PRIORITY_ADMITTED_FLOW, match))
+        if report.reply is not None:
+            answer = build_udp_frame(agent.mac, frame.eth_src, flow.reversed(), report.reply)
+            messages.append(PacketOut(PORT_CONTROLLER, in_port, answer))
+        return self._decision(
+            messages, **{**context, "event": "agent_report"}, bytes=len(frame.udp_payload),
+            verdict="accept" if report.accepted else "reject", **report.record(),
+        )  # fmt: skip
 
     def _decision(self, messages: list[SwitchMessage], **record) -> Decision:
         decision = Decision(tuple(messages), record)
@@ -178,5 +426,6 @@ class Middlebox:
         return decision
 
 
-def _is_multicast(mac: str) -> bool:
-    return int(mac[:2], 16) & 0x01 == 1
+def agent_keys(secret: bytes, clients: list[str]) -> dict[str, str]:
+    """Per-client Tracking Agent keys (hex) derived from the scenario's secret."""
+    return {client: derive_client_key(secret, client).hex() for client in clients}

@@ -108,16 +108,26 @@ def test_tuple_state_expires_after_the_idle_timeout(client_initial):
     assert box.packet_in(1, CLIENT_PORT, later, now=221.0).record["verdict"] == "drop"
 
 
+def long_packet(first_byte: int, version: int, size: int, token: bool = True) -> bytes:
+    """A well-formed long header (RFC 9000 §17.2) with an 8-byte DCID and `size` bytes after."""
+    header = bytes([first_byte]) + version.to_bytes(4, "big") + b"\x08" + bytes(range(8)) + b"\x00"
+    if token:
+        header += b"\x00"  # empty token (Initial only)
+    remaining = size - len(header) - 2
+    return header + bytes([0x40 | remaining >> 8, remaining & 0xFF]) + bytes(remaining)
+
+
 @pytest.mark.parametrize(
     ("payload", "reason"),
     [
         (b"", "empty datagram"),
         (b"\x40" + bytes(1300), "short header"),
-        (b"\xc0\x00\x00", "truncated"),
-        (b"\xc0\xff\x00\x00\x1d" + bytes(1300), "unknown version 0xff00001d"),
-        (b"\xe0\x00\x00\x00\x01" + bytes(1300), "type 2, not Initial"),
-        (b"\xc0\x00\x00\x00\x01" + bytes(300), "below 1200"),
-        (b"\xd0\x6b\x33\x43\xcf" + bytes(1300), None),  # QUIC v2 Initial is type 0b01
+        (b"\xc0\x00\x00", "not a QUIC packet"),
+        (b"\xc0\xff\x00\x00\x1d\x00\x00" + bytes(1300), "unknown version 0xff00001d"),
+        (long_packet(0xE0, 1, 1300, token=False), "type handshake, not Initial"),
+        (long_packet(0xC0, 1, 300), "below 1200"),
+        (long_packet(0xC0, 1, 1250), None),
+        (long_packet(0xD0, 0x6B3343CF, 1250), None),  # QUIC v2's Initial type is 0b01
     ],
 )
 def test_first_packet_rules(payload, reason):
@@ -143,7 +153,7 @@ def test_baseline_forwards_by_mac_learning_and_keeps_no_middlebox_state(client_i
     short = box.packet_in(1, CLIENT_PORT, udp_frame(b"\x40" + bytes(40), sport=1234), now=1.0)
     assert short.record["verdict"] == "forward"
     assert rules(short) == [FlowRule(10, Match(eth_dst=SERVER_MAC), SERVER_PORT)]
-    assert box.firewall is None
+    assert not box.firewall and len(box.table) == 0
 
 
 def test_malformed_frames_are_dropped_with_the_layer_named():
