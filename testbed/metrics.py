@@ -52,11 +52,28 @@ def disruption_ms(report: dict, server_events: Iterable[dict]) -> float | None:
 
 
 def client_decisions(decisions: Iterable[dict], addresses: Iterable[str]) -> list[dict]:
-    """The controller decisions about packets to or from this client's addresses."""
+    """The controller decisions about packets to or from this client's addresses (agent
+    reports are counted apart, as agent messages)."""
     mine = set(addresses)
     return [
         d for d in decisions if d.get("event") == "packet_in" and mine & set(d.get("addrs", ()))
     ]
+
+
+def migration_packet_ins(decisions: Iterable[dict], report: dict) -> int | None:
+    """Packet-ins of this client's QUIC packets (not ARP, not agent reports, not handshake
+    copies) from the migration instant on: what the migration cost the controller."""
+    migration = report.get("migration")
+    if not migration:
+        return None
+    return sum(
+        1
+        for d in decisions
+        if d.get("event") == "packet_in"
+        and d.get("flow")
+        and d.get("verdict") != "observe"
+        and d["t"] >= migration["at"]
+    )
 
 
 def drop_evidence(decisions: Iterable[dict], since: float | None) -> str | None:
@@ -107,6 +124,10 @@ def build_record(
         "packet_ins": len(mine),
         "flow_mods": sum(d.get("flow_mods", 0) for d in mine),
         "failure": failure,
+        "migration_packet_ins": migration_packet_ins(mine, report),
+        "agent_messages": (report.get("agent") or {}).get("messages", 0),
+        "agent_bytes": (report.get("agent") or {}).get("bytes", 0),
+        "agent_exchanges": (report.get("agent") or {}).get("exchanges", []),
         "migrated": migration is not None,
         "migration_detail": migration,
         "bytes_requested": report.get("bytes_requested"),

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from qasm.controller.pipeline import MiddleboxConfig
+from qasm.agents.messages import derive_client_key
+from qasm.controller.pipeline import AgentSettings, MiddleboxConfig
 from testbed.emulation import Emulation, InfrastructureError, ManagedProcess
 from testbed.metrics import build_record
 from testbed.ownership import emulation_lock, new_run_record
@@ -179,12 +180,7 @@ class ExperimentRunner:
         artifacts = self.out_dir / "artifacts" / spec.name
         artifacts.mkdir(parents=True, exist_ok=True)
         topo = emulation.topo
-        config = MiddleboxConfig(
-            variant=spec.variant,
-            service_ip=topo.server_ip,
-            service_port=SERVICE_PORT,
-            functions=self.scenario.functions,
-        )
+        config = self._middlebox_config(spec.variant, topo)
         emulation.forget_neighbours()
         decision_log = emulation.start_controller(config, artifacts)
         server_events = artifacts / "server-events.jsonl"
@@ -222,7 +218,7 @@ class ExperimentRunner:
                 functions=self.scenario.functions,
                 migration_kind=spec.migration,
                 repetition=spec.repetition,
-                addresses=(addresses.wifi_ip, addresses.lte_ip),
+                addresses=addresses.ips,
                 report=report,
                 server_events=events,
                 decisions=decisions,
@@ -239,6 +235,28 @@ class ExperimentRunner:
         self.log(
             f"[{spec.index}/{total}] {spec.variant} {spec.migration or 'no migration'} "
             f"rep {spec.repetition}: {outcome} ({time.monotonic() - started:.1f} s)"
+        )
+
+    def _client_key(self, addresses) -> bytes:
+        return derive_client_key(self.scenario.agent_secret.encode(), addresses.agent_id)
+
+    def _middlebox_config(self, variant: str, topo) -> MiddleboxConfig:
+        agent = None
+        if variant == "qasm":
+            agent = AgentSettings(
+                ip=topo.agent_ip,
+                port=topo.agent_port,
+                mac=topo.agent_mac,
+                keys={a.agent_id: self._client_key(a).hex() for a in topo.clients},
+                addresses={a.agent_id: list(a.ips) for a in topo.clients},
+            )
+        return MiddleboxConfig(
+            variant=variant,
+            service_ip=topo.server_ip,
+            service_port=SERVICE_PORT,
+            functions=self.scenario.functions,
+            agent=agent,
+            ratelimit=self.scenario.ratelimit,
         )
 
     def _wait_for_server(self, server: ManagedProcess, events_path: Path) -> None:
@@ -267,13 +285,24 @@ class ExperimentRunner:
             "--out", str(artifacts / f"client-{addresses.name}.json"),
         ]  # fmt: skip
         if spec.migration:
-            new_ip = addresses.lte_ip if spec.migration == "active" else addresses.wifi_ip
+            new_ip = {
+                "nat-rebind": addresses.wifi_ip,
+                "addr-rebind": addresses.wifi_alt_ip,
+                "active": addresses.lte_ip,
+            }[spec.migration]
             argv += ["--migrate", spec.migration, "--migrate-ip", new_ip]
             migration = scenario.migration
             if migration.at_bytes is not None:
                 argv += ["--at-bytes", str(migration.at_bytes)]
             else:
                 argv += ["--at-seconds", str(migration.at_seconds)]
+        if spec.variant == "qasm":
+            topo = emulation.topo
+            argv += [
+                "--agent", f"{topo.agent_ip}:{topo.agent_port}",
+                "--agent-id", addresses.agent_id,
+                "--agent-key", self._client_key(addresses).hex(),
+            ]  # fmt: skip
         return emulation.start_on_host(
             addresses.name, argv, artifacts / f"client-{addresses.name}.log"
         )

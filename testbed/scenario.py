@@ -11,8 +11,10 @@ whole file is checked before anything starts, so one run of `qasm validate` list
     functions: [firewall]
     topology: {name: dualhomed, clients: 1, wifi_bw_mbit: 100, lte_bw_mbit: 100}
     workload: {bytes: 4000000}
-    migration: {kind: [nat-rebind, active], at_bytes: 1000000}   # or at_seconds
+    migration: {kind: [nat-rebind, addr-rebind, active], at_bytes: 1000000}  # or at_seconds
     timeouts: {idle_s: 3, run_s: 60}
+    agent: {secret: text}          # optional: Client Agent keys derive from it (qasm variant)
+    ratelimit: {rate_mbit: 8, burst_kbit: 800}   # required with functions: [ratelimit]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from qasm.controller.pipeline import FUNCTIONS, VARIANTS
+from qasm.controller.pipeline import FUNCTIONS, VARIANTS, RateLimit
 from testbed.apps.client import MIGRATION_KINDS
 from topologies import TOPOLOGIES, Parameter
 
@@ -39,7 +41,12 @@ TOP_LEVEL_KEYS = {
     "workload": True,
     "migration": False,
     "timeouts": False,
+    "agent": False,
+    "ratelimit": False,
 }  # key -> required
+# Client Agent keys derive from this unless the scenario sets `agent.secret`; an emulation
+# needs reproducibility more than secrecy.
+DEFAULT_AGENT_SECRET = "qasm-testbed"
 
 
 class ScenarioError(ValueError):
@@ -73,6 +80,8 @@ class Scenario:
     migration: Migration | None
     idle_timeout_s: float
     run_timeout_s: float
+    agent_secret: str = DEFAULT_AGENT_SECRET
+    ratelimit: RateLimit | None = None
     raw: dict = field(repr=False, default_factory=dict)
 
     @property
@@ -249,6 +258,26 @@ def _check(checker: _Checker, root: yaml.Node, path: Path, text: str) -> Scenari
     if top.get("migration") is not None:
         migration = _check_migration(checker, top["migration"], total_bytes, timeouts["run_s"])
 
+    agent_secret = DEFAULT_AGENT_SECRET
+    if top.get("agent") is not None:
+        children = checker.mapping(top["agent"], "agent", {"secret": True})
+        if children and "secret" in children:
+            agent_secret = checker.text(children["secret"], "agent.secret") or agent_secret
+
+    ratelimit = None
+    if top.get("ratelimit") is not None:
+        allowed = {"rate_mbit": True, "burst_kbit": True}
+        children = checker.mapping(top["ratelimit"], "ratelimit", allowed)
+        if children:
+            rate = checker.number(children.get("rate_mbit"), "ratelimit.rate_mbit", 0, 1000)
+            burst = checker.integer(children.get("burst_kbit"), "ratelimit.burst_kbit", 1, 10**7)
+            if rate is not None and burst is not None:
+                ratelimit = RateLimit(rate_kbps=int(rate * 1000), burst_kbit=burst)
+    if functions and "ratelimit" in functions and top.get("ratelimit") is None:
+        checker.problem(
+            root, "ratelimit", "expected rate_mbit and burst_kbit (functions has ratelimit)"
+        )
+
     if checker.problems:
         return None
     return Scenario(
@@ -266,6 +295,8 @@ def _check(checker: _Checker, root: yaml.Node, path: Path, text: str) -> Scenari
         migration=migration,
         idle_timeout_s=timeouts["idle_s"],
         run_timeout_s=timeouts["run_s"],
+        agent_secret=agent_secret,
+        ratelimit=ratelimit,
         raw=yaml.safe_load(text),
     )
 

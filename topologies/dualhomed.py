@@ -4,10 +4,15 @@
     client_i ──lte───┼── middlebox switch (OVS, OpenFlow 1.3, our controller only) ── server
                      ┘
 
-Each client has two interfaces on the same /24, each on its own link to the switch, with
+Each client has two interfaces on one /16, each on its own link to the switch, with
 source-based policy routing so a socket bound to an interface's address leaves through that
-interface (needed for active migration to really change the path). Parameters map
-one-to-one onto the scenario's `topology:` block.
+interface (needed for active migration to really change the path). The wifi interface also
+holds a second address, the target of an address rebinding. Parameters map one-to-one onto
+the scenario's `topology:` block.
+
+Addresses (client i = 1..100): wifi 10.0.1.i, wifi's second address 10.0.3.i, lte 10.0.2.i,
+server 10.0.0.250; 10.0.0.254 is the Tracking Agent's management address, answered by the
+controller through the switch (no host owns it).
 """
 
 from __future__ import annotations
@@ -18,18 +23,33 @@ from mininet.topo import Topo
 
 from topologies.parameters import Parameter
 
-SUBNET = "10.0.0.0/24"
+SUBNET = "10.0.0.0/16"
+PREFIX_LENGTH = 16
 SERVER_IP = "10.0.0.250"
-MAX_CLIENTS = 100  # wifi 10.0.0.1-100, lte 10.0.0.101-200
+AGENT_IP = "10.0.0.254"
+AGENT_MAC = "02:00:00:00:00:fe"  # locally administered, not any host's
+AGENT_PORT = 7400
+MAX_CLIENTS = 100
 
 
 @dataclass(frozen=True)
 class ClientAddresses:
-    name: str
+    index: int
+    name: str  # the Mininet host, with the run's prefix
     wifi_ip: str
+    wifi_alt_ip: str  # a second address on the wifi interface
     lte_ip: str
     wifi_intf: str
     lte_intf: str
+
+    @property
+    def agent_id(self) -> str:
+        """Stable across runs (the host name carries the per-run prefix)."""
+        return f"c{self.index}"
+
+    @property
+    def ips(self) -> tuple[str, str, str]:
+        return (self.wifi_ip, self.wifi_alt_ip, self.lte_ip)
 
 
 class DualHomed(Topo):
@@ -57,25 +77,28 @@ class DualHomed(Topo):
         self.switch_name = f"{prefix}mb"
         self.server_name = f"{prefix}srv"
         self.server_ip = SERVER_IP
+        self.agent_ip, self.agent_mac, self.agent_port = AGENT_IP, AGENT_MAC, AGENT_PORT
         # Mininet derives a DPID from digits in the name unless told; ours has hex digits.
         switch = self.addSwitch(self.switch_name, dpid="0000000000000001", protocols="OpenFlow13")
-        server = self.addHost(self.server_name, ip=f"{SERVER_IP}/24")
+        server = self.addHost(self.server_name, ip=f"{SERVER_IP}/{PREFIX_LENGTH}")
         self.addLink(server, switch, port2=1, **_bandwidth(server_bw_mbit))
         self.clients: list[ClientAddresses] = []
         for index in range(1, clients + 1):
             addresses = ClientAddresses(
+                index=index,
                 name=f"{prefix}c{index}",
-                wifi_ip=f"10.0.0.{index}",
-                lte_ip=f"10.0.0.{100 + index}",
+                wifi_ip=f"10.0.1.{index}",
+                wifi_alt_ip=f"10.0.3.{index}",
+                lte_ip=f"10.0.2.{index}",
                 wifi_intf=f"{prefix}c{index}-wifi",
                 lte_intf=f"{prefix}c{index}-lte",
             )
-            host = self.addHost(addresses.name, ip=f"{addresses.wifi_ip}/24")
+            host = self.addHost(addresses.name, ip=f"{addresses.wifi_ip}/{PREFIX_LENGTH}")
             self.addLink(
                 host,
                 switch,
                 intfName1=addresses.wifi_intf,
-                params1={"ip": f"{addresses.wifi_ip}/24"},
+                params1={"ip": f"{addresses.wifi_ip}/{PREFIX_LENGTH}"},
                 port2=2 * index,
                 **_bandwidth(wifi_bw_mbit),
             )
@@ -83,7 +106,7 @@ class DualHomed(Topo):
                 host,
                 switch,
                 intfName1=addresses.lte_intf,
-                params1={"ip": f"{addresses.lte_ip}/24"},
+                params1={"ip": f"{addresses.lte_ip}/{PREFIX_LENGTH}"},
                 port2=2 * index + 1,
                 **_bandwidth(lte_bw_mbit),
             )
@@ -101,9 +124,14 @@ class DualHomed(Topo):
                 "net.ipv4.conf.all.rp_filter=0",
             ):
                 host.cmd("sysctl", "-qw", setting)
+            host.cmd(
+                "ip", "addr", "add", f"{addresses.wifi_alt_ip}/{PREFIX_LENGTH}",
+                "dev", addresses.wifi_intf,
+            )  # fmt: skip
             for table, ip, intf in (
                 (101, addresses.wifi_ip, addresses.wifi_intf),
                 (102, addresses.lte_ip, addresses.lte_intf),
+                (103, addresses.wifi_alt_ip, addresses.wifi_intf),
             ):
                 host.cmd("ip", "rule", "add", "from", ip, "table", str(table))
                 host.cmd("ip", "route", "add", SUBNET, "dev", intf, "src", ip, "table", str(table))

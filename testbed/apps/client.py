@@ -1,7 +1,8 @@
 """Scripted transfer client that migrates mid-transfer, then reports one JSON object.
 
     python -m testbed.apps.client --server IP:PORT --local-ip IP --client NAME --bytes N
-        [--migrate nat-rebind|active --migrate-ip IP (--at-bytes N | --at-seconds S)]
+        [--migrate nat-rebind|addr-rebind|active --migrate-ip IP (--at-bytes N | --at-seconds S)]
+        [--agent IP:PORT --agent-id ID --agent-key HEX]
         [--seed S] [--idle-timeout S] [--timeout S] [--qlog-dir DIR] [--keylog FILE]
         --out FILE
 
@@ -10,6 +11,11 @@ then swap the transport, switch CID (active migration only) and transmit with no
 in between, and close the old socket a little later so packets in flight still arrive.
 The client uses its own IPv4 sockets so the new socket's address family matches the peer
 address aioquic already holds.
+
+With `--agent`, a Client Agent announces each migration to the Tracking Agent before the
+client uses the new path: from the new address, the current and next DCID and the old and new
+address; it waits for the signed ack (retrying with the identical datagram), then migrates,
+and retires the old path once the old socket is closed.
 
 A connection that dies is a result: the report says `completed: false` and why.
 """
@@ -31,6 +37,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 
+from qasm.agents.client import ClientAgent
+from qasm.agents.messages import AgentMessageError
 from testbed.apps.server import parse_address
 from testbed.apps.transfer import (
     ALPN,
@@ -45,7 +53,11 @@ from testbed.apps.transfer import (
 # Payload handed to aioquic but not yet acknowledged; aioquic buffers whatever it is given,
 # so without this bound "migrate at byte N" would mean "N bytes queued", not "N delivered".
 SEND_WINDOW_BYTES = 1024 * 1024
-MIGRATION_KINDS = ("nat-rebind", "active")
+# nat-rebind: new port, same address and CID; addr-rebind: new address, same CID;
+# active: another interface's address and a new CID (RFC 9000 §9.5).
+MIGRATION_KINDS = ("nat-rebind", "addr-rebind", "active")
+AGENT_REPLY_TIMEOUT_S = 0.2
+AGENT_ATTEMPTS = 3
 OLD_SOCKET_GRACE_S = 1.0
 # Acknowledged-bytes samples for goodput-over-time plots: fine enough to see a migration gap
 # (tens of ms) without bloating the report (a 60 s transfer gives 3000 samples at most).
@@ -70,6 +82,7 @@ class ClientReport:
     smoothed_rtt_ms: float | None = None
     quic_close: dict | None = None
     digest: dict = field(default_factory=dict)
+    agent: dict | None = None  # what the Client Agent sent and what the Tracking Agent said
     # [monotonic time, payload bytes acknowledged by the server], every PROGRESS_INTERVAL_S.
     progress: list = field(default_factory=list)
 
@@ -126,32 +139,106 @@ class MigrationPlan:
     at_bytes: int | None = None
     at_seconds: float | None = None
 
+    @property
+    def new_cid(self) -> bool:
+        return self.kind == "active"
+
     def due(self, acknowledged: int, since_first_byte: float) -> bool:
         if self.at_bytes is not None:
             return acknowledged >= self.at_bytes
         return since_first_byte >= self.at_seconds
 
 
-async def migrate(protocol: TransferClientProtocol, plan: MigrationPlan) -> dict:
+class _AgentReplies(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.replies.put_nowait(data)
+
+
+@dataclass
+class AgentLink:
+    """The Client Agent and where its Tracking Agent listens."""
+
+    agent: ClientAgent
+    address: tuple[str, int]
+    exchanges: list = field(default_factory=list)
+    pending: list = field(default_factory=list)  # background exchanges (retirements)
+
+    async def exchange(self, counter: int, datagram: bytes, local_ip: str, what: str) -> dict:
+        loop = asyncio.get_running_loop()
+        transport, channel = await loop.create_datagram_endpoint(
+            _AgentReplies, local_addr=(local_ip, 0), remote_addr=self.address
+        )
+        started = time.monotonic()
+        result = {"what": what, "accepted": False, "reason": "no reply", "attempts": 0}
+        try:
+            for attempt in range(1, AGENT_ATTEMPTS + 1):
+                result["attempts"] = attempt
+                transport.sendto(datagram)
+                try:
+                    reply = await asyncio.wait_for(channel.replies.get(), AGENT_REPLY_TIMEOUT_S)
+                except TimeoutError:
+                    continue
+                try:
+                    ack = self.agent.read_ack(reply, counter)
+                except AgentMessageError as exc:
+                    result["reason"] = f"bad reply: {exc}"
+                    break
+                result.update(accepted=ack.accepted, reason=ack.reason)
+                break
+        finally:
+            transport.close()
+        result["ms"] = (time.monotonic() - started) * 1000
+        self.exchanges.append(result)
+        return result
+
+    def summary(self) -> dict:
+        return {
+            "messages": self.agent.messages_sent,
+            "bytes": self.agent.bytes_sent,
+            "exchanges": self.exchanges,
+        }
+
+
+async def migrate(
+    protocol: TransferClientProtocol, plan: MigrationPlan, agent: AgentLink | None
+) -> dict:
     loop = asyncio.get_running_loop()
     quic = protocol._quic
     old_transport = protocol.transport
-    old_local = old_transport.get_extra_info("sockname")
+    old_local = tuple(old_transport.get_extra_info("sockname")[:2])
     new_transport, _ = await loop.create_datagram_endpoint(
         lambda: _SocketForwarder(protocol), local_addr=(plan.new_local_ip, 0)
     )
+    new_local = tuple(new_transport.get_extra_info("sockname")[:2])
+    if agent is not None:
+        counter, datagram = agent.agent.announce(quic, old_local, new_local, plan.new_cid)
+        await agent.exchange(counter, datagram, plan.new_local_ip, "announce")
     old_dcid = quic._peer_cid.cid.hex()
     migrated_at = time.monotonic()
-    protocol.switch_transport(new_transport, new_cid=plan.kind == "active")
+    protocol.switch_transport(new_transport, new_cid=plan.new_cid)
     loop.call_later(OLD_SOCKET_GRACE_S, old_transport.close)
+    if agent is not None:
+        agent.pending.append(
+            loop.create_task(_retire_later(agent, quic, old_local, plan.new_local_ip))
+        )
     return {
         "kind": plan.kind,
         "at": migrated_at,
-        "from": list(old_local[:2]),
-        "to": list(new_transport.get_extra_info("sockname")[:2]),
+        "from": list(old_local),
+        "to": list(new_local),
         "old_dcid": old_dcid,
         "new_dcid": quic._peer_cid.cid.hex(),
     }
+
+
+async def _retire_later(agent: AgentLink, quic: QuicConnection, old_local, local_ip: str):
+    """Retires the old path once its socket is closed and nothing more can arrive on it."""
+    await asyncio.sleep(OLD_SOCKET_GRACE_S)
+    counter, datagram = agent.agent.retire(quic, old_local)
+    await agent.exchange(counter, datagram, local_ip, "retire")
 
 
 def _acknowledged_bytes(quic: QuicConnection, stream_id: int, header_size: int) -> int:
@@ -191,15 +278,25 @@ async def run_transfer(args: argparse.Namespace, report: ClientReport) -> None:
         if args.migrate
         else None
     )
+    agent = None
+    if args.agent:
+        agent = AgentLink(
+            ClientAgent(args.agent_id, bytes.fromhex(args.agent_key)), parse_address(args.agent)
+        )
     try:
         report.started_at = time.monotonic()
         protocol.connect(server)
         await protocol.wait_connected()
         report.handshake_ms = (time.monotonic() - report.started_at) * 1000
-        await _send_and_await_reply(protocol, quic, args, plan, report)
+        await _send_and_await_reply(protocol, quic, args, plan, agent, report)
     except ConnectionError:
         pass  # the close event below says why
     finally:
+        if agent is not None:
+            # Let a retirement in flight finish: the Tracking Agent should hear of it.
+            if agent.pending:
+                await asyncio.wait(agent.pending, timeout=OLD_SOCKET_GRACE_S + 1)
+            report.agent = agent.summary()
         report.last_received_at = protocol.last_received_at
         if not report.completed and report.progress:
             report.bytes_acknowledged = report.progress[-1][1]
@@ -223,6 +320,7 @@ async def _send_and_await_reply(
     quic: QuicConnection,
     args: argparse.Namespace,
     plan: MigrationPlan | None,
+    agent: AgentLink | None,
     report: ClientReport,
 ) -> None:
     stream_id = quic.get_next_available_stream_id()
@@ -242,7 +340,7 @@ async def _send_and_await_reply(
         if plan and report.migration is None and quic._handshake_confirmed:
             since_first = time.monotonic() - report.first_byte_sent_at
             if plan.due(acknowledged, since_first):
-                report.migration = await migrate(protocol, plan)
+                report.migration = await migrate(protocol, plan, agent)
         while sent < args.bytes and _buffered_bytes(quic, stream_id) < SEND_WINDOW_BYTES:
             chunk = next(chunks)
             digest.update(chunk)
@@ -291,6 +389,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--migrate-ip")
     parser.add_argument("--at-bytes", type=int)
     parser.add_argument("--at-seconds", type=float)
+    parser.add_argument("--agent", help="Tracking Agent IPv4:PORT (enables the Client Agent)")
+    parser.add_argument("--agent-id")
+    parser.add_argument("--agent-key", help="this client's key, hex")
     parser.add_argument("--idle-timeout", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--qlog-dir")
@@ -301,6 +402,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.migrate_ip is None or (args.at_bytes is None) == (args.at_seconds is None)
     ):
         parser.error("--migrate needs --migrate-ip and exactly one of --at-bytes/--at-seconds")
+    if args.agent and not (args.agent_id and args.agent_key):
+        parser.error("--agent needs --agent-id and --agent-key")
     return args
 
 
