@@ -77,6 +77,7 @@ class CaptureSummarizer:
                 if header.packet_type is PacketType.INITIAL:
                     description.update(self._initial(payload, header, src, dst))
                 elif header.packet_type is PacketType.RETRY:
+                    # The Retry answers the client Initial on the reverse path.
                     original = self._initial_key_dcid.get((dst, src))
                     description.update(describe_retry(payload, header, original))
             except WireError as exc:
@@ -86,14 +87,15 @@ class CaptureSummarizer:
         return described
 
     def _initial(self, payload, header, src: Endpoint, dst: Endpoint) -> dict[str, Any]:
-        # A server Initial is keyed by the DCID of the client Initial on the reverse path.
-        decrypted = open_initial(
-            payload, header, original_dcid=self._initial_key_dcid.get((dst, src))
-        )
+        # Both directions' Initials use keys from the client's first DCID (RFC 9001 §5.2),
+        # recorded under (client, server) when a client Initial carried it.
+        known = self._initial_key_dcid.get((src, dst)) or self._initial_key_dcid.get((dst, src))
+        decrypted = open_initial(payload, header, original_dcid=known)
         assembler = None
         if decrypted.sender is Sender.CLIENT:
-            _remember(self._initial_key_dcid, (src, dst), header.dcid)
-            key = (src, dst, header.dcid)
+            if decrypted.key_dcid == header.dcid:  # a first Initial, or the one after Retry
+                _remember(self._initial_key_dcid, (src, dst), header.dcid)
+            key = (src, dst, decrypted.key_dcid)
             assembler = self._assemblers.get(key)
             if assembler is None:
                 assembler = _remember(self._assemblers, key, ClientHelloAssembler())

@@ -52,10 +52,12 @@ class Sender(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DecryptedInitial:
-    """A decrypted Initial packet: who sent it, its full packet number and its frames."""
+    """A decrypted Initial packet: who sent it, the DCID its keys came from, its packet
+    number and its frames."""
 
     header: PacketHeader
     sender: Sender
+    key_dcid: bytes
     packet_number: int
     payload: bytes
     frames: PayloadFrames
@@ -116,6 +118,7 @@ def decrypt_initial(
     return DecryptedInitial(
         header=header,
         sender=sender,
+        key_dcid=bytes(key_dcid),
         packet_number=packet_number,
         payload=payload,
         frames=parse_frames(payload),
@@ -127,8 +130,10 @@ def open_initial(
 ) -> DecryptedInitial:
     """Decrypt an Initial without knowing who sent it, trying each plausible key.
 
-    A client Initial derives its keys from its own DCID; a server Initial from the client's
-    DCID (`original_dcid`). AEAD authentication makes trying both safe: wrong keys fail.
+    Keys come from the DCID of the client's first Initial (RFC 9001 §5.2): a client's first
+    Initial carries it, but a server Initial, and a client Initial sent after the server's
+    first reply (whose DCID is then the server's CID), need it as `original_dcid`. AEAD
+    authentication makes trying each candidate safe: wrong keys fail.
     """
     candidates: list[tuple[Sender, bytes]] = [(Sender.CLIENT, header.dcid)]
     if original_dcid is not None:

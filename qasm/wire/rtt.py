@@ -92,6 +92,9 @@ DEFAULT_SHORT_FRACTION = 0.25
 DEFAULT_LONG_FACTOR = 3.0
 DEFAULT_HISTORY = 16
 DEFAULT_SAMPLE_LOG = 256
+# A packet reordered across a flip makes two spurious edges; more than that between two
+# genuine edges means the bit is not spinning once per RTT (e.g. set at random).
+MAX_SPURIOUS_EDGES = 2
 # Below this many edges the spin signal cannot be judged random or not.
 MIN_EDGES_TO_JUDGE = 8
 
@@ -120,6 +123,7 @@ class SpinBitRttEstimator:
         "_dcid",
         "_last_now",
         "_min_rtt",
+        "_spurious",
         "samples",
         "edges",
         "rejected",
@@ -143,6 +147,7 @@ class SpinBitRttEstimator:
         self._dcid: bytes | None = None
         self._last_now: float | None = None
         self._min_rtt: float | None = None
+        self._spurious = 0  # too-short edges since the last genuine edge
         # The last `sample_log` judgements, for inspection; bounded so a long flow does not
         # grow the estimator.
         self.samples: deque[SpinSample] = deque(maxlen=sample_log)
@@ -204,9 +209,16 @@ class SpinBitRttEstimator:
         self.edges += 1
         reference = self.reference_rtt
         if reference is not None and interval < self.short_fraction * reference:
+            self._spurious += 1
             self._record(now, interval, False, "too short (reordering)")
             return None
         self._edge_at = now
+        spurious, self._spurious = self._spurious, 0
+        if spurious > MAX_SPURIOUS_EDGES:
+            # The first edge past the threshold of a noisy signal; timing it would pull the
+            # reference down towards the packet gap.
+            self._record(now, interval, False, "noisy (spin not once per RTT)")
+            return None
         if reference is not None and interval > self.long_factor * reference:
             self._record(now, interval, False, "too long (sender paused)")
             return None
