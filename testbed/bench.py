@@ -1,0 +1,34 @@
+"""`make bench`: run every registered benchmark and print one `name value` line per figure.
+
+A benchmark is a function taking no arguments and returning its figures as (name, value)
+pairs, e.g. ("dcid_extract_vs_slice", "2.4x"). Everything runs in one process, one after the
+other, so figures that compare two things (an "x" ratio) were measured side by side under the
+same conditions. To add a benchmark, append its function to BENCHMARKS.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+
+from qasm.wire import benchmarks as wire
+
+Figure = tuple[str, str]
+Benchmark = Callable[[], Iterable[Figure]]
+
+BENCHMARKS: list[Benchmark] = [
+    wire.dcid_extraction,
+    wire.initial_decrypt_sni,
+    wire.reassembly_memory,
+]
+
+
+def main(benchmarks: Iterable[Benchmark] = BENCHMARKS) -> int:
+    for benchmark in benchmarks:
+        for name, value in benchmark():
+            print(f"{name} {value}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
