@@ -76,6 +76,23 @@ def migration_packet_ins(decisions: Iterable[dict], report: dict) -> int | None:
     )
 
 
+def leakage_bytes(report: dict, rate_kbps: int, burst_kbit: int) -> int:
+    """Payload bytes the server acknowledged beyond what one token bucket of this rate and
+    burst allows since the first byte: max over time of acked(t) - (burst + rate * t).
+
+    The meter counts whole frames while acked bytes are payload (~94% of a full-size QUIC
+    frame), so this is a lower bound on what escaped the limit; a connection that stays under
+    one bucket shows none.
+    """
+    progress = report.get("progress") or []
+    start = report.get("first_byte_sent_at")
+    if not progress or start is None:
+        return 0
+    rate_bytes_per_s, burst_bytes = rate_kbps * 1000 / 8, burst_kbit * 1000 / 8
+    excess = max(acked - (burst_bytes + rate_bytes_per_s * (t - start)) for t, acked in progress)
+    return max(0, int(excess))
+
+
 def drop_evidence(decisions: Iterable[dict], since: float | None) -> str | None:
     """A one-line account of what the middlebox dropped (after `since`, if given)."""
     drops = Counter(
@@ -100,6 +117,7 @@ def build_record(
     report: dict,
     server_events: list[dict],
     decisions: list[dict],
+    ratelimit=None,
 ) -> dict:
     mine = client_decisions(decisions, addresses)
     migration = report.get("migration")
@@ -128,6 +146,9 @@ def build_record(
         "agent_messages": (report.get("agent") or {}).get("messages", 0),
         "agent_bytes": (report.get("agent") or {}).get("bytes", 0),
         "agent_exchanges": (report.get("agent") or {}).get("exchanges", []),
+        "leakage_bytes": (
+            leakage_bytes(report, ratelimit.rate_kbps, ratelimit.burst_kbit) if ratelimit else None
+        ),
         "migrated": migration is not None,
         "migration_detail": migration,
         "bytes_requested": report.get("bytes_requested"),

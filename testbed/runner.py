@@ -222,6 +222,10 @@ class ExperimentRunner:
                 report=report,
                 server_events=events,
                 decisions=decisions,
+                # baseline keeps no middlebox state, so it applies no limit to leak from.
+                ratelimit=self.scenario.ratelimit
+                if "ratelimit" in self.scenario.functions and spec.variant != "baseline"
+                else None,
             )
             record["artifacts"] = str(artifacts.relative_to(self.out_dir))
             record["controller_cpu_s"] = (

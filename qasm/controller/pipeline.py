@@ -303,15 +303,16 @@ class Middlebox:
                 if connection and self.table.associate_path(connection, path, now):
                     connection.migrations += 1
                     return connection, "new path of a known connection (DCID match)"
-        if self.firewall:
-            problem = client_initial_problem(payload)
-            if problem:
-                return None, f"new 5-tuple: {problem}"
+        problem = client_initial_problem(payload)
+        if problem and self.firewall:
+            return None, f"new 5-tuple: {problem}"
         connection, _ = self.table.put(path, now)
-        connection.policy["observing"] = self.cid_aware
-        if self.firewall:
+        # Only a connection that starts with its handshake has server SCIDs to observe; one
+        # first seen mid-flight would be copied to the controller packet by packet for nothing.
+        connection.policy["observing"] = self.cid_aware and problem is None
+        if problem is None:
             return connection, "new connection opened by a QUIC Initial"
-        return connection, "new 5-tuple"
+        return connection, f"new 5-tuple, not linkable: {problem}"
 
     def _learn_server_cids(
         self, connection: Connection, to_service: bool, payload: bytes, now: float
