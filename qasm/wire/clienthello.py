@@ -159,9 +159,17 @@ class ClientHelloAssembler:
         self._stream = CryptoStreamReassembly(max_bytes, max_fragments)
         self.client_hello: ClientHelloInfo | None = None
 
-    def add_packet(self, datagram: bytes, header: PacketHeader) -> ClientHelloInfo | None:
-        """Decrypt one client Initial (keys from its own DCID) and add its CRYPTO frames."""
-        decrypted = decrypt_initial(datagram, header, sender=Sender.CLIENT, key_dcid=header.dcid)
+    def add_packet(
+        self, datagram: bytes, header: PacketHeader, *, original_dcid: bytes | None = None
+    ) -> ClientHelloInfo | None:
+        """Decrypt one client Initial and add its CRYPTO frames.
+
+        Keys come from `original_dcid`, the DCID of the client's first Initial (RFC 9001
+        §5.2); it defaults to the packet's own DCID, which is the same thing until the server
+        has replied (the client then addresses the server's CID with the same keys).
+        """
+        key_dcid = header.dcid if original_dcid is None else original_dcid
+        decrypted = decrypt_initial(datagram, header, sender=Sender.CLIENT, key_dcid=key_dcid)
         return self.add_crypto(decrypted.frames.crypto)
 
     def add_crypto(

@@ -146,6 +146,18 @@ def test_client_hello_split_across_packets_out_of_order_is_reassembled():
     assert hello is not None and hello.sni == "example.com" and hello.alpn == ("alpn",)
 
 
+def test_a_later_client_initial_needs_the_original_dcid_for_its_keys(handshake):
+    # aioquic's second client Initial (an ACK) addresses the server's CID, keyed as before.
+    first, second = [d.payload for d in handshake.from_client()[:2]]
+    (first_header,) = [h for h in parse_datagram(first, 8) if h.packet_type == "initial"]
+    second_header = parse_datagram(second, 8)[0]
+    assert second_header.packet_type == "initial" and second_header.dcid != first_header.dcid
+    assembler = ClientHelloAssembler()
+    with pytest.raises(WireError):
+        assembler.add_packet(second, second_header)
+    assert assembler.add_packet(second, second_header, original_dcid=first_header.dcid) is None
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_reassembly_of_any_fragmentation_and_order(seed):
     rng = random.Random(seed)
