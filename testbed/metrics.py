@@ -39,14 +39,16 @@ def disruption_ms(report: dict, server_events: Iterable[dict]) -> float | None:
     migration = report.get("migration")
     if not report.get("completed") or not migration:
         return None
-    old_address = list(migration["from"])
+    mine = [
+        e for e in server_events
+        if e.get("event") == "first_data" and e.get("client") == report["client"]
+    ]  # fmt: skip
+    if not mine:
+        return None
+    # The old path as the server saw it (behind a NAT it is not the client's own address).
+    old_address = list(mine[0]["addr"])
     arrivals = [
-        event["t"]
-        for event in server_events
-        if event.get("event") == "first_data"
-        and event.get("client") == report["client"]
-        and list(event["addr"]) != old_address
-        and event["t"] >= migration["at"]
+        e["t"] for e in mine if list(e["addr"]) != old_address and e["t"] >= migration["at"]
     ]
     return (min(arrivals) - migration["at"]) * 1000 if arrivals else None
 
@@ -93,6 +95,17 @@ def leakage_bytes(report: dict, rate_kbps: int, burst_kbit: int) -> int:
     return max(0, int(excess))
 
 
+def nat_mappings_held(decisions: Iterable[dict], addresses: Iterable[str]) -> int:
+    """Public ports still mapped to this client's paths when the run ended."""
+    mine = set(addresses)
+    allocated, released = set(), set()
+    for decision in decisions:
+        if decision.get("nat_allocated"):
+            allocated.add(decision["nat_allocated"].split(" as ")[0])
+        released.update(decision.get("nat_released", ()))
+    return sum(1 for path in allocated - released if path.split(":")[0] in mine)
+
+
 def drop_evidence(decisions: Iterable[dict], since: float | None) -> str | None:
     """A one-line account of what the middlebox dropped (after `since`, if given)."""
     drops = Counter(
@@ -118,6 +131,7 @@ def build_record(
     server_events: list[dict],
     decisions: list[dict],
     ratelimit=None,
+    nat: bool = False,
 ) -> dict:
     mine = client_decisions(decisions, addresses)
     migration = report.get("migration")
@@ -146,6 +160,7 @@ def build_record(
         "agent_messages": (report.get("agent") or {}).get("messages", 0),
         "agent_bytes": (report.get("agent") or {}).get("bytes", 0),
         "agent_exchanges": (report.get("agent") or {}).get("exchanges", []),
+        "nat_mappings": nat_mappings_held(decisions, addresses) if nat else None,
         "leakage_bytes": (
             leakage_bytes(report, ratelimit.rate_kbps, ratelimit.burst_kbit) if ratelimit else None
         ),

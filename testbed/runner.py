@@ -24,6 +24,7 @@ from pathlib import Path
 
 from qasm.agents.messages import derive_client_key
 from qasm.controller.pipeline import AgentSettings, MiddleboxConfig
+from qasm.functions.nat import NatSettings
 from testbed.emulation import Emulation, InfrastructureError, ManagedProcess
 from testbed.metrics import build_record
 from testbed.ownership import emulation_lock, new_run_record
@@ -226,6 +227,7 @@ class ExperimentRunner:
                 ratelimit=self.scenario.ratelimit
                 if "ratelimit" in self.scenario.functions and spec.variant != "baseline"
                 else None,
+                nat="nat" in self.scenario.functions and spec.variant != "baseline",
             )
             record["artifacts"] = str(artifacts.relative_to(self.out_dir))
             record["controller_cpu_s"] = (
@@ -261,6 +263,9 @@ class ExperimentRunner:
             functions=self.scenario.functions,
             agent=agent,
             ratelimit=self.scenario.ratelimit,
+            nat=NatSettings(topo.nat_public_ip, topo.nat_public_mac, ports=self.scenario.nat_ports)
+            if self.scenario.nat_ports
+            else None,
         )
 
     def _wait_for_server(self, server: ManagedProcess, events_path: Path) -> None:

@@ -15,6 +15,7 @@ whole file is checked before anything starts, so one run of `qasm validate` list
     timeouts: {idle_s: 3, run_s: 60}
     agent: {secret: text}          # optional: Client Agent keys derive from it (qasm variant)
     ratelimit: {rate_mbit: 8, burst_kbit: 800}   # required with functions: [ratelimit]
+    nat: {ports: 64}               # the NAT's public port pool, required with functions: [nat]
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ TOP_LEVEL_KEYS = {
     "timeouts": False,
     "agent": False,
     "ratelimit": False,
+    "nat": False,
 }  # key -> required
 # Client Agent keys derive from this unless the scenario sets `agent.secret`; an emulation
 # needs reproducibility more than secrecy.
@@ -82,6 +84,7 @@ class Scenario:
     run_timeout_s: float
     agent_secret: str = DEFAULT_AGENT_SECRET
     ratelimit: RateLimit | None = None
+    nat_ports: int | None = None
     raw: dict = field(repr=False, default_factory=dict)
 
     @property
@@ -273,6 +276,13 @@ def _check(checker: _Checker, root: yaml.Node, path: Path, text: str) -> Scenari
             burst = checker.integer(children.get("burst_kbit"), "ratelimit.burst_kbit", 1, 10**7)
             if rate is not None and burst is not None:
                 ratelimit = RateLimit(rate_kbps=int(rate * 1000), burst_kbit=burst)
+    nat_ports = None
+    if top.get("nat") is not None:
+        children = checker.mapping(top["nat"], "nat", {"ports": True})
+        if children:
+            nat_ports = checker.integer(children.get("ports"), "nat.ports", 1, 30000)
+    if functions and "nat" in functions and top.get("nat") is None:
+        checker.problem(root, "nat", "expected ports (functions has nat)")
     if functions and "ratelimit" in functions and top.get("ratelimit") is None:
         checker.problem(
             root, "ratelimit", "expected rate_mbit and burst_kbit (functions has ratelimit)"
@@ -297,6 +307,7 @@ def _check(checker: _Checker, root: yaml.Node, path: Path, text: str) -> Scenari
         run_timeout_s=timeouts["run_s"],
         agent_secret=agent_secret,
         ratelimit=ratelimit,
+        nat_ports=nat_ports,
         raw=yaml.safe_load(text),
     )
 

@@ -11,8 +11,8 @@ holds a second address, the target of an address rebinding. Parameters map one-t
 the scenario's `topology:` block.
 
 Addresses (client i = 1..100): wifi 10.0.1.i, wifi's second address 10.0.3.i, lte 10.0.2.i,
-server 10.0.0.250; 10.0.0.254 is the Tracking Agent's management address, answered by the
-controller through the switch (no host owns it).
+server 10.0.0.250; 10.0.0.254 is the Tracking Agent's management address and 10.0.100.1 the
+NAT's public address, both answered by the controller through the switch (no host owns them).
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ SERVER_IP = "10.0.0.250"
 AGENT_IP = "10.0.0.254"
 AGENT_MAC = "02:00:00:00:00:fe"  # locally administered, not any host's
 AGENT_PORT = 7400
+# The NAT function's public address: in the server's subnet, answered by the controller.
+NAT_PUBLIC_IP = "10.0.100.1"
+NAT_PUBLIC_MAC = "02:00:00:00:00:fd"
 MAX_CLIENTS = 100
 
 
@@ -78,6 +81,7 @@ class DualHomed(Topo):
         self.server_name = f"{prefix}srv"
         self.server_ip = SERVER_IP
         self.agent_ip, self.agent_mac, self.agent_port = AGENT_IP, AGENT_MAC, AGENT_PORT
+        self.nat_public_ip, self.nat_public_mac = NAT_PUBLIC_IP, NAT_PUBLIC_MAC
         # Mininet derives a DPID from digits in the name unless told; ours has hex digits.
         switch = self.addSwitch(self.switch_name, dpid="0000000000000001", protocols="OpenFlow13")
         server = self.addHost(self.server_name, ip=f"{SERVER_IP}/{PREFIX_LENGTH}")

@@ -130,7 +130,10 @@ def _to_openflow(datapath, message) -> list:
                 datapath,
                 buffer_id=ofp.OFP_NO_BUFFER,
                 in_port=message.in_port,
-                actions=[parser.OFPActionOutput(message.out_port)],
+                actions=[
+                    *_set_field_actions(parser, message.set_fields),
+                    parser.OFPActionOutput(message.out_port),
+                ],
                 data=message.data,
             )
         ]
@@ -140,7 +143,10 @@ def _to_openflow(datapath, message) -> list:
         if message.out_port == PORT_CONTROLLER:
             actions = [to_controller]
         elif message.out_port is not None:
-            actions = [parser.OFPActionOutput(message.out_port)]
+            actions = [
+                *_set_field_actions(parser, message.set_fields),
+                parser.OFPActionOutput(message.out_port),
+            ]
             if message.copy_to_controller:
                 actions.append(to_controller)
         instructions = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]
@@ -157,6 +163,10 @@ def _to_openflow(datapath, message) -> list:
             )
         ]
     raise TypeError(f"no OpenFlow translation for {message!r}")
+
+
+def _set_field_actions(parser, set_fields) -> list:
+    return [parser.OFPActionSetField(**{name: value}) for name, value in set_fields]
 
 
 def _match_fields(match: Match) -> dict:

@@ -44,6 +44,9 @@ class FlowRule:
     idle_timeout_s: int = 0
     meter_id: int | None = None
     copy_to_controller: bool = False
+    # OpenFlow fields to rewrite before output, e.g. (("ipv4_src", "10.0.100.1"),); OVS
+    # updates the IPv4 and UDP checksums itself.
+    set_fields: tuple[tuple[str, str | int], ...] = ()
 
     @property
     def cookie(self) -> int:
@@ -72,6 +75,7 @@ class PacketOut:
     in_port: int
     out_port: int
     data: bytes
+    set_fields: tuple[tuple[str, str | int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

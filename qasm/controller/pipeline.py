@@ -14,7 +14,9 @@ How each variant finds the connection of a packet on a 5-tuple it has no rule fo
   next CID and the new path before the client uses them and pre-install the new path's rules.
 
 Functions: `firewall` admits a new connection only on a QUIC Initial (RFC 9312 §3.1.2, §4.7);
-`ratelimit` puts every path of a connection under one OpenFlow meter (one token bucket).
+`ratelimit` puts every path of a connection under one OpenFlow meter (one token bucket);
+`nat` gives every path its own public port (RFC 9312 §4.3) and frees a path's port when the
+Tracking Agent retires it or the connection idles out.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from qasm.controller.messages import (
 )
 from qasm.flow import FlowKey
 from qasm.functions.firewall import client_initial_problem
+from qasm.functions.nat import NatPool, NatSettings
 from qasm.state.connections import Connection, ConnectionTable
 from qasm.state.flows import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ENTRIES
 from qasm.wire.errors import WireError
@@ -62,7 +65,7 @@ from qasm.wire.header import KNOWN_VERSIONS, HeaderForm, parse_datagram, short_h
 CID_AWARE_VARIANTS = ("cid", "qasm")
 STATEFUL_VARIANTS = ("tuple", *CID_AWARE_VARIANTS)
 VARIANTS = ("baseline", *STATEFUL_VARIANTS)
-FUNCTIONS = ("firewall", "ratelimit")
+FUNCTIONS = ("firewall", "ratelimit", "nat")
 # Packet-ins of a path whose rules went out less than this long ago were already queued
 # before the switch had the rules; forward them without sending the rules again.
 RULES_IN_FLIGHT_S = 1.0
@@ -100,6 +103,7 @@ class MiddleboxConfig:
     max_flows: int = DEFAULT_MAX_ENTRIES
     agent: AgentSettings | None = None
     ratelimit: RateLimit | None = None
+    nat: NatSettings | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -115,6 +119,8 @@ class MiddleboxConfig:
             raise ConfigError("agent: the qasm variant needs the Tracking Agent's settings")
         if "ratelimit" in self.functions and self.ratelimit is None:
             raise ConfigError("ratelimit: the ratelimit function needs rate_kbps and burst_kbit")
+        if "nat" in self.functions and self.nat is None:
+            raise ConfigError("nat: the nat function needs public_ip, public_mac and a port pool")
 
     @classmethod
     def from_json(cls, text: str) -> MiddleboxConfig:
@@ -133,8 +139,10 @@ class MiddleboxConfig:
                 values["agent"] = AgentSettings(**values["agent"])
             if values.get("ratelimit") is not None:
                 values["ratelimit"] = RateLimit(**values["ratelimit"])
+            if values.get("nat") is not None:
+                values["nat"] = NatSettings(**values["nat"])
             return cls(**values)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc)) from exc
 
     def to_json(self) -> str:
@@ -157,6 +165,7 @@ class Decision:
 class _PathPorts:
     client_port: int
     service_port: int
+    client_mac: str
 
 
 class Middlebox:
@@ -166,9 +175,11 @@ class Middlebox:
         self.cid_aware = config.variant in CID_AWARE_VARIANTS
         self.firewall = self.stateful and "firewall" in config.functions
         self.ratelimit = config.ratelimit if "ratelimit" in config.functions else None
+        self.nat = NatPool(config.nat) if self.stateful and "nat" in config.functions else None
         self.table = ConnectionTable(config.state_idle_timeout_s, config.max_flows)
         self._port_of_mac: dict[tuple[int, str], int] = {}
         self._port_of_ip: dict[tuple[int, str], int] = {}
+        self._mac_of_ip: dict[tuple[int, str], str] = {}
         self.tracking: TrackingAgent | None = None
         if config.variant == "qasm":
             agent = config.agent
@@ -195,6 +206,9 @@ class Middlebox:
         if self.tracking:
             agent = Match(ipv4_dst=self.config.agent.ip)
             messages.append(FlowRule(PRIORITY_AGENT, agent, PORT_CONTROLLER))
+        if self.nat:
+            public = Match(ipv4_dst=self.nat.settings.public_ip)
+            messages.append(FlowRule(PRIORITY_PROTECTED, public, PORT_CONTROLLER))
         return self._decision(messages, event="switch_connected", dpid=dpid)
 
     def packet_in(
@@ -214,9 +228,18 @@ class Middlebox:
             "addrs": list(frame.addresses()),
             "flow": str(frame.flow) if frame.flow else None,
         }
+        released = self._expire(now)
+        if released:
+            context["nat_released"] = released
         if cookie == COOKIE_OBSERVE:
             # Already forwarded by the switch; this copy only feeds CID learning.
             return self._observe(dpid, frame, now, context)
+        if (
+            self.nat
+            and frame.eth_type == ETH_TYPE_ARP
+            and frame.ip_dst == self.nat.settings.public_ip
+        ):
+            return self._arp_reply(in_port, frame, self.nat.settings.public_mac, context)
         if self.tracking and frame.ip_dst == self.config.agent.ip:
             return self._agent_datagram(dpid, in_port, frame, now, context)
         if self.stateful and self._touches_service(frame):
@@ -230,6 +253,24 @@ class Middlebox:
             self._port_of_mac[(dpid, frame.eth_src)] = in_port
         if frame.ip_src and (frame.eth_type == ETH_TYPE_ARP or frame.flow is not None):
             self._port_of_ip[(dpid, frame.ip_src)] = in_port
+            self._mac_of_ip[(dpid, frame.ip_src)] = frame.eth_src
+
+    def _expire(self, now: float) -> list[str]:
+        """Idle connections leave the table; their NAT ports go back to the pool."""
+        released = []
+        for connection in self.table.expire(now):
+            if self.nat:
+                for path in connection.paths | connection.retired_paths:
+                    if self.nat.release(path) is not None:
+                        released.append(str(path))
+        return released
+
+    def _arp_reply(self, in_port: int, frame: Frame, mac: str, context: dict) -> Decision:
+        if not frame.arp_request:
+            return self._decision([], **context, verdict="drop", reason="ARP reply to our address")
+        reply = build_arp_reply(mac, frame.ip_dst, frame.eth_src, frame.ip_src)
+        messages = [PacketOut(PORT_CONTROLLER, in_port, reply)]
+        return self._decision(messages, **context, verdict="arp_reply", reason="our address")
 
     def _l2_forward(self, dpid: int, in_port: int, frame: Frame, data: bytes, context: dict):
         out_port = self._port_of_mac.get((dpid, frame.eth_dst))
@@ -259,6 +300,11 @@ class Middlebox:
             return self._l2_forward(dpid, in_port, frame, data, context)
         to_service = flow.dst_ip == self.config.service_ip
         path = flow if to_service else flow.reversed()
+        if not to_service and self.nat and flow.dst_ip == self.nat.settings.public_ip:
+            path = self.nat.path_of(flow.dst_port)
+            if path is None:
+                reason = f"no NAT mapping for public port {flow.dst_port}"
+                return self._decision([], **context, verdict="drop", reason=reason)
         if path.dst_port != self.config.service_port:
             if self.firewall:
                 reason = f"UDP port {path.dst_port} not served"
@@ -267,10 +313,16 @@ class Middlebox:
         connection, how = self._locate(path, to_service, frame.udp_payload, now)
         if connection is None:
             return self._decision([], **context, verdict="drop", reason=how)
+        nat_allocated = self._allocate_nat(path)
+        if nat_allocated is False:
+            reason = f"NAT port pool exhausted ({self.nat.settings.ports} ports)"
+            return self._decision([], **context, verdict="drop", reason=reason)
+        if nat_allocated:
+            context["nat_allocated"] = nat_allocated
         ports = self._path_ports(dpid, path)
         if ports is None:
             # A side's location not learnt yet: deliver this packet, install rules later.
-            messages = [PacketOut(in_port, PORT_FLOOD, data)]
+            messages = [PacketOut(in_port, PORT_FLOOD, data, self._rewrite(path, to_service))]
         else:
             connection.policy.setdefault("ports", {})[path] = ports
             messages = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
@@ -279,7 +331,8 @@ class Middlebox:
                 messages = self._path_rules(connection, path, ports)
                 installed[path] = now
             out_port = ports.service_port if to_service else ports.client_port
-            messages.append(PacketOut(in_port, out_port, data))
+            rewrite = self._rewrite(path, to_service, ports)
+            messages.append(PacketOut(in_port, out_port, data, rewrite))
         verdict = "forward" if how == "known path" else "admit"
         return self._decision(
             messages, **context, verdict=verdict, reason=how, connection=connection.id
@@ -354,7 +407,33 @@ class Middlebox:
         service_port = self._port_of_ip.get((dpid, path.dst_ip))
         if client_port is None or service_port is None:
             return None
-        return _PathPorts(client_port, service_port)
+        return _PathPorts(client_port, service_port, self._mac_of_ip[(dpid, path.src_ip)])
+
+    def _allocate_nat(self, path: FlowKey) -> str | bool | None:
+        """The new mapping's description, None if none was needed, False if none is free."""
+        if not self.nat or self.nat.public_flow(path) is not None:
+            return None
+        port = self.nat.allocate(path)
+        if port is None:
+            return False
+        return f"{path} as {self.nat.settings.public_ip}:{port}"
+
+    def _rewrite(
+        self, path: FlowKey, to_service: bool, ports: _PathPorts | None = None
+    ) -> tuple[tuple[str, str | int], ...]:
+        """NAT rewriting for one direction of a path (nothing without NAT)."""
+        public = self.nat.public_flow(path) if self.nat else None
+        if public is None:
+            return ()
+        if to_service:
+            return (("ipv4_src", public.src_ip), ("udp_src", public.src_port))
+        rewrite = (("ipv4_dst", path.src_ip), ("udp_dst", path.src_port))
+        return (*rewrite, ("eth_dst", ports.client_mac)) if ports else rewrite
+
+    def _service_side_match(self, path: FlowKey) -> Match:
+        """How the service's packets of a path look on the wire (after NAT, if any)."""
+        public = self.nat.public_flow(path) if self.nat else None
+        return Match(flow=(public or path).reversed())
 
     def _path_rules(
         self, connection: Connection, path: FlowKey, ports: _PathPorts
@@ -375,10 +454,12 @@ class Middlebox:
             FlowRule(
                 PRIORITY_ADMITTED_FLOW, Match(flow=path), ports.service_port, idle,
                 meter_id=meter_id, copy_to_controller=observing,
+                set_fields=self._rewrite(path, to_service=True),
             ),
             FlowRule(
-                PRIORITY_ADMITTED_FLOW, Match(flow=path.reversed()), ports.client_port, idle,
+                PRIORITY_ADMITTED_FLOW, self._service_side_match(path), ports.client_port, idle,
                 copy_to_controller=observing,
+                set_fields=self._rewrite(path, to_service=False, ports=ports),
             ),
         ]  # fmt: skip
         return messages
@@ -390,34 +471,36 @@ class Middlebox:
     ) -> Decision:
         agent = self.config.agent
         if frame.eth_type == ETH_TYPE_ARP:
-            if not frame.arp_request:
-                return self._decision([], **context, verdict="drop", reason="ARP reply to agent")
-            reply = build_arp_reply(agent.mac, agent.ip, frame.eth_src, frame.ip_src)
-            messages = [PacketOut(PORT_CONTROLLER, in_port, reply)]
-            return self._decision(messages, **context, verdict="arp_reply", reason="agent address")
+            return self._arp_reply(in_port, frame, agent.mac, context)
         flow = frame.flow
         if flow is None or flow.dst_port != agent.port:
             reason = "not a report to the Tracking Agent's port"
             return self._decision([], **context, verdict="drop", reason=reason)
         report = self.tracking.receive(frame.udp_payload, flow.src_ip, now)
         messages: list[SwitchMessage] = []
+        nat: dict[str, list[str]] = {}
         if report.new_path is not None:
-            ports = _PathPorts(in_port, self._port_of_ip.get((dpid, self.config.service_ip)))
-            if ports.service_port is not None:
+            service_port = self._port_of_ip.get((dpid, self.config.service_ip))
+            allocated = self._allocate_nat(report.new_path)
+            if allocated:
+                nat["nat_allocated"] = allocated
+            if service_port is not None and allocated is not False:
+                ports = _PathPorts(in_port, service_port, frame.eth_src)
                 report.connection.policy.setdefault("ports", {})[report.new_path] = ports
+                report.connection.policy.setdefault("installed", {})[report.new_path] = now
                 messages += self._path_rules(report.connection, report.new_path, ports)
         if report.retired_path is not None:
-            for match in (
-                Match(flow=report.retired_path),
-                Match(flow=report.retired_path.reversed()),
-            ):
+            retired = report.retired_path
+            for match in (Match(flow=retired), self._service_side_match(retired)):
                 messages.append(RemoveFlow(PRIORITY_ADMITTED_FLOW, match))
+            if self.nat and self.nat.release(retired) is not None:
+                nat["nat_released"] = [str(retired)]
         if report.reply is not None:
             answer = build_udp_frame(agent.mac, frame.eth_src, flow.reversed(), report.reply)
             messages.append(PacketOut(PORT_CONTROLLER, in_port, answer))
         return self._decision(
             messages, **{**context, "event": "agent_report"}, bytes=len(frame.udp_payload),
-            verdict="accept" if report.accepted else "reject", **report.record(),
+            verdict="accept" if report.accepted else "reject", **report.record(), **nat,
         )  # fmt: skip
 
     def _decision(self, messages: list[SwitchMessage], **record) -> Decision:

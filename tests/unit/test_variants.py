@@ -63,9 +63,13 @@ def test_cid_variant_observes_the_handshake_then_leaves_the_fast_path_to_the_swi
     first_client, first_server = quic_pair.handshake()
     admitted = box.packet_in(1, CLIENT_PORT, from_client(first_client[0]), now=1.0)
     assert all(rule.copy_to_controller for rule in flow_rules(admitted))
-    copy = box.packet_in(1, SERVER_PORT, from_server(first_server[0]), now=1.01, cookie=COOKIE_OBSERVE)
+    copy = box.packet_in(
+        1, SERVER_PORT, from_server(first_server[0]), now=1.01, cookie=COOKIE_OBSERVE
+    )
     assert copy.record["verdict"] == "observe"
-    assert not any(rule.copy_to_controller for rule in flow_rules(copy)) and len(flow_rules(copy)) == 2
+    assert (
+        not any(rule.copy_to_controller for rule in flow_rules(copy)) and len(flow_rules(copy)) == 2
+    )
     (connection,) = box.table.connections()
     assert quic_pair.client._peer_cid.cid in connection.server_cids
 
@@ -73,25 +77,40 @@ def test_cid_variant_observes_the_handshake_then_leaves_the_fast_path_to_the_swi
 def test_cid_variant_follows_a_rebinding_by_dcid_but_drops_an_active_migration(quic_pair):
     box = middlebox("cid")
     establish(box, quic_pair)
-    rebound = box.packet_in(1, CLIENT_PORT, from_client(quic_pair.short_header_datagram(), sport=50001), now=2.0)
+    rebound = box.packet_in(
+        1, CLIENT_PORT, from_client(quic_pair.short_header_datagram(), sport=50001), now=2.0
+    )
     assert rebound.record["verdict"] == "admit" and "DCID match" in rebound.record["reason"]
     assert {r.match.flow for r in flow_rules(rebound)} == {
-        FlowKey(CLIENT_IP, 50001, SERVER_IP, 4433), FlowKey(SERVER_IP, 4433, CLIENT_IP, 50001)}
+        FlowKey(CLIENT_IP, 50001, SERVER_IP, 4433),
+        FlowKey(SERVER_IP, 4433, CLIENT_IP, 50001),
+    }
     quic_pair.client.change_connection_id()
-    moved = box.packet_in(1, LTE_PORT, from_client(quic_pair.short_header_datagram(), sport=6000, src=LTE_IP, mac=LTE_MAC), now=3.0)
+    moved = box.packet_in(
+        1,
+        LTE_PORT,
+        from_client(quic_pair.short_header_datagram(), sport=6000, src=LTE_IP, mac=LTE_MAC),
+        now=3.0,
+    )
     assert moved.record["verdict"] == "drop" and "short header" in moved.record["reason"]
 
 
 def test_tuple_variant_drops_even_a_rebinding(quic_pair):
     box = middlebox("tuple")
     establish(box, quic_pair)
-    rebound = box.packet_in(1, CLIENT_PORT, from_client(quic_pair.short_header_datagram(), sport=50001), now=2.0)
+    rebound = box.packet_in(
+        1, CLIENT_PORT, from_client(quic_pair.short_header_datagram(), sport=50001), now=2.0
+    )
     assert rebound.record["verdict"] == "drop"
 
 
-def agent_announce(box, pair, agent: ClientAgent, new=(LTE_IP, 6000), new_cid=True, port=LTE_PORT, mac=LTE_MAC):
+def agent_announce(
+    box, pair, agent: ClientAgent, new=(LTE_IP, 6000), new_cid=True, port=LTE_PORT, mac=LTE_MAC
+):
     _, datagram = agent.announce(pair.client, (CLIENT_IP, 50000), new, new_cid)
-    frame = udp_frame(datagram, sport=7777, dport=7400, src=new[0], dst=AGENT_IP, eth_src=mac, eth_dst=AGENT_MAC)
+    frame = udp_frame(
+        datagram, sport=7777, dport=7400, src=new[0], dst=AGENT_IP, eth_src=mac, eth_dst=AGENT_MAC
+    )
     return box.packet_in(1, port, frame, now=2.0)
 
 
@@ -100,14 +119,21 @@ def test_qasm_preinstalls_the_announced_path_so_the_migrated_packet_stays_in_the
     establish(box, quic_pair)
     agent = ClientAgent("c1", derive_client_key(SECRET, "c1"))
     decision = agent_announce(box, quic_pair, agent)
-    assert decision.record["event"] == "agent_report" and decision.record["accepted"], decision.record
+    assert decision.record["event"] == "agent_report" and decision.record["accepted"], (
+        decision.record
+    )
     new_path = FlowKey(LTE_IP, 6000, SERVER_IP, 4433)
     rules = {(r.match.flow, r.out_port) for r in flow_rules(decision)}
     assert rules == {(new_path, SERVER_PORT), (new_path.reversed(), LTE_PORT)}
     ack = agent.read_ack(decision.messages[-1].data[42:], counter=1)  # Ethernet+IPv4+UDP = 42
     assert ack.accepted
     quic_pair.client.change_connection_id()
-    migrated = box.packet_in(1, LTE_PORT, from_client(quic_pair.short_header_datagram(), sport=6000, src=LTE_IP, mac=LTE_MAC), now=2.1)
+    migrated = box.packet_in(
+        1,
+        LTE_PORT,
+        from_client(quic_pair.short_header_datagram(), sport=6000, src=LTE_IP, mac=LTE_MAC),
+        now=2.1,
+    )
     assert migrated.record["reason"] == "known path"  # had the rule been missed, still known
 
 
@@ -118,7 +144,15 @@ def test_qasm_retirement_removes_the_old_paths_rules(quic_pair):
     agent_announce(box, quic_pair, agent)
     quic_pair.client.change_connection_id()
     _, datagram = agent.retire(quic_pair.client, (CLIENT_IP, 50000))
-    frame = udp_frame(datagram, sport=7777, dport=7400, src=LTE_IP, dst=AGENT_IP, eth_src=LTE_MAC, eth_dst=AGENT_MAC)
+    frame = udp_frame(
+        datagram,
+        sport=7777,
+        dport=7400,
+        src=LTE_IP,
+        dst=AGENT_IP,
+        eth_src=LTE_MAC,
+        eth_dst=AGENT_MAC,
+    )
     decision = box.packet_in(1, LTE_PORT, frame, now=3.0)
     assert decision.record["accepted"], decision.record
     old = FlowKey(CLIENT_IP, 50000, SERVER_IP, 4433)
@@ -134,17 +168,35 @@ def test_qasm_rejects_forged_replayed_oversized_and_foreign_reports(quic_pair):
     assert agent_announce(box, quic_pair, forger).record["reason"] == "forged"
     agent = ClientAgent("c1", derive_client_key(SECRET, "c1"))
     _, datagram = agent.announce(quic_pair.client, (CLIENT_IP, 50000), (LTE_IP, 6000), True)
-    frame = udp_frame(datagram, sport=7777, dport=7400, src=LTE_IP, dst=AGENT_IP, eth_src=LTE_MAC, eth_dst=AGENT_MAC)
+    frame = udp_frame(
+        datagram,
+        sport=7777,
+        dport=7400,
+        src=LTE_IP,
+        dst=AGENT_IP,
+        eth_src=LTE_MAC,
+        eth_dst=AGENT_MAC,
+    )
     assert box.packet_in(1, LTE_PORT, frame, now=2.0).record["accepted"]
     duplicate = box.packet_in(1, LTE_PORT, frame, now=2.1)  # a retry after a lost ack
     assert duplicate.record["reason"] == "duplicate (answered again)" and duplicate.flow_mods == 0
     assert agent.read_ack(duplicate.messages[-1].data[42:], counter=1).accepted
     _, retire = agent.retire(quic_pair.client, (CLIENT_IP, 50000))
-    retire_frame = udp_frame(retire, sport=7777, dport=7400, src=LTE_IP, dst=AGENT_IP, eth_src=LTE_MAC, eth_dst=AGENT_MAC)
+    retire_frame = udp_frame(
+        retire, sport=7777, dport=7400, src=LTE_IP, dst=AGENT_IP, eth_src=LTE_MAC, eth_dst=AGENT_MAC
+    )
     assert box.packet_in(1, LTE_PORT, retire_frame, now=2.2).record["accepted"]
     replay = box.packet_in(1, LTE_PORT, frame, now=2.3)  # the old announce, after a newer report
     assert replay.record["reason"].startswith("replayed") and replay.flow_mods == 0
-    oversized = udp_frame(bytes(600), sport=7777, dport=7400, src=LTE_IP, dst=AGENT_IP, eth_src=LTE_MAC, eth_dst=AGENT_MAC)
+    oversized = udp_frame(
+        bytes(600),
+        sport=7777,
+        dport=7400,
+        src=LTE_IP,
+        dst=AGENT_IP,
+        eth_src=LTE_MAC,
+        eth_dst=AGENT_MAC,
+    )
     assert "512" in box.packet_in(1, LTE_PORT, oversized, now=2.2).record["reason"]
     stranger = agent_announce(box, quic_pair, agent, new=("10.0.9.9", 6000))
     assert "not this client's" in stranger.record["reason"] and stranger.flow_mods == 0
@@ -156,8 +208,85 @@ def test_ratelimit_keeps_a_migrated_connection_under_one_meter_only_when_cid_awa
         pair = type(quic_pair)()
         box = middlebox(variant, functions=("ratelimit",))
         establish(box, pair)
-        rebound = box.packet_in(1, CLIENT_PORT, from_client(pair.short_header_datagram(), sport=50001), now=2.0)
+        rebound = box.packet_in(
+            1, CLIENT_PORT, from_client(pair.short_header_datagram(), sport=50001), now=2.0
+        )
         meters = [m for m in rebound.messages if isinstance(m, MeterRule)]
         upstream = [r for r in flow_rules(rebound) if r.match.flow.dst_ip == SERVER_IP]
         assert rebound.record["verdict"] == "admit"
-        assert (upstream[0].meter_id == 1 and not meters) if same_meter else (meters and upstream[0].meter_id == 2), variant
+        assert (
+            (upstream[0].meter_id == 1 and not meters)
+            if same_meter
+            else (meters and upstream[0].meter_id == 2)
+        ), variant
+
+
+def nat_middlebox(variant: str, ports: int = 8) -> Middlebox:
+    from qasm.functions.nat import NatSettings
+
+    agent = AgentSettings(
+        ip=AGENT_IP, port=7400, mac=AGENT_MAC,
+        keys={"c1": derive_client_key(SECRET, "c1").hex()}, addresses={"c1": [CLIENT_IP, LTE_IP]},
+    )  # fmt: skip
+    box = Middlebox(MiddleboxConfig(
+        variant=variant, service_ip=SERVER_IP, service_port=4433, functions=("nat",),
+        agent=agent if variant == "qasm" else None,
+        nat=NatSettings("10.0.100.1", "02:00:00:00:00:fd", first_port=20000, ports=ports),
+    ))  # fmt: skip
+    box.switch_connected(1)
+    for port, mac, ip in (
+        (SERVER_PORT, SERVER_MAC, SERVER_IP),
+        (CLIENT_PORT, CLIENT_MAC, CLIENT_IP),
+        (LTE_PORT, LTE_MAC, LTE_IP),
+    ):
+        box.packet_in(
+            1, port, arp_frame(mac, ip, SERVER_IP if ip != SERVER_IP else CLIENT_IP), now=0.0
+        )
+    return box
+
+
+def test_nat_translates_both_directions_of_a_path(quic_pair):
+    box = nat_middlebox("cid")
+    first_client, _ = quic_pair.handshake()
+    decision = box.packet_in(1, CLIENT_PORT, from_client(first_client[0]), now=1.0)
+    assert decision.record["nat_allocated"] == f"{CLIENT_IP}:50000>10.0.0.250:4433 as 10.0.100.1:20000"
+    upstream, downstream = flow_rules(decision)
+    assert upstream.set_fields == (("ipv4_src", "10.0.100.1"), ("udp_src", 20000))
+    assert downstream.match.flow == FlowKey(SERVER_IP, 4433, "10.0.100.1", 20000)
+    assert downstream.set_fields == (
+        ("ipv4_dst", CLIENT_IP),
+        ("udp_dst", 50000),
+        ("eth_dst", CLIENT_MAC),
+    )
+    assert decision.messages[-1].set_fields == upstream.set_fields  # the packet-in itself too
+
+
+def test_qasm_releases_the_retired_paths_port_while_cid_holds_it(quic_pair):
+    box = nat_middlebox("qasm")
+    establish(box, quic_pair)
+    agent = ClientAgent("c1", derive_client_key(SECRET, "c1"))
+    announced = agent_announce(box, quic_pair, agent)
+    assert announced.record["nat_allocated"].endswith("as 10.0.100.1:20001")
+    _, datagram = agent.retire(quic_pair.client, (CLIENT_IP, 50000))
+    frame = udp_frame(
+        datagram,
+        sport=7777,
+        dport=7400,
+        src=LTE_IP,
+        dst=AGENT_IP,
+        eth_src=LTE_MAC,
+        eth_dst=AGENT_MAC,
+    )
+    retired = box.packet_in(1, LTE_PORT, frame, now=3.0)
+    assert retired.record["nat_released"] == [f"{CLIENT_IP}:50000>10.0.0.250:4433"]
+    assert box.nat.in_use == 1
+
+
+def test_an_exhausted_pool_drops_new_paths(quic_pair):
+    box = nat_middlebox("tuple", ports=1)
+    establish(box, quic_pair)
+    rebound = box.packet_in(
+        1, CLIENT_PORT, from_client(quic_pair.short_header_datagram(), sport=50001), now=2.0
+    )
+    assert rebound.record["verdict"] == "drop" and "exhausted (1 ports)" in rebound.record["reason"]
+    assert box.nat.exhausted == 1
