@@ -106,6 +106,17 @@ def nat_mappings_held(decisions: Iterable[dict], addresses: Iterable[str]) -> in
     return sum(1 for path in allocated - released if path.split(":")[0] in mine)
 
 
+def backend_changed(decisions: Iterable[dict]) -> bool | None:
+    """Whether the load balancer sent the client's paths to more than one backend (None
+    without a load balancer)."""
+    backends = [
+        d["backend"]
+        for d in sorted(decisions, key=lambda d: d["t"])
+        if d.get("backend") and d.get("verdict") in ("admit", "accept")
+    ]
+    return len(set(backends)) > 1 if backends else None
+
+
 def drop_evidence(decisions: Iterable[dict], since: float | None) -> str | None:
     """A one-line account of what the middlebox dropped (after `since`, if given)."""
     drops = Counter(
@@ -134,6 +145,11 @@ def build_record(
     nat: bool = False,
 ) -> dict:
     mine = client_decisions(decisions, addresses)
+    reports = [
+        d
+        for d in decisions
+        if d.get("event") == "agent_report" and set(d.get("addrs", ())) & set(addresses)
+    ]
     migration = report.get("migration")
     failure = report.get("failure")
     if not report.get("completed"):
@@ -161,6 +177,7 @@ def build_record(
         "agent_bytes": (report.get("agent") or {}).get("bytes", 0),
         "agent_exchanges": (report.get("agent") or {}).get("exchanges", []),
         "nat_mappings": nat_mappings_held(decisions, addresses) if nat else None,
+        "backend_changed": backend_changed(mine + reports),
         "leakage_bytes": (
             leakage_bytes(report, ratelimit.rate_kbps, ratelimit.burst_kbit) if ratelimit else None
         ),

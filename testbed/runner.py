@@ -24,6 +24,7 @@ from pathlib import Path
 
 from qasm.agents.messages import derive_client_key
 from qasm.controller.pipeline import AgentSettings, MiddleboxConfig
+from qasm.functions.loadbalancer import Backend, LoadBalancerSettings
 from qasm.functions.nat import NatSettings
 from testbed.emulation import Emulation, InfrastructureError, ManagedProcess
 from testbed.metrics import build_record
@@ -184,19 +185,13 @@ class ExperimentRunner:
         config = self._middlebox_config(spec.variant, topo)
         emulation.forget_neighbours()
         decision_log = emulation.start_controller(config, artifacts)
-        server_events = artifacts / "server-events.jsonl"
-        server = emulation.start_on_host(
-            topo.server_name,
-            [
-                sys.executable, "-m", "testbed.apps.server",
-                "--listen", f"{topo.server_ip}:{SERVICE_PORT}",
-                "--events", str(server_events),
-                "--idle-timeout", str(self.scenario.idle_timeout_s),
-                "--max-lifetime", str(self.scenario.run_timeout_s + 2 * CLIENT_EXIT_GRACE_S),
-            ],
-            artifacts / "server.log",
-        )  # fmt: skip
-        self._wait_for_server(server, server_events)
+        servers = [
+            (self._start_server(emulation, server, artifacts), events_path)
+            for server in topo.servers
+            for events_path in [artifacts / f"server-events-{server.name}.jsonl"]
+        ]
+        for process, events_path in servers:
+            self._wait_for_server(process, events_path)
         seed = repetition_seed(self.seed, spec.repetition)
         clients = [
             (addresses, self._start_client(emulation, addresses, spec, seed, artifacts))
@@ -207,11 +202,14 @@ class ExperimentRunner:
         ]
         failure = emulation.controller_failure()
         controller_cpu_s = emulation.controller.cpu_seconds()
-        emulation.stop_process(server)
+        for process, _ in servers:
+            emulation.stop_process(process)
         emulation.stop_controller()
         if failure:
             raise InfrastructureError(f"run {spec.name}: {failure}")
-        events = _read_jsonl(server_events)
+        events = sorted(
+            (e for _, path in servers for e in _read_jsonl(path)), key=lambda e: e.get("t", 0)
+        )
         decisions = _read_jsonl(decision_log)
         for (addresses, _), report in zip(clients, reports, strict=True):
             record = build_record(
@@ -243,6 +241,19 @@ class ExperimentRunner:
             f"rep {spec.repetition}: {outcome} ({time.monotonic() - started:.1f} s)"
         )
 
+    def _start_server(self, emulation: Emulation, server, artifacts: Path) -> ManagedProcess:
+        argv = [
+            sys.executable, "-m", "testbed.apps.server",
+            "--listen", f"{server.ip}:{SERVICE_PORT}",
+            "--events", str(artifacts / f"server-events-{server.name}.jsonl"),
+            "--idle-timeout", str(self.scenario.idle_timeout_s),
+            "--max-lifetime", str(self.scenario.run_timeout_s + 2 * CLIENT_EXIT_GRACE_S),
+        ]  # fmt: skip
+        if "loadbalancer" in self.scenario.functions:
+            # Every variant meets the same servers: QUIC-LB CIDs whatever the balancer reads.
+            argv += ["--quic-lb-server-id", server.server_id]
+        return emulation.start_on_host(server.name, argv, artifacts / f"server-{server.name}.log")
+
     def _client_key(self, addresses) -> bytes:
         return derive_client_key(self.scenario.agent_secret.encode(), addresses.agent_id)
 
@@ -265,6 +276,14 @@ class ExperimentRunner:
             ratelimit=self.scenario.ratelimit,
             nat=NatSettings(topo.nat_public_ip, topo.nat_public_mac, ports=self.scenario.nat_ports)
             if self.scenario.nat_ports
+            else None,
+            loadbalancer=LoadBalancerSettings(
+                vip_mac=topo.vip_mac,
+                backends=tuple(
+                    Backend(s.ip, s.mac, s.switch_port, s.server_id) for s in topo.servers
+                ),
+            )
+            if "loadbalancer" in self.scenario.functions
             else None,
         )
 

@@ -283,6 +283,14 @@ def _check(checker: _Checker, root: yaml.Node, path: Path, text: str) -> Scenari
             nat_ports = checker.integer(children.get("ports"), "nat.ports", 1, 30000)
     if functions and "nat" in functions and top.get("nat") is None:
         checker.problem(root, "nat", "expected ports (functions has nat)")
+    if functions and "loadbalancer" in functions and topology_params.get("servers", 1) < 2:
+        checker.problem(
+            top.get("topology"), "topology.servers", "expected >= 2 (functions has loadbalancer)"
+        )
+    if variants and "quic-lb" in variants and tuple(functions or ()) != ("loadbalancer",):
+        checker.problem(
+            top.get("functions"), "functions", "expected [loadbalancer] alone with variant quic-lb"
+        )
     if functions and "ratelimit" in functions and top.get("ratelimit") is None:
         checker.problem(
             root, "ratelimit", "expected rate_mbit and burst_kbit (functions has ratelimit)"

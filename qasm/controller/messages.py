@@ -17,6 +17,7 @@ PORT_CONTROLLER = 0xFFFFFFFD
 PRIORITY_TABLE_MISS = 0
 PRIORITY_L2 = 10
 PRIORITY_PROTECTED = 100  # service traffic goes to the middlebox, above L2 forwarding
+PRIORITY_VIP_REPLY = 150  # baseline behind a load balancer: backend replies, per client MAC
 PRIORITY_ADMITTED_FLOW = 200
 PRIORITY_AGENT = 300  # reports to the Tracking Agent's management address
 

@@ -16,7 +16,9 @@ How each variant finds the connection of a packet on a 5-tuple it has no rule fo
 Functions: `firewall` admits a new connection only on a QUIC Initial (RFC 9312 §3.1.2, §4.7);
 `ratelimit` puts every path of a connection under one OpenFlow meter (one token bucket);
 `nat` gives every path its own public port (RFC 9312 §4.3) and frees a path's port when the
-Tracking Agent retires it or the connection idles out.
+Tracking Agent retires it or the connection idles out; `loadbalancer` sends each connection to
+one backend behind the service's virtual IP (qasm/functions/loadbalancer.py says how each
+variant picks it; `quic-lb` is the load balancer alone, stateless).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
-from qasm.agents.messages import derive_client_key
 from qasm.agents.tracking import TrackingAgent
 from qasm.controller.frame import (
     ETH_TYPE_ARP,
@@ -45,6 +46,7 @@ from qasm.controller.messages import (
     PRIORITY_L2,
     PRIORITY_PROTECTED,
     PRIORITY_TABLE_MISS,
+    PRIORITY_VIP_REPLY,
     ClearFlows,
     FlowRule,
     Match,
@@ -55,17 +57,31 @@ from qasm.controller.messages import (
 )
 from qasm.flow import FlowKey
 from qasm.functions.firewall import client_initial_problem
+from qasm.functions.loadbalancer import (
+    Backend,
+    LoadBalancerSettings,
+    QuicLbSettings,
+    backend_by_hash,
+    backend_by_initial_dcid,
+    backend_by_server_id,
+)
 from qasm.functions.nat import NatPool, NatSettings
 from qasm.state.connections import Connection, ConnectionTable
 from qasm.state.flows import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ENTRIES
 from qasm.wire.errors import WireError
-from qasm.wire.header import KNOWN_VERSIONS, HeaderForm, parse_datagram, short_header_dcid
+from qasm.wire.header import (
+    KNOWN_VERSIONS,
+    HeaderForm,
+    PacketType,
+    parse_datagram,
+    short_header_dcid,
+)
 
 # Variants this controller implements; the names are fixed in DESIGN.md.
 CID_AWARE_VARIANTS = ("cid", "qasm")
 STATEFUL_VARIANTS = ("tuple", *CID_AWARE_VARIANTS)
-VARIANTS = ("baseline", *STATEFUL_VARIANTS)
-FUNCTIONS = ("firewall", "ratelimit", "nat")
+VARIANTS = ("baseline", *STATEFUL_VARIANTS, "quic-lb")
+FUNCTIONS = ("firewall", "ratelimit", "nat", "loadbalancer")
 # Packet-ins of a path whose rules went out less than this long ago were already queued
 # before the switch had the rules; forward them without sending the rules again.
 RULES_IN_FLIGHT_S = 1.0
@@ -104,6 +120,7 @@ class MiddleboxConfig:
     agent: AgentSettings | None = None
     ratelimit: RateLimit | None = None
     nat: NatSettings | None = None
+    loadbalancer: LoadBalancerSettings | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -121,6 +138,10 @@ class MiddleboxConfig:
             raise ConfigError("ratelimit: the ratelimit function needs rate_kbps and burst_kbit")
         if "nat" in self.functions and self.nat is None:
             raise ConfigError("nat: the nat function needs public_ip, public_mac and a port pool")
+        if "loadbalancer" in self.functions and self.loadbalancer is None:
+            raise ConfigError("loadbalancer: the loadbalancer function needs its backends")
+        if self.variant == "quic-lb" and self.functions != ("loadbalancer",):
+            raise ConfigError("functions: the quic-lb variant is a load balancer only")
 
     @classmethod
     def from_json(cls, text: str) -> MiddleboxConfig:
@@ -141,8 +162,15 @@ class MiddleboxConfig:
                 values["ratelimit"] = RateLimit(**values["ratelimit"])
             if values.get("nat") is not None:
                 values["nat"] = NatSettings(**values["nat"])
+            if values.get("loadbalancer") is not None:
+                lb = values["loadbalancer"]
+                values["loadbalancer"] = LoadBalancerSettings(
+                    vip_mac=lb["vip_mac"],
+                    backends=tuple(Backend(**b) for b in lb["backends"]),
+                    quic_lb=QuicLbSettings(**lb.get("quic_lb", {})),
+                )
             return cls(**values)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             raise ConfigError(str(exc)) from exc
 
     def to_json(self) -> str:
@@ -166,6 +194,7 @@ class _PathPorts:
     client_port: int
     service_port: int
     client_mac: str
+    backend: Backend | None = None  # behind a load balancer
 
 
 class Middlebox:
@@ -176,6 +205,8 @@ class Middlebox:
         self.firewall = self.stateful and "firewall" in config.functions
         self.ratelimit = config.ratelimit if "ratelimit" in config.functions else None
         self.nat = NatPool(config.nat) if self.stateful and "nat" in config.functions else None
+        self.lb = config.loadbalancer if "loadbalancer" in config.functions else None
+        self._backend_ips = {b.ip: b for b in self.lb.backends} if self.lb else {}
         self.table = ConnectionTable(config.state_idle_timeout_s, config.max_flows)
         self._port_of_mac: dict[tuple[int, str], int] = {}
         self._port_of_ip: dict[tuple[int, str], int] = {}
@@ -209,7 +240,29 @@ class Middlebox:
         if self.nat:
             public = Match(ipv4_dst=self.nat.settings.public_ip)
             messages.append(FlowRule(PRIORITY_PROTECTED, public, PORT_CONTROLLER))
+        if self.lb:
+            messages += self._load_balancer_rules()
         return self._decision(messages, event="switch_connected", dpid=dpid)
+
+    def _load_balancer_rules(self) -> list[SwitchMessage]:
+        """Backends' traffic to the controller; baseline's static first-backend forwarding."""
+        vip = self.config.service_ip
+        if self.config.variant == "baseline":
+            first = self.lb.backends[0]
+            return [
+                FlowRule(
+                    PRIORITY_PROTECTED, Match(ipv4_dst=vip), first.switch_port,
+                    set_fields=(("ipv4_dst", first.ip), ("eth_dst", first.mac)),
+                ),
+                FlowRule(PRIORITY_PROTECTED, Match(ipv4_src=first.ip), PORT_CONTROLLER),
+            ]  # fmt: skip
+        messages: list[SwitchMessage] = [
+            FlowRule(PRIORITY_PROTECTED, Match(ipv4_src=b.ip), PORT_CONTROLLER)
+            for b in self.lb.backends
+        ]
+        if self.config.variant == "quic-lb":
+            messages.append(FlowRule(PRIORITY_PROTECTED, Match(ipv4_dst=vip), PORT_CONTROLLER))
+        return messages
 
     def packet_in(
         self, dpid: int, in_port: int, data: bytes, now: float, cookie: int = 0
@@ -240,6 +293,17 @@ class Middlebox:
             and frame.ip_dst == self.nat.settings.public_ip
         ):
             return self._arp_reply(in_port, frame, self.nat.settings.public_mac, context)
+        if self.lb and frame.eth_type == ETH_TYPE_ARP and frame.ip_dst == self.config.service_ip:
+            return self._arp_reply(in_port, frame, self.lb.vip_mac, context)
+        if self.config.variant == "quic-lb" and self._touches_service(frame):
+            return self._quic_lb_packet(dpid, in_port, frame, data, context)
+        if (
+            self.lb
+            and self.config.variant == "baseline"
+            and frame.eth_type == ETH_TYPE_IPV4
+            and frame.ip_src in self._backend_ips
+        ):
+            return self._baseline_backend_reply(dpid, in_port, frame, data, context)
         if self.tracking and frame.ip_dst == self.config.agent.ip:
             return self._agent_datagram(dpid, in_port, frame, now, context)
         if self.stateful and self._touches_service(frame):
@@ -285,7 +349,18 @@ class Middlebox:
         return self._decision(messages, **context, verdict="forward", reason="l2")
 
     def _touches_service(self, frame: Frame) -> bool:
-        return frame.eth_type == ETH_TYPE_IPV4 and self.config.service_ip in frame.addresses()
+        if frame.eth_type != ETH_TYPE_IPV4:
+            return False
+        return self.config.service_ip in frame.addresses() or frame.ip_src in self._backend_ips
+
+    def _client_path(self, flow: FlowKey) -> tuple[FlowKey, bool]:
+        """The client→service 5-tuple a packet belongs to, and whether it travels that way;
+        behind a load balancer the service's end is the virtual IP, whichever backend."""
+        if flow.dst_ip == self.config.service_ip:
+            return flow, True
+        if flow.src_ip in self._backend_ips:
+            return FlowKey(flow.dst_ip, flow.dst_port, self.config.service_ip, flow.src_port), False
+        return flow.reversed(), False
 
     # --- service traffic ------------------------------------------------------------------
 
@@ -298,8 +373,7 @@ class Middlebox:
                 reason = f"IP protocol {frame.ip_proto} is not QUIC/UDP"
                 return self._decision([], **context, verdict="drop", reason=reason)
             return self._l2_forward(dpid, in_port, frame, data, context)
-        to_service = flow.dst_ip == self.config.service_ip
-        path = flow if to_service else flow.reversed()
+        path, to_service = self._client_path(flow)
         if not to_service and self.nat and flow.dst_ip == self.nat.settings.public_ip:
             path = self.nat.path_of(flow.dst_port)
             if path is None:
@@ -319,7 +393,11 @@ class Middlebox:
             return self._decision([], **context, verdict="drop", reason=reason)
         if nat_allocated:
             context["nat_allocated"] = nat_allocated
-        ports = self._path_ports(dpid, path)
+        backend = None
+        if self.lb:
+            backend = connection.policy.setdefault("backend", backend_by_hash(self.lb, path))
+            context["backend"] = backend.ip
+        ports = self._path_ports(dpid, path, backend)
         if ports is None:
             # A side's location not learnt yet: deliver this packet, install rules later.
             messages = [PacketOut(in_port, PORT_FLOOD, data, self._rewrite(path, to_service))]
@@ -402,12 +480,18 @@ class Middlebox:
                 messages = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
         return self._decision(messages, **context, verdict="observe", reason="handshake copy")
 
-    def _path_ports(self, dpid: int, path: FlowKey) -> _PathPorts | None:
+    def _path_ports(
+        self, dpid: int, path: FlowKey, backend: Backend | None = None
+    ) -> _PathPorts | None:
         client_port = self._port_of_ip.get((dpid, path.src_ip))
-        service_port = self._port_of_ip.get((dpid, path.dst_ip))
+        if backend is not None:
+            service_port = backend.switch_port
+        else:
+            service_port = self._port_of_ip.get((dpid, path.dst_ip))
         if client_port is None or service_port is None:
             return None
-        return _PathPorts(client_port, service_port, self._mac_of_ip[(dpid, path.src_ip)])
+        client_mac = self._mac_of_ip[(dpid, path.src_ip)]
+        return _PathPorts(client_port, service_port, client_mac, backend)
 
     def _allocate_nat(self, path: FlowKey) -> str | bool | None:
         """The new mapping's description, None if none was needed, False if none is free."""
@@ -421,19 +505,31 @@ class Middlebox:
     def _rewrite(
         self, path: FlowKey, to_service: bool, ports: _PathPorts | None = None
     ) -> tuple[tuple[str, str | int], ...]:
-        """NAT rewriting for one direction of a path (nothing without NAT)."""
+        """NAT and load-balancer rewriting for one direction of a path (none without them)."""
+        rewrite: tuple[tuple[str, str | int], ...] = ()
         public = self.nat.public_flow(path) if self.nat else None
-        if public is None:
-            return ()
+        backend = ports.backend if ports else None
         if to_service:
-            return (("ipv4_src", public.src_ip), ("udp_src", public.src_port))
-        rewrite = (("ipv4_dst", path.src_ip), ("udp_dst", path.src_port))
-        return (*rewrite, ("eth_dst", ports.client_mac)) if ports else rewrite
+            if public is not None:
+                rewrite += (("ipv4_src", public.src_ip), ("udp_src", public.src_port))
+            if backend is not None:
+                rewrite += (("ipv4_dst", backend.ip), ("eth_dst", backend.mac))
+            return rewrite
+        if public is not None:
+            rewrite += (("ipv4_dst", path.src_ip), ("udp_dst", path.src_port))
+        if backend is not None:
+            rewrite += (("ipv4_src", self.config.service_ip), ("eth_src", self.lb.vip_mac))
+        if rewrite and ports:
+            rewrite += (("eth_dst", ports.client_mac),)
+        return rewrite
 
-    def _service_side_match(self, path: FlowKey) -> Match:
-        """How the service's packets of a path look on the wire (after NAT, if any)."""
+    def _service_side_match(self, path: FlowKey, backend: Backend | None = None) -> Match:
+        """How the service's packets of a path look on the wire (after NAT, from a backend)."""
         public = self.nat.public_flow(path) if self.nat else None
-        return Match(flow=(public or path).reversed())
+        flow = (public or path).reversed()
+        if backend is not None:
+            flow = FlowKey(backend.ip, flow.src_port, flow.dst_ip, flow.dst_port)
+        return Match(flow=flow)
 
     def _path_rules(
         self, connection: Connection, path: FlowKey, ports: _PathPorts
@@ -454,15 +550,76 @@ class Middlebox:
             FlowRule(
                 PRIORITY_ADMITTED_FLOW, Match(flow=path), ports.service_port, idle,
                 meter_id=meter_id, copy_to_controller=observing,
-                set_fields=self._rewrite(path, to_service=True),
+                set_fields=self._rewrite(path, to_service=True, ports=ports),
             ),
             FlowRule(
-                PRIORITY_ADMITTED_FLOW, self._service_side_match(path), ports.client_port, idle,
-                copy_to_controller=observing,
+                PRIORITY_ADMITTED_FLOW, self._service_side_match(path, ports.backend),
+                ports.client_port, idle, copy_to_controller=observing,
                 set_fields=self._rewrite(path, to_service=False, ports=ports),
             ),
         ]  # fmt: skip
         return messages
+
+    def _baseline_backend_reply(
+        self, dpid: int, in_port: int, frame: Frame, data: bytes, context: dict
+    ) -> Decision:
+        """baseline behind a virtual IP: the first backend's replies leave as the VIP, by
+        destination MAC like L2 learning (no per-connection state)."""
+        out_port = self._port_of_mac.get((dpid, frame.eth_dst))
+        rewrite = (("ipv4_src", self.config.service_ip), ("eth_src", self.lb.vip_mac))
+        if out_port is None:
+            messages = [PacketOut(in_port, PORT_FLOOD, data, rewrite)]
+            return self._decision(messages, **context, verdict="flood", reason="vip reply")
+        match = Match(eth_dst=frame.eth_dst, ipv4_src=frame.ip_src)
+        messages = [
+            FlowRule(PRIORITY_VIP_REPLY, match, out_port, set_fields=rewrite),
+            PacketOut(in_port, out_port, data, rewrite),
+        ]
+        return self._decision(messages, **context, verdict="forward", reason="vip reply")
+
+    # --- quic-lb: stateless routing by the server ID in the DCID ---------------------------
+
+    def _quic_lb_packet(
+        self, dpid: int, in_port: int, frame: Frame, data: bytes, context: dict
+    ) -> Decision:
+        flow = frame.flow
+        if flow is None:
+            return self._decision([], **context, verdict="drop", reason="not UDP")
+        path, to_service = self._client_path(flow)
+        if not to_service:
+            # The reverse rule is installed with the forward one; a backend's packet without
+            # it (rule expired) goes back to the client that the 5-tuple names.
+            backend = self._backend_ips[flow.src_ip]
+            how = "backend reply"
+        else:
+            payload = frame.udp_payload
+            try:
+                first = parse_datagram(
+                    payload, short_dcid_length=self.lb.quic_lb.config().cid_length
+                )[0]
+            except WireError as exc:
+                return self._decision([], **context, verdict="drop", reason=f"not QUIC: {exc}")
+            backend = None
+            if first.form is HeaderForm.SHORT or first.packet_type is not PacketType.INITIAL:
+                backend = backend_by_server_id(self.lb, first.dcid)
+                how = "server ID in the DCID"
+            if backend is None:
+                # A client Initial's DCID is the client's own choice: hash it (every Initial of
+                # the connection repeats it); an undecodable DCID falls back the same way.
+                backend = backend_by_initial_dcid(self.lb, first.dcid)
+                how = (
+                    "hash of an Initial's DCID"
+                    if first.form is HeaderForm.LONG
+                    else "hash (undecodable DCID)"
+                )
+        context["backend"] = backend.ip
+        ports = self._path_ports(dpid, path, backend)
+        if ports is None:
+            return self._decision([], **context, verdict="drop", reason="client location unknown")
+        messages = self._path_rules(_STATELESS, path, ports)
+        out_port = ports.service_port if to_service else ports.client_port
+        messages.append(PacketOut(in_port, out_port, data, self._rewrite(path, to_service, ports)))
+        return self._decision(messages, **context, verdict="admit", reason=how)
 
     # --- the Tracking Agent ---------------------------------------------------------------
 
@@ -480,18 +637,24 @@ class Middlebox:
         messages: list[SwitchMessage] = []
         nat: dict[str, list[str]] = {}
         if report.new_path is not None:
-            service_port = self._port_of_ip.get((dpid, self.config.service_ip))
+            backend = report.connection.policy.get("backend")
+            if backend is not None:
+                service_port = backend.switch_port
+                nat["backend"] = backend.ip
+            else:
+                service_port = self._port_of_ip.get((dpid, self.config.service_ip))
             allocated = self._allocate_nat(report.new_path)
             if allocated:
                 nat["nat_allocated"] = allocated
             if service_port is not None and allocated is not False:
-                ports = _PathPorts(in_port, service_port, frame.eth_src)
+                ports = _PathPorts(in_port, service_port, frame.eth_src, backend)
                 report.connection.policy.setdefault("ports", {})[report.new_path] = ports
                 report.connection.policy.setdefault("installed", {})[report.new_path] = now
                 messages += self._path_rules(report.connection, report.new_path, ports)
         if report.retired_path is not None:
             retired = report.retired_path
-            for match in (Match(flow=retired), self._service_side_match(retired)):
+            backend = report.connection.policy.get("backend")
+            for match in (Match(flow=retired), self._service_side_match(retired, backend)):
                 messages.append(RemoveFlow(PRIORITY_ADMITTED_FLOW, match))
             if self.nat and self.nat.release(retired) is not None:
                 nat["nat_released"] = [str(retired)]
@@ -510,6 +673,5 @@ class Middlebox:
         return decision
 
 
-def agent_keys(secret: bytes, clients: list[str]) -> dict[str, str]:
-    """Per-client Tracking Agent keys (hex) derived from the scenario's secret."""
-    return {client: derive_client_key(secret, client).hex() for client in clients}
+# quic-lb keeps no connection: its rules are built for this placeholder.
+_STATELESS = Connection(id=0, created_at=0.0, last_seen=0.0)

@@ -7,6 +7,11 @@ arrives. Times are `time.monotonic()`, the system-wide clock that the client als
 
     python -m testbed.apps.server --listen 10.0.0.250:4433 --events FILE
         [--idle-timeout S] [--max-lifetime S] [--qlog-dir DIR]
+        [--quic-lb-server-id HEX [--quic-lb-nonce-len N] [--quic-lb-key HEX]]
+
+With --quic-lb-server-id every connection ID the server issues is a QUIC-LB CID carrying its
+server ID (draft-ietf-quic-load-balancers §5.4), so a load balancer can route migrated
+packets without state.
 """
 
 from __future__ import annotations
@@ -17,18 +22,21 @@ import contextlib
 import datetime
 import hashlib
 import json
+import os
 import signal
 import time
 from typing import IO
 
 from aioquic.asyncio import QuicConnectionProtocol, serve
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from qasm.wire.quic_lb import QuicLbConfig, encode_cid
 from testbed.apps.transfer import (
     ALPN,
     MAX_HEADER_BYTES,
@@ -57,6 +65,34 @@ def self_signed_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivate
     return certificate, key
 
 
+def issue_quic_lb_cids(connection: QuicConnection, config: QuicLbConfig, server_id: bytes):
+    """Makes every CID this server-side connection issues a QUIC-LB CID.
+
+    aioquic 1.7.2 has no hook for CID generation: this replaces the first host CID before
+    QuicServer registers it (the protocol is created first) and wraps the private
+    `_replenish_connection_ids`, whose new entries are announced (ConnectionIdIssued, the
+    NEW_CONNECTION_ID frame) only later, with the bytes set here.
+    """
+
+    def new_cid() -> bytes:
+        nonce = os.urandom(config.nonce_length)
+        return encode_cid(config, server_id, nonce, random_bits=os.urandom(1)[0])
+
+    first = connection._host_cids[0]
+    first.cid = new_cid()
+    connection.host_cid = first.cid
+    connection._local_initial_source_connection_id = first.cid
+    replenish = connection._replenish_connection_ids
+
+    def replenish_with_quic_lb_cids() -> None:
+        already = len(connection._host_cids)
+        replenish()
+        for connection_id in connection._host_cids[already:]:
+            connection_id.cid = new_cid()
+
+    connection._replenish_connection_ids = replenish_with_quic_lb_cids
+
+
 class EventLog:
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
@@ -76,8 +112,10 @@ class _ReceivedStream:
 
 
 class TransferServerProtocol(QuicConnectionProtocol):
-    def __init__(self, *args, event_log: EventLog, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, quic: QuicConnection, *args, event_log: EventLog, quic_lb=None, **kwargs):
+        if quic_lb is not None:
+            issue_quic_lb_cids(quic, *quic_lb)
+        super().__init__(quic, *args, **kwargs)
         self._event_log = event_log
         self._streams: dict[int, _ReceivedStream] = {}
         self._datagram_source: tuple[str, int] | None = None
@@ -148,6 +186,13 @@ async def serve_forever(args: argparse.Namespace) -> None:
         from aioquic.quic.logger import QuicFileLogger
 
         configuration.quic_logger = QuicFileLogger(args.qlog_dir)
+    quic_lb = None
+    if args.quic_lb_server_id:
+        key = bytes.fromhex(args.quic_lb_key) if args.quic_lb_key else None
+        server_id = bytes.fromhex(args.quic_lb_server_id)
+        config = QuicLbConfig(0, len(server_id), args.quic_lb_nonce_len, key)
+        configuration.connection_id_length = config.cid_length
+        quic_lb = (config, server_id)
     host, port = parse_address(args.listen)
     with open(args.events, "a", encoding="utf-8") as stream:
         event_log = EventLog(stream)
@@ -155,7 +200,9 @@ async def serve_forever(args: argparse.Namespace) -> None:
             host,
             port,
             configuration=configuration,
-            create_protocol=lambda *a, **kw: TransferServerProtocol(*a, event_log=event_log, **kw),
+            create_protocol=lambda *a, **kw: TransferServerProtocol(
+                *a, event_log=event_log, quic_lb=quic_lb, **kw
+            ),
         )
         event_log.write("listening", addr=[host, port])
         stop = asyncio.Event()
@@ -175,6 +222,9 @@ def main() -> None:
     parser.add_argument("--idle-timeout", type=float, default=30.0)
     parser.add_argument("--max-lifetime", type=float, default=3600.0, help="exit after S seconds")
     parser.add_argument("--qlog-dir")
+    parser.add_argument("--quic-lb-server-id", help="hex; issue QUIC-LB CIDs carrying it")
+    parser.add_argument("--quic-lb-nonce-len", type=int, default=6)
+    parser.add_argument("--quic-lb-key", help="hex AES-128 key (default: plaintext CIDs)")
     asyncio.run(serve_forever(parser.parse_args()))
 
 

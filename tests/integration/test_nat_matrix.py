@@ -43,7 +43,8 @@ def test_mappings_held_after_a_migration(run, variant, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_server_sees_the_public_address_change_with_the_migration(run, kind):
     run_dir, records = run
-    events = (run_dir / records[("qasm", kind)]["artifacts"] / "server-events.jsonl").read_text()
+    (events_file,) = (run_dir / records[("qasm", kind)]["artifacts"]).glob("server-events-*.jsonl")
+    events = events_file.read_text()
     addresses = [json.loads(line)["addr"] for line in events.splitlines() if "first_data" in line]
     assert [a[0] for a in addresses] == ["10.0.100.1", "10.0.100.1"]  # RFC 9312 §4.3
     assert addresses[0][1] != addresses[1][1]

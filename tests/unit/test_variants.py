@@ -249,7 +249,9 @@ def test_nat_translates_both_directions_of_a_path(quic_pair):
     box = nat_middlebox("cid")
     first_client, _ = quic_pair.handshake()
     decision = box.packet_in(1, CLIENT_PORT, from_client(first_client[0]), now=1.0)
-    assert decision.record["nat_allocated"] == f"{CLIENT_IP}:50000>10.0.0.250:4433 as 10.0.100.1:20000"
+    assert (
+        decision.record["nat_allocated"] == f"{CLIENT_IP}:50000>10.0.0.250:4433 as 10.0.100.1:20000"
+    )
     upstream, downstream = flow_rules(decision)
     assert upstream.set_fields == (("ipv4_src", "10.0.100.1"), ("udp_src", 20000))
     assert downstream.match.flow == FlowKey(SERVER_IP, 4433, "10.0.100.1", 20000)
@@ -290,3 +292,59 @@ def test_an_exhausted_pool_drops_new_paths(quic_pair):
     )
     assert rebound.record["verdict"] == "drop" and "exhausted (1 ports)" in rebound.record["reason"]
     assert box.nat.exhausted == 1
+
+
+def lb_middlebox(variant: str):
+    from qasm.functions.loadbalancer import Backend, LoadBalancerSettings
+
+    backends = tuple(
+        Backend(f"10.0.4.{i}", f"02:00:00:00:04:0{i}", 200 + i, f"0{i}") for i in (1, 2, 3)
+    )
+    box = Middlebox(MiddleboxConfig(
+        variant=variant, service_ip=SERVER_IP, service_port=4433, functions=("loadbalancer",),
+        loadbalancer=LoadBalancerSettings("02:00:00:00:00:fa", backends),
+    ))  # fmt: skip
+    box.switch_connected(1)
+    box.packet_in(1, CLIENT_PORT, arp_frame(CLIENT_MAC, CLIENT_IP, SERVER_IP), now=0.0)
+    box.packet_in(1, LTE_PORT, arp_frame(LTE_MAC, LTE_IP, SERVER_IP), now=0.0)
+    return box, backends
+
+
+def test_the_virtual_ip_is_answered_and_backend_arp_is_left_alone():
+    box, backends = lb_middlebox("baseline")
+    answer = box.packet_in(1, CLIENT_PORT, arp_frame(CLIENT_MAC, CLIENT_IP, SERVER_IP), now=0.0)
+    assert answer.record["verdict"] == "arp_reply"
+    backend_arp = box.packet_in(
+        1, 201, arp_frame(backends[0].mac, backends[0].ip, CLIENT_IP), now=0.0
+    )
+    assert backend_arp.record["reason"] == "l2" and not backend_arp.messages[-1].set_fields
+
+
+def test_cid_keeps_the_connections_backend_for_a_rebinding(quic_pair):
+    box, backends = lb_middlebox("cid")
+    establish(box, quic_pair)
+    (connection,) = box.table.connections()
+    rebound = box.packet_in(
+        1, CLIENT_PORT, from_client(quic_pair.short_header_datagram(), sport=50001), now=2.0
+    )
+    assert rebound.record["backend"] == connection.policy["backend"].ip
+    upstream = [r for r in flow_rules(rebound) if r.match.flow.dst_ip == SERVER_IP][0]
+    backend = connection.policy["backend"]
+    assert upstream.out_port == backend.switch_port
+    assert upstream.set_fields == (("ipv4_dst", backend.ip), ("eth_dst", backend.mac))
+
+
+def test_quic_lb_routes_a_migrated_packet_by_the_server_id_in_its_dcid():
+    from qasm.wire.quic_lb import QuicLbConfig, encode_cid
+
+    box, backends = lb_middlebox("quic-lb")
+    dcid = encode_cid(QuicLbConfig(0, 1, 6), bytes([3]), bytes(6))
+    packet = bytes([0x40]) + dcid + bytes(40)  # a short header with backend 3's CID
+    decision = box.packet_in(
+        1, LTE_PORT, from_client(packet, sport=6000, src=LTE_IP, mac=LTE_MAC), now=1.0
+    )
+    assert (
+        decision.record["backend"] == "10.0.4.3"
+        and decision.record["reason"] == "server ID in the DCID"
+    )
+    assert len(box.table) == 0  # stateless

@@ -1,0 +1,59 @@
+"""A load balancer in front of 3 backends in every variant under every migration kind
+(scenarios/loadbalancer.yaml), on the real emulation."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.integration.conftest import (
+    QASM,
+    REPOSITORY,
+    assert_controller_logged_no_exception,
+    read_records,
+)
+
+pytestmark = pytest.mark.integration
+KINDS = ("nat-rebind", "addr-rebind", "active")
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("loadbalancer")
+    scenario = REPOSITORY / "scenarios" / "loadbalancer.yaml"
+    result = subprocess.run(
+        [*QASM, "run", str(scenario), "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=900, cwd=REPOSITORY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert_controller_logged_no_exception(run_dir)
+    return {(r["variant"], r["migration"]): r for r in read_records(run_dir)}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("variant", ["baseline", "qasm", "quic-lb"])
+def test_survives_every_kind(records, variant, kind):
+    record = records[(variant, kind)]
+    assert record["completed"] and record["verified"], record["failure"]
+    assert record["backend_changed"] in (None, False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tuple_survives_exactly_when_the_hash_kept_the_backend(records, kind):
+    record = records[("tuple", kind)]
+    assert record["backend_changed"] is not None
+    assert record["completed"] == (not record["backend_changed"]), record
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cid_keeps_the_backend_on_rebindings_only(records, kind):
+    record = records[("cid", kind)]
+    if kind == "active":
+        assert record["completed"] == (not record["backend_changed"]), record
+    else:
+        assert record["completed"] and record["backend_changed"] is False, record["failure"]
+
+
+def test_qasm_migrations_cost_no_packet_in(records):
+    assert [records[("qasm", kind)]["migration_packet_ins"] for kind in KINDS] == [0, 0, 0]
