@@ -187,7 +187,7 @@ class ExperimentRunner:
         decision_log = emulation.start_controller(config, artifacts)
         servers = [
             (self._start_server(emulation, server, artifacts), events_path)
-            for server in topo.servers
+            for server in self._servers(topo)
             for events_path in [artifacts / f"server-events-{server.name}.jsonl"]
         ]
         for process, events_path in servers:
@@ -241,6 +241,16 @@ class ExperimentRunner:
             f"rep {spec.repetition}: {outcome} ({time.monotonic() - started:.1f} s)"
         )
 
+    def _load_balanced(self) -> bool:
+        return "loadbalancer" in self.scenario.functions
+
+    def _service_ip(self, topo) -> str:
+        """Clients talk to the load balancer's VIP, or else to the one server."""
+        return topo.vip if self._load_balanced() else topo.server.ip
+
+    def _servers(self, topo) -> list:
+        return topo.backends if self._load_balanced() else [topo.server]
+
     def _start_server(self, emulation: Emulation, server, artifacts: Path) -> ManagedProcess:
         argv = [
             sys.executable, "-m", "testbed.apps.server",
@@ -269,7 +279,7 @@ class ExperimentRunner:
             )
         return MiddleboxConfig(
             variant=variant,
-            service_ip=topo.server_ip,
+            service_ip=self._service_ip(topo),
             service_port=SERVICE_PORT,
             functions=self.scenario.functions,
             agent=agent,
@@ -280,7 +290,7 @@ class ExperimentRunner:
             loadbalancer=LoadBalancerSettings(
                 vip_mac=topo.vip_mac,
                 backends=tuple(
-                    Backend(s.ip, s.mac, s.switch_port, s.server_id) for s in topo.servers
+                    Backend(s.ip, s.mac, s.switch_port, s.server_id) for s in topo.backends
                 ),
             )
             if "loadbalancer" in self.scenario.functions
@@ -303,7 +313,7 @@ class ExperimentRunner:
         scenario = self.scenario
         argv = [
             sys.executable, "-m", "testbed.apps.client",
-            "--server", f"{emulation.topo.server_ip}:{SERVICE_PORT}",
+            "--server", f"{self._service_ip(emulation.topo)}:{SERVICE_PORT}",
             "--local-ip", addresses.wifi_ip,
             "--client", addresses.name,
             "--bytes", str(scenario.bytes),

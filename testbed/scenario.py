@@ -283,9 +283,11 @@ def _check(checker: _Checker, root: yaml.Node, path: Path, text: str) -> Scenari
             nat_ports = checker.integer(children.get("ports"), "nat.ports", 1, 30000)
     if functions and "nat" in functions and top.get("nat") is None:
         checker.problem(root, "nat", "expected ports (functions has nat)")
-    if functions and "loadbalancer" in functions and topology_params.get("servers", 1) < 2:
+    if functions and "loadbalancer" in functions and not topology_params.get("backends"):
         checker.problem(
-            top.get("topology"), "topology.servers", "expected >= 2 (functions has loadbalancer)"
+            top.get("topology"),
+            "topology.backends",
+            "expected 2 or more (functions has loadbalancer)",
         )
     if variants and "quic-lb" in variants and tuple(functions or ()) != ("loadbalancer",):
         checker.problem(

@@ -11,9 +11,10 @@ holds a second address, the target of an address rebinding. Parameters map one-t
 the scenario's `topology:` block.
 
 Addresses (client i = 1..100): wifi 10.0.1.i, wifi's second address 10.0.3.i, lte 10.0.2.i,
-server 10.0.0.250, or with `servers: N` (N >= 2) backends 10.0.4.1..N behind the virtual IP
-10.0.0.250; 10.0.0.254 is the Tracking Agent's management address and 10.0.100.1 the
-NAT's public address, both answered by the controller through the switch (no host owns them).
+server 10.0.0.250, and with `backends: N` (N >= 2) backends 10.0.4.1..N behind the load
+balancer's virtual IP 10.0.0.100. The VIP, the Tracking Agent's management address 10.0.0.254
+and the NAT's public address 10.0.100.1 are answered by the controller through the switch (no
+host owns them).
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ AGENT_PORT = 7400
 NAT_PUBLIC_IP = "10.0.100.1"
 NAT_PUBLIC_MAC = "02:00:00:00:00:fd"
 MAX_CLIENTS = 100
-MAX_SERVERS = 8
-VIP_MAC = "02:00:00:00:00:fa"  # the service's virtual IP behind a load balancer
+MAX_BACKENDS = 8
+VIP = "10.0.0.100"  # the load balancer's virtual IP, answered by the controller
+VIP_MAC = "02:00:00:00:00:fa"
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class DualHomed(Topo):
     # Mininet's TCIntf accepts bandwidths up to 1000 Mbit/s.
     PARAMETERS = {
         "clients": Parameter(int, 1, MAX_CLIENTS, "dual-homed client hosts"),
-        "servers": Parameter(int, 1, MAX_SERVERS, "server hosts (>= 2: backends behind a VIP)"),
+        "backends": Parameter(int, 2, MAX_BACKENDS, "servers behind the load balancer's VIP"),
         "wifi_bw_mbit": Parameter(float, 0, 1000, "wifi link bandwidth (HTB), Mbit/s"),
         "lte_bw_mbit": Parameter(float, 0, 1000, "lte link bandwidth (HTB), Mbit/s"),
         "server_bw_mbit": Parameter(float, 0, 1000, "server link bandwidth (HTB), Mbit/s"),
@@ -83,7 +85,7 @@ class DualHomed(Topo):
         self,
         prefix: str,
         clients: int = 1,
-        servers: int = 1,
+        backends: int = 0,
         wifi_bw_mbit: float | None = None,
         lte_bw_mbit: float | None = None,
         server_bw_mbit: float | None = None,
@@ -92,24 +94,19 @@ class DualHomed(Topo):
             raise ValueError(f"clients: {clients}, expected 1..{MAX_CLIENTS}")
         self.prefix = prefix
         self.switch_name = f"{prefix}mb"
-        self.server_ip = SERVER_IP  # the service's address: the server's, or the VIP
-        self.vip_mac = VIP_MAC if servers > 1 else None
+        self.vip, self.vip_mac = VIP, VIP_MAC
         self.agent_ip, self.agent_mac, self.agent_port = AGENT_IP, AGENT_MAC, AGENT_PORT
         self.nat_public_ip, self.nat_public_mac = NAT_PUBLIC_IP, NAT_PUBLIC_MAC
         # Mininet derives a DPID from digits in the name unless told; ours has hex digits.
         switch = self.addSwitch(self.switch_name, dpid="0000000000000001", protocols="OpenFlow13")
-        if servers == 1:
-            self.servers = [
-                ServerAddresses(f"{prefix}srv", SERVER_IP, "02:00:00:00:04:01", 1, "01")
-            ]
-        else:
-            self.servers = [
-                ServerAddresses(
-                    f"{prefix}srv{i}", f"10.0.4.{i}", f"02:00:00:00:04:{i:02x}", 200 + i, f"{i:02x}"
-                )
-                for i in range(1, servers + 1)
-            ]
-        for server in self.servers:
+        self.server = ServerAddresses(f"{prefix}srv", SERVER_IP, "02:00:00:00:04:00", 1, "00")
+        self.backends = [
+            ServerAddresses(
+                f"{prefix}srv{i}", f"10.0.4.{i}", f"02:00:00:00:04:{i:02x}", 200 + i, f"{i:02x}"
+            )
+            for i in range(1, backends + 1)
+        ]
+        for server in (self.server, *self.backends):
             host = self.addHost(server.name, ip=f"{server.ip}/{PREFIX_LENGTH}", mac=server.mac)
             self.addLink(host, switch, port2=server.switch_port, **_bandwidth(server_bw_mbit))
         self.clients: list[ClientAddresses] = []
