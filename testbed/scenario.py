@@ -16,12 +16,22 @@ whole file is checked before anything starts, so one run of `qasm validate` list
     agent: {secret: text}          # optional: Client Agent keys derive from it (qasm variant)
     ratelimit: {rate_mbit: 8, burst_kbit: 800}   # required with functions: [ratelimit]
     nat: {ports: 64}               # the NAT's public port pool, required with functions: [nat]
+    sweep: {topology.clients: [1, 5, 20], workload.bytes: [1000000, 4000000]}
+
+`sweep` runs the cross product of the listed values: each key is a dotted path into the
+file (under functions, topology, workload, migration, timeouts, ratelimit, nat) and each
+point is validated as if its values were written in place, so a bad value is reported at
+its line in the sweep block. `migration.spread` gives every client its own schedule: client
+i migrates at `at_bytes` (or `at_seconds`) plus a seeded uniform draw from [0, spread].
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
-from dataclasses import dataclass, field
+import itertools
+import random
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +55,19 @@ TOP_LEVEL_KEYS = {
     "agent": False,
     "ratelimit": False,
     "nat": False,
+    "sweep": False,
 }  # key -> required
+# Top-level sections a sweep may vary; the rest define the experiment, not a point of it.
+SWEEPABLE_SECTIONS = (
+    "functions",
+    "topology",
+    "workload",
+    "migration",
+    "timeouts",
+    "ratelimit",
+    "nat",
+)
+MAX_SWEEP_POINTS = 256
 # Client Agent keys derive from this unless the scenario sets `agent.secret`; an emulation
 # needs reproducibility more than secrecy.
 DEFAULT_AGENT_SECRET = "qasm-testbed"
@@ -64,6 +86,16 @@ class Migration:
     kinds: tuple[str, ...]
     at_bytes: int | None = None
     at_seconds: float | None = None
+    spread: float = 0.0  # in the trigger's unit: bytes or seconds
+
+    def trigger_for(self, client_index: int, seed: int) -> tuple[str, float]:
+        """("at_bytes" | "at_seconds", value) of one client: its own, reproducible schedule."""
+        offset = (
+            random.Random(f"{seed}:{client_index}").uniform(0, self.spread) if self.spread else 0
+        )
+        if self.at_bytes is not None:
+            return "at_bytes", self.at_bytes + int(offset)
+        return "at_seconds", self.at_seconds + offset
 
 
 @dataclass(frozen=True)
@@ -86,10 +118,24 @@ class Scenario:
     ratelimit: RateLimit | None = None
     nat_ports: int | None = None
     raw: dict = field(repr=False, default_factory=dict)
+    # The values this point of a sweep sets ({"topology.clients": 20}); empty without a sweep.
+    parameters: dict[str, Any] = field(default_factory=dict)
+    sweep: tuple[Scenario, ...] = field(repr=False, default=())
 
     @property
     def migration_kinds(self) -> tuple[str | None, ...]:
         return self.migration.kinds if self.migration else (None,)
+
+    @property
+    def points(self) -> tuple[Scenario, ...]:
+        """What to run: every point of the sweep, or the scenario itself."""
+        return self.sweep or (self,)
+
+    def applicable(self, variants: tuple[str, ...]) -> tuple[str, ...]:
+        """quic-lb is a load balancer: at a sweep point with other functions it has no role."""
+        if self.functions == ("loadbalancer",):
+            return variants
+        return tuple(v for v in variants if v != "quic-lb")
 
 
 class _Checker:
@@ -202,13 +248,100 @@ def load_scenario(path: str | Path) -> Scenario:
     if root is None:
         raise ScenarioError([f"{path}:1: (top level): expected a mapping, the file is empty"])
     checker = _Checker(str(path))
-    scenario = _check(checker, root, path, text)
+    sweep_node = _detach_sweep(root)
+    if sweep_node is None:
+        scenario = _check(checker, root, path, text)
+    else:
+        scenario = _check_sweep(checker, root, sweep_node, path, text)
     if checker.problems:
-        raise ScenarioError(checker.problems)
+        # A problem outside the sweep block repeats at every point: report it once.
+        raise ScenarioError(list(dict.fromkeys(checker.problems)))
     return scenario
 
 
-def _check(checker: _Checker, root: yaml.Node, path: Path, text: str) -> Scenario | None:
+def _detach_sweep(root: yaml.Node) -> yaml.Node | None:
+    """Removes the `sweep` entry from the top-level mapping and returns its value."""
+    if not isinstance(root, yaml.MappingNode):
+        return None
+    for pair in root.value:
+        if pair[0].value == "sweep":
+            root.value.remove(pair)
+            return pair[1]
+    return None
+
+
+def _check_sweep(
+    checker: _Checker, root: yaml.Node, sweep_node: yaml.Node, path: Path, text: str
+) -> Scenario | None:
+    axes: list[tuple[yaml.Node, list[yaml.Node]]] = []
+    if not isinstance(sweep_node, yaml.MappingNode) or not sweep_node.value:
+        checker.problem(sweep_node, "sweep", "expected a mapping of dotted keys to lists of values")
+        return None
+    for key_node, values_node in sweep_node.value:
+        key = f"sweep.{key_node.value}"
+        section = str(key_node.value).split(".")[0]
+        if section not in SWEEPABLE_SECTIONS or key_node.value in ("topology.name",):
+            checker.problem(key_node, key, f"expected a key under {', '.join(SWEEPABLE_SECTIONS)}")
+        elif not isinstance(values_node, yaml.SequenceNode) or not values_node.value:
+            checker.problem(values_node, key, "expected a non-empty list of values")
+        else:
+            canonical = [yaml.serialize(v) for v in values_node.value]
+            if len(set(canonical)) != len(canonical):
+                checker.problem(values_node, key, "expected each value once")
+            axes.append((key_node, values_node.value))
+    count = 1
+    for _, values in axes:
+        count *= len(values)
+    if count > MAX_SWEEP_POINTS:
+        checker.problem(
+            sweep_node, "sweep", f"expected at most {MAX_SWEEP_POINTS} points, got {count}"
+        )
+    if checker.problems:
+        return None
+    points = []
+    for combination in itertools.product(*(values for _, values in axes)):
+        point_root = copy.deepcopy(root)
+        parameters = {}
+        for (key_node, _), value_node in zip(axes, combination, strict=True):
+            _set_node(point_root, key_node, value_node)
+            parameters[key_node.value] = yaml.safe_load(yaml.serialize(value_node))
+        scenario = _check(checker, point_root, path, text, sweeping=True)
+        if scenario is not None:
+            points.append(replace(scenario, parameters=parameters))
+    if checker.problems:
+        return None
+    variants = points[0].variants
+    if "quic-lb" in variants and not any(p.functions == ("loadbalancer",) for p in points):
+        checker.problem(
+            root, "variants", "expected a sweep point with functions [loadbalancer] for quic-lb"
+        )
+        return None
+    return replace(points[0], sweep=tuple(points))
+
+
+def _set_node(root: yaml.MappingNode, key_node: yaml.ScalarNode, value: yaml.Node) -> None:
+    """Writes `value` at the dotted path; keys it creates carry the sweep key's line."""
+    node = root
+    *parents, last = str(key_node.value).split(".")
+    for name in parents:
+        child = next((v for k, v in node.value if k.value == name), None)
+        if child is None:
+            child = yaml.MappingNode("tag:yaml.org,2002:map", [], start_mark=key_node.start_mark)
+            node.value.append((_key(name, key_node), child))
+        if not isinstance(child, yaml.MappingNode):
+            return  # the point's check reports the section as not a mapping
+        node = child
+    node.value[:] = [(k, v) for k, v in node.value if k.value != last]
+    node.value.append((_key(last, key_node), value))
+
+
+def _key(name: str, mark_from: yaml.Node) -> yaml.ScalarNode:
+    return yaml.ScalarNode("tag:yaml.org,2002:str", name, start_mark=mark_from.start_mark)
+
+
+def _check(
+    checker: _Checker, root: yaml.Node, path: Path, text: str, sweeping: bool = False
+) -> Scenario | None:
     top = checker.mapping(root, "", TOP_LEVEL_KEYS)
     if top is None:
         return None
@@ -289,7 +422,12 @@ def _check(checker: _Checker, root: yaml.Node, path: Path, text: str) -> Scenari
             "topology.backends",
             "expected 2 or more (functions has loadbalancer)",
         )
-    if variants and "quic-lb" in variants and tuple(functions or ()) != ("loadbalancer",):
+    if (
+        not sweeping
+        and variants
+        and "quic-lb" in variants
+        and tuple(functions or ()) != ("loadbalancer",)
+    ):
         checker.problem(
             top.get("functions"), "functions", "expected [loadbalancer] alone with variant quic-lb"
         )
@@ -325,7 +463,7 @@ def _check(checker: _Checker, root: yaml.Node, path: Path, text: str) -> Scenari
 def _check_migration(
     checker: _Checker, node: yaml.Node, total_bytes: int | None, run_timeout_s: float
 ) -> Migration | None:
-    allowed = {"kind": True, "at_bytes": False, "at_seconds": False}
+    allowed = {"kind": True, "at_bytes": False, "at_seconds": False, "spread": False}
     children = checker.mapping(node, "migration", allowed)
     if children is None:
         return None
@@ -334,16 +472,24 @@ def _check_migration(
     at_seconds = checker.number(children.get("at_seconds"), "migration.at_seconds", 0, 3600)
     if ("at_bytes" in children) == ("at_seconds" in children):
         checker.problem(node, "migration", "expected exactly one of at_bytes, at_seconds")
-    if at_bytes is not None and total_bytes is not None and at_bytes >= total_bytes:
+    spread = 0.0
+    if "spread" in children:
+        if at_bytes is not None:
+            spread = checker.integer(children["spread"], "migration.spread", 0) or 0
+        else:
+            spread = checker.number(children["spread"], "migration.spread", 0, 3600) or 0.0
+    if at_bytes is not None and total_bytes is not None and at_bytes + spread >= total_bytes:
         checker.problem(
             children["at_bytes"],
             "migration.at_bytes",
-            f"expected less than workload.bytes ({total_bytes}): migration after the end",
+            f"expected at_bytes + spread less than workload.bytes ({total_bytes}): "
+            "migration after the end",
         )
-    if at_seconds is not None and at_seconds >= run_timeout_s:
+    if at_seconds is not None and at_seconds + spread >= run_timeout_s:
         checker.problem(
             children["at_seconds"],
             "migration.at_seconds",
-            f"expected less than timeouts.run_s ({run_timeout_s:g}): migration after the end",
+            f"expected at_seconds + spread less than timeouts.run_s ({run_timeout_s:g}): "
+            "migration after the end",
         )
-    return Migration(kinds or (), at_bytes, at_seconds)
+    return Migration(kinds or (), at_bytes, at_seconds, spread)

@@ -11,6 +11,8 @@ import random
 import statistics
 from collections.abc import Callable, Iterable
 
+from testbed.matrix import survival_matrix
+
 SCHEMA_VERSION = 1
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -119,6 +121,7 @@ def summarize(records: list[dict], seed: int = 0) -> dict:
                 "baseline_completed_fraction": summary["variants"]["baseline"]["completed"]
                 / len(baseline),
             }
+    summary["matrix"] = survival_matrix(records)
     return summary
 
 

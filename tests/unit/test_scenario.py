@@ -59,7 +59,7 @@ def test_minimal_scenario_gets_defaults(tmp_path):
         (VALID.replace("clients: 1", "clients: one"), "4: topology.clients: expected an integer"),
         (VALID.replace("bytes: 4000", "bytes: -5"), "6: workload.bytes: expected an integer"),
         (VALID.replace("tuple]", "tupel]"), "1: variants: expected one of baseline, tuple"),
-        (VALID.replace("at_bytes: 1000", "at_bytes: 4000"), "9: migration.at_bytes: expected less"),
+        (VALID.replace("at_bytes: 1000", "at_bytes: 4000"), "9: migration.at_bytes: expected at_bytes + spread less"),
         (VALID.replace("kind: active", "kind: teleport"), "8: migration.kind: expected one of"),
         (VALID.replace("name: dualhomed", "name: ring"), "3: topology.name: expected one of"),
         (VALID.replace("  clients: 1\n", "  clients: 1\n  clients: 2\n"), "duplicate key"),
@@ -105,3 +105,60 @@ def test_run_rejects_bad_input_before_starting_anything(tmp_path, capsys):
     )
     assert "--variants: expected names" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_sweep_runs_the_cross_product_and_records_each_points_values(tmp_path):
+    text = VALID + "sweep:\n  topology.clients: [1, 20]\n  workload.bytes: [4000, 8000]\n"
+    scenario = load_scenario(write(tmp_path, text))
+    points = [(p.topology_params["clients"], p.bytes, p.parameters) for p in scenario.points]
+    assert points == [
+        (1, 4000, {"topology.clients": 1, "workload.bytes": 4000}),
+        (1, 8000, {"topology.clients": 1, "workload.bytes": 8000}),
+        (20, 4000, {"topology.clients": 20, "workload.bytes": 4000}),
+        (20, 8000, {"topology.clients": 20, "workload.bytes": 8000}),
+    ]
+
+
+def test_scenario_without_sweep_is_its_own_only_point(tmp_path):
+    scenario = load_scenario(write(tmp_path, VALID))
+    assert scenario.points == (scenario,) and scenario.parameters == {}
+
+
+def test_sweep_over_functions_offers_quic_lb_only_where_it_balances(tmp_path):
+    text = (
+        VALID.replace("[baseline, tuple]", "[baseline, quic-lb]").replace(
+            "clients: 1", "clients: 1\n  backends: 3"
+        )
+        + "sweep:\n  functions: [[firewall], [loadbalancer]]\n"
+    )
+    firewall, balancer = load_scenario(write(tmp_path, text)).points
+    assert firewall.applicable(firewall.variants) == ("baseline",)
+    assert balancer.applicable(balancer.variants) == ("baseline", "quic-lb")
+
+
+@pytest.mark.parametrize(
+    ("sweep", "expected"),
+    [
+        ("sweep:\n  topology.clients: [1, 500]\n", "11: topology.clients: expected an integer 1..100"),
+        ("sweep:\n  variants: [[baseline]]\n", "11: sweep.variants: expected a key under functions"),
+        ("sweep:\n  workload.bytes: []\n", "11: sweep.workload.bytes: expected a non-empty list"),
+        ("sweep:\n  workload.bytes: [5, 5]\n", "11: sweep.workload.bytes: expected each value once"),
+        ("sweep:\n  topology.colour: [red]\n", "11: topology.colour: unknown key"),
+        ("sweep: [1, 2]\n", "10: sweep: expected a mapping"),
+    ],
+)
+def test_bad_sweeps_name_the_line_in_the_sweep_block(tmp_path, sweep, expected):
+    found = problems(tmp_path, VALID + sweep)
+    assert any(expected in p for p in found), found
+
+
+def test_migration_spread_gives_each_client_its_own_reproducible_trigger(tmp_path):
+    text = VALID.replace("at_bytes: 1000", "at_bytes: 1000\n  spread: 2000")
+    migration = load_scenario(write(tmp_path, text)).migration
+    triggers = [migration.trigger_for(client, seed=7) for client in range(1, 21)]
+    assert triggers == [migration.trigger_for(client, seed=7) for client in range(1, 21)]
+    values = [value for unit, value in triggers]
+    assert {unit for unit, _ in triggers} == {"at_bytes"}
+    assert all(1000 <= v <= 3000 for v in values) and len(set(values)) > 10
+    late = VALID.replace("at_bytes: 1000", "at_bytes: 1000\n  spread: 3000")
+    assert "expected at_bytes + spread less than workload.bytes" in problems(tmp_path, late)[0]

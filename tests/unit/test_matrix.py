@@ -1,0 +1,86 @@
+"""The survival/policy matrix from records."""
+
+from __future__ import annotations
+
+from testbed.matrix import format_matrix, survival_matrix
+
+
+def record(variant="qasm", kind="active", functions=("ratelimit",), **fields):
+    base = {
+        "variant": variant,
+        "migration": kind,
+        "functions": list(functions),
+        "completed": True,
+        "verified": True,
+        "failure": None,
+        "leakage_bytes": 0,
+        "nat_mappings": None,
+        "backend_changed": None,
+    }
+    return base | fields
+
+
+def test_clean_runs_survive():
+    (cell,) = survival_matrix([record(), record()])
+    assert cell["outcome"] == "survives"
+    assert (cell["runs"], cell["completed"], cell["verified"]) == (2, 2, 2)
+    assert cell["function"] == "ratelimit" and cell["detail"] == ""
+
+
+def test_one_broken_run_breaks_the_cell_and_names_the_failure():
+    broken = record(completed=False, verified=False, failure="short header on a new 5-tuple")
+    (cell,) = survival_matrix([record(), broken])
+    assert cell["outcome"] == "breaks"
+    assert "1/2 runs lost the connection" in cell["detail"]
+    assert "short header" in cell["detail"]
+
+
+def test_leakage_and_stale_nat_mappings_leak():
+    cells = survival_matrix(
+        [
+            record(variant="tuple", leakage_bytes=344_000),
+            record(variant="cid", functions=("nat",), leakage_bytes=None, nat_mappings=2),
+            record(variant="qasm", functions=("nat",), leakage_bytes=None, nat_mappings=1),
+        ]
+    )
+    outcomes = {(c["function"], c["variant"]): (c["outcome"], c["detail"]) for c in cells}
+    assert outcomes[("ratelimit", "tuple")] == ("leaks", "up to 344000 B above the rate limit")
+    assert outcomes[("nat", "cid")] == ("leaks", "up to 2 NAT mappings held")
+    assert outcomes[("nat", "qasm")] == ("survives", "")
+
+
+def test_backend_change_that_survived_is_moved():
+    (cell,) = survival_matrix(
+        [record(variant="tuple", functions=("loadbalancer",), backend_changed=True)]
+    )
+    assert cell["outcome"] == "moved" and "backend changed in 1/1" in cell["detail"]
+
+
+def test_cells_are_grouped_and_ordered_baseline_first():
+    records = [
+        record(variant="qasm", kind="active"),
+        record(variant="baseline", kind="nat-rebind", leakage_bytes=None),
+        record(variant="baseline", kind="active", leakage_bytes=None),
+        record(variant="qasm", kind="active", functions=("ratelimit", "nat"), nat_mappings=1),
+    ]
+    keys = [(c["function"], c["variant"], c["migration"]) for c in survival_matrix(records)]
+    assert keys == [
+        ("ratelimit", "baseline", "active"),
+        ("ratelimit", "baseline", "nat-rebind"),
+        ("ratelimit", "qasm", "active"),
+        ("ratelimit+nat", "qasm", "active"),
+    ]
+
+
+def test_format_matrix_lays_kinds_out_as_columns():
+    text = format_matrix(
+        survival_matrix(
+            [
+                record(variant="tuple", kind="active", completed=False, verified=False),
+                record(variant="tuple", kind="nat-rebind", leakage_bytes=5),
+            ]
+        )
+    )
+    header, row = text.splitlines()
+    assert header.split() == ["function", "variant", "active", "nat-rebind"]
+    assert row.split() == ["ratelimit", "tuple", "breaks", "leaks"]
