@@ -1,4 +1,5 @@
-"""Runs a scenario: one emulation, then each (repetition, migration kind, variant) in turn.
+"""Runs a scenario: per point of its sweep, one emulation, then each (repetition, migration
+kind, variant) in turn. Consecutive points with the same topology share the emulation.
 
 Every run gets a fresh controller (so no state leaks between variants), fresh ARP caches and
 a fresh server; clients then transfer and migrate. Records are appended to records.jsonl and
@@ -12,6 +13,7 @@ import contextlib
 import datetime
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -27,8 +29,10 @@ from qasm.controller.pipeline import AgentSettings, MiddleboxConfig
 from qasm.functions.loadbalancer import Backend, LoadBalancerSettings
 from qasm.functions.nat import NatSettings
 from testbed.emulation import Emulation, InfrastructureError, ManagedProcess
+from testbed.matrix import format_matrix, survival_matrix
 from testbed.metrics import build_record
 from testbed.ownership import emulation_lock, new_run_record
+from testbed.progress import Progress
 from testbed.scenario import Scenario
 from testbed.summary import format_table, summarize
 
@@ -45,21 +49,34 @@ class RunSpec:
     repetition: int
     migration: str | None
     variant: str
+    scenario: Scenario  # the sweep point this run belongs to
 
     @property
     def name(self) -> str:
         return f"{self.index:03d}-{self.variant}-{self.migration or 'none'}-r{self.repetition}"
 
+    @property
+    def topology_key(self) -> tuple:
+        return (self.scenario.topology, sorted(self.scenario.topology_params.items()))
+
+    def describe(self) -> str:
+        point = ", ".join(f"{k}={v}" for k, v in self.scenario.parameters.items())
+        where = f" [{point}]" if point else ""
+        return f"{self.variant} {self.migration or 'no migration'} rep {self.repetition}{where}"
+
 
 def plan_runs(scenario: Scenario, variants: tuple[str, ...], repetitions: int) -> list[RunSpec]:
-    """Variants interleaved, their order rotated per repetition, so drift hits all alike."""
+    """Per sweep point, variants interleaved with their order rotated per repetition, so
+    drift hits all alike."""
     specs = []
-    for repetition in range(repetitions):
-        shift = repetition % len(variants)
-        order = variants[shift:] + variants[:shift]
-        for kind in scenario.migration_kinds:
-            for variant in order:
-                specs.append(RunSpec(len(specs) + 1, repetition, kind, variant))
+    for point in scenario.points:
+        applicable = point.applicable(variants)
+        for repetition in range(repetitions):
+            shift = repetition % len(applicable)
+            order = applicable[shift:] + applicable[:shift]
+            for kind in point.migration_kinds:
+                for variant in order:
+                    specs.append(RunSpec(len(specs) + 1, repetition, kind, variant, point))
     return specs
 
 
@@ -98,6 +115,7 @@ def collect_metadata(scenario: Scenario, seed: int, variants, repetitions: int) 
         "variants": list(variants),
         "repetitions": repetitions,
         "repetition_seeds": [repetition_seed(seed, r) for r in range(repetitions)],
+        "sweep": [point.parameters for point in scenario.sweep],
         "git_commit": _command_output("git", "-C", str(REPOSITORY), "rev-parse", "HEAD"),
         "git_dirty": bool(dirty),
         "versions": {
@@ -151,18 +169,19 @@ class ExperimentRunner:
         self._write_json("metadata.json", metadata)
         (self.out_dir / "records.jsonl").touch()
         previous = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
+        specs = plan_runs(self.scenario, self.variants, self.repetitions)
+        progress = Progress(len(specs))
         try:
             with emulation_lock(on_wait=lambda: self.log("waiting for another qasm emulation")):
                 record = new_run_record(str(self.out_dir))
-                with Emulation(
-                    self.scenario.topology,
-                    self.scenario.topology_params,
-                    record,
-                    self.out_dir / "artifacts",
-                ) as emulation:
-                    specs = plan_runs(self.scenario, self.variants, self.repetitions)
-                    for spec in specs:
-                        self._run_one(emulation, spec, len(specs))
+                for _, group in itertools.groupby(specs, key=lambda spec: spec.topology_key):
+                    group = list(group)
+                    point = group[0].scenario
+                    with Emulation(
+                        point.topology, point.topology_params, record, self.out_dir / "artifacts"
+                    ) as emulation:
+                        for spec in group:
+                            self._run_one(emulation, spec, progress)
             metadata["status"] = "finished"
         except (KeyboardInterrupt, _Terminated):
             metadata["status"] = "interrupted"
@@ -177,17 +196,19 @@ class ExperimentRunner:
             self._write_json("metadata.json", metadata)
         return self.records
 
-    def _run_one(self, emulation: Emulation, spec: RunSpec, total: int) -> None:
+    def _run_one(self, emulation: Emulation, spec: RunSpec, progress: Progress) -> None:
         started = time.monotonic()
+        progress.begin(spec.index, spec.describe())
+        scenario = spec.scenario
         artifacts = self.out_dir / "artifacts" / spec.name
         artifacts.mkdir(parents=True, exist_ok=True)
         topo = emulation.topo
-        config = self._middlebox_config(spec.variant, topo)
+        config = self._middlebox_config(scenario, spec.variant, topo)
         emulation.forget_neighbours()
         decision_log = emulation.start_controller(config, artifacts)
         servers = [
-            (self._start_server(emulation, server, artifacts), events_path)
-            for server in self._servers(topo)
+            (self._start_server(scenario, emulation, server, artifacts), events_path)
+            for server in _servers(scenario, topo)
             for events_path in [artifacts / f"server-events-{server.name}.jsonl"]
         ]
         for process, events_path in servers:
@@ -198,7 +219,8 @@ class ExperimentRunner:
             for addresses in topo.clients
         ]
         reports = [
-            self._await_client(process, artifacts, addresses.name) for addresses, process in clients
+            self._await_client(scenario, process, artifacts, addresses.name)
+            for addresses, process in clients
         ]
         failure = emulation.controller_failure()
         controller_cpu_s = emulation.controller.cpu_seconds()
@@ -214,7 +236,7 @@ class ExperimentRunner:
         for (addresses, _), report in zip(clients, reports, strict=True):
             record = build_record(
                 variant=spec.variant,
-                functions=self.scenario.functions,
+                functions=scenario.functions,
                 migration_kind=spec.migration,
                 repetition=spec.repetition,
                 addresses=addresses.ips,
@@ -222,11 +244,15 @@ class ExperimentRunner:
                 server_events=events,
                 decisions=decisions,
                 # baseline keeps no middlebox state, so it applies no limit to leak from.
-                ratelimit=self.scenario.ratelimit
-                if "ratelimit" in self.scenario.functions and spec.variant != "baseline"
+                ratelimit=scenario.ratelimit
+                if "ratelimit" in scenario.functions and spec.variant != "baseline"
                 else None,
-                nat="nat" in self.scenario.functions and spec.variant != "baseline",
+                nat="nat" in scenario.functions and spec.variant != "baseline",
             )
+            record["parameters"] = scenario.parameters
+            if spec.migration:
+                unit, value = scenario.migration.trigger_for(addresses.index, seed)
+                record["migration_trigger"] = {unit: value}
             record["artifacts"] = str(artifacts.relative_to(self.out_dir))
             record["controller_cpu_s"] = (
                 controller_cpu_s / len(clients) if controller_cpu_s is not None else None
@@ -236,30 +262,19 @@ class ExperimentRunner:
             "ok" if r["completed"] and r["verified"] else f"FAILED ({r['failure']})"
             for r in self.records[-len(clients) :]
         )
-        self.log(
-            f"[{spec.index}/{total}] {spec.variant} {spec.migration or 'no migration'} "
-            f"rep {spec.repetition}: {outcome} ({time.monotonic() - started:.1f} s)"
-        )
+        progress.end(spec.index, spec.describe(), outcome, time.monotonic() - started)
 
-    def _load_balanced(self) -> bool:
-        return "loadbalancer" in self.scenario.functions
-
-    def _service_ip(self, topo) -> str:
-        """Clients talk to the load balancer's VIP, or else to the one server."""
-        return topo.vip if self._load_balanced() else topo.server.ip
-
-    def _servers(self, topo) -> list:
-        return topo.backends if self._load_balanced() else [topo.server]
-
-    def _start_server(self, emulation: Emulation, server, artifacts: Path) -> ManagedProcess:
+    def _start_server(
+        self, scenario: Scenario, emulation: Emulation, server, artifacts: Path
+    ) -> ManagedProcess:
         argv = [
             sys.executable, "-m", "testbed.apps.server",
             "--listen", f"{server.ip}:{SERVICE_PORT}",
             "--events", str(artifacts / f"server-events-{server.name}.jsonl"),
-            "--idle-timeout", str(self.scenario.idle_timeout_s),
-            "--max-lifetime", str(self.scenario.run_timeout_s + 2 * CLIENT_EXIT_GRACE_S),
+            "--idle-timeout", str(scenario.idle_timeout_s),
+            "--max-lifetime", str(scenario.run_timeout_s + 2 * CLIENT_EXIT_GRACE_S),
         ]  # fmt: skip
-        if "loadbalancer" in self.scenario.functions:
+        if _load_balanced(scenario):
             # Every variant meets the same servers: QUIC-LB CIDs whatever the balancer reads.
             argv += ["--quic-lb-server-id", server.server_id]
         return emulation.start_on_host(server.name, argv, artifacts / f"server-{server.name}.log")
@@ -267,7 +282,7 @@ class ExperimentRunner:
     def _client_key(self, addresses) -> bytes:
         return derive_client_key(self.scenario.agent_secret.encode(), addresses.agent_id)
 
-    def _middlebox_config(self, variant: str, topo) -> MiddleboxConfig:
+    def _middlebox_config(self, scenario: Scenario, variant: str, topo) -> MiddleboxConfig:
         agent = None
         if variant == "qasm":
             agent = AgentSettings(
@@ -279,13 +294,13 @@ class ExperimentRunner:
             )
         return MiddleboxConfig(
             variant=variant,
-            service_ip=self._service_ip(topo),
+            service_ip=_service_ip(scenario, topo),
             service_port=SERVICE_PORT,
-            functions=self.scenario.functions,
+            functions=scenario.functions,
             agent=agent,
-            ratelimit=self.scenario.ratelimit,
-            nat=NatSettings(topo.nat_public_ip, topo.nat_public_mac, ports=self.scenario.nat_ports)
-            if self.scenario.nat_ports
+            ratelimit=scenario.ratelimit,
+            nat=NatSettings(topo.nat_public_ip, topo.nat_public_mac, ports=scenario.nat_ports)
+            if scenario.nat_ports
             else None,
             loadbalancer=LoadBalancerSettings(
                 vip_mac=topo.vip_mac,
@@ -293,7 +308,7 @@ class ExperimentRunner:
                     Backend(s.ip, s.mac, s.switch_port, s.server_id) for s in topo.backends
                 ),
             )
-            if "loadbalancer" in self.scenario.functions
+            if _load_balanced(scenario)
             else None,
         )
 
@@ -310,10 +325,10 @@ class ExperimentRunner:
         raise InfrastructureError(f"server not listening after {SERVER_READY_TIMEOUT_S:g} s")
 
     def _start_client(self, emulation, addresses, spec: RunSpec, seed: int, artifacts: Path):
-        scenario = self.scenario
+        scenario = spec.scenario
         argv = [
             sys.executable, "-m", "testbed.apps.client",
-            "--server", f"{self._service_ip(emulation.topo)}:{SERVICE_PORT}",
+            "--server", f"{_service_ip(scenario, emulation.topo)}:{SERVICE_PORT}",
             "--local-ip", addresses.wifi_ip,
             "--client", addresses.name,
             "--bytes", str(scenario.bytes),
@@ -329,11 +344,8 @@ class ExperimentRunner:
                 "active": addresses.lte_ip,
             }[spec.migration]
             argv += ["--migrate", spec.migration, "--migrate-ip", new_ip]
-            migration = scenario.migration
-            if migration.at_bytes is not None:
-                argv += ["--at-bytes", str(migration.at_bytes)]
-            else:
-                argv += ["--at-seconds", str(migration.at_seconds)]
+            unit, value = scenario.migration.trigger_for(addresses.index, seed)
+            argv += [f"--{unit.replace('_', '-')}", str(value)]
         if spec.variant == "qasm":
             topo = emulation.topo
             argv += [
@@ -345,8 +357,10 @@ class ExperimentRunner:
             addresses.name, argv, artifacts / f"client-{addresses.name}.log"
         )
 
-    def _await_client(self, process: ManagedProcess, artifacts: Path, name: str) -> dict:
-        limit = self.scenario.run_timeout_s + CLIENT_EXIT_GRACE_S
+    def _await_client(
+        self, scenario: Scenario, process: ManagedProcess, artifacts: Path, name: str
+    ) -> dict:
+        limit = scenario.run_timeout_s + CLIENT_EXIT_GRACE_S
         try:
             process.popen.wait(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -376,7 +390,22 @@ class ExperimentRunner:
         temporary.replace(self.out_dir / name)
 
     def table(self) -> str:
-        return format_table(self.records)
+        """The result table, then the survival/policy matrix."""
+        matrix = format_matrix(survival_matrix(self.records))
+        return format_table(self.records) + ("\n\n" + matrix if matrix else "")
+
+
+def _load_balanced(scenario: Scenario) -> bool:
+    return "loadbalancer" in scenario.functions
+
+
+def _service_ip(scenario: Scenario, topo) -> str:
+    """Clients talk to the load balancer's VIP, or else to the one server."""
+    return topo.vip if _load_balanced(scenario) else topo.server.ip
+
+
+def _servers(scenario: Scenario, topo) -> list:
+    return topo.backends if _load_balanced(scenario) else [topo.server]
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -126,3 +126,20 @@ def test_each_record_is_appended_and_the_summary_rewritten(tmp_path):
     assert [json.loads(line)["goodput_mbps"] for line in lines] == [40, 41]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["variants"]["baseline"]["runs"] == 2
+
+
+def test_sweep_points_run_in_order_and_share_an_emulation_per_topology(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        (REPOSITORY / "scenarios" / "default.yaml").read_text()
+        + "sweep:\n  topology.clients: [1, 2]\n  workload.bytes: [3000000, 4000000]\n"
+    )
+    specs = plan_runs(load_scenario(path), ("baseline", "tuple"), repetitions=1)
+    assert len(specs) == 4 * 2 * 2  # points x kinds x variants
+    assert [s.index for s in specs] == list(range(1, 17))
+    topologies = [s.topology_key for s in specs]
+    assert topologies[:8] == [topologies[0]] * 8 and topologies[8:] == [topologies[8]] * 8
+    assert topologies[0] != topologies[8]
+    assert specs[-1].describe() == (
+        "tuple active rep 0 [topology.clients=2, workload.bytes=4000000]"
+    )
