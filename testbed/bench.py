@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
+from qasm.state import benchmarks as state
 from qasm.wire import benchmarks as wire
 
 Figure = tuple[str, str]
@@ -20,6 +21,8 @@ BENCHMARKS: list[Benchmark] = [
     wire.dcid_extraction,
     wire.initial_decrypt_sni,
     wire.reassembly_memory,
+    state.connection_memory,
+    state.cid_lookup,
 ]
 
 

@@ -170,9 +170,9 @@ class ExperimentRunner:
         (self.out_dir / "records.jsonl").touch()
         previous = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
         specs = plan_runs(self.scenario, self.variants, self.repetitions)
-        progress = Progress(len(specs))
         try:
             with emulation_lock(on_wait=lambda: self.log("waiting for another qasm emulation")):
+                progress = Progress(len(specs))  # elapsed and ETA exclude the wait
                 record = new_run_record(str(self.out_dir))
                 for _, group in itertools.groupby(specs, key=lambda spec: spec.topology_key):
                     group = list(group)

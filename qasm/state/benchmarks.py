@@ -1,0 +1,71 @@
+"""Measurements of the connection table for `make bench` (testbed/bench.py).
+
+Memory per connection is what a middlebox operator sizes the hard bound with; the lookup
+figures compare finding a connection by CID (what a QUIC-aware middlebox does per packet-in
+after a migration) with a bare dict lookup of the same keys, interleaved in one run.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+import tracemalloc
+
+from qasm.flow import FlowKey
+from qasm.state.connections import ConnectionTable
+
+Figure = tuple[str, str]
+# A migrated connection as the qasm variant holds it: two paths (one retired) and the
+# server CIDs the client used, including the spare one it announced.
+PATHS_PER_CONNECTION = 2
+CIDS_PER_CONNECTION = 3
+
+
+def _fill(table: ConnectionTable, connections: int) -> list[bytes]:
+    cids = []
+    for i in range(connections):
+        host = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        connection, _ = table.put(FlowKey(host, 40000, "10.0.0.250", 4433), now=0.0)
+        table.associate_path(connection, FlowKey(host, 40001, "10.0.0.250", 4433), now=0.0)
+        for _ in range(CIDS_PER_CONNECTION):
+            cid = os.urandom(8)
+            table.associate_cid(connection, cid, now=0.0)
+            cids.append(cid)
+        connection.policy["nat"] = {"ports": [20000 + i % 30000]}
+    return cids
+
+
+def connection_memory(connections: int = 100_000) -> list[Figure]:
+    gc.collect()
+    tracemalloc.start()
+    table = ConnectionTable(max_connections=connections)
+    _fill(table, connections)
+    current, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(table) == connections
+    return [
+        ("connection_table_bytes_per_connection", f"{current / connections:.0f}"),
+        ("connection_table_100k_mib", f"{current / 2**20:.1f}"),
+    ]
+
+
+def cid_lookup(connections: int = 20_000, repeats: int = 9) -> list[Figure]:
+    table = ConnectionTable(max_connections=connections)
+    cids = _fill(table, connections)
+    bare = {cid: i for i, cid in enumerate(cids)}
+    table_times, dict_times = [], []
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
+        start = time.perf_counter()
+        for cid in cids:
+            table.by_cid(cid, 1.0)
+        table_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for cid in cids:
+            bare.get(cid)
+        dict_times.append(time.perf_counter() - start)
+    table_s, dict_s = min(table_times), min(dict_times)
+    return [
+        ("cid_lookup_vs_dict", f"{table_s / dict_s:.1f}x"),
+        ("cid_lookup_ns", f"{table_s / len(cids) * 1e9:.0f}"),
+    ]
