@@ -3,6 +3,20 @@
 Ratios and differences are of medians, with a 95% percentile-bootstrap confidence interval
 (seeded, so the same records always give the same summary). With fewer than two samples on
 either side the interval is null and the comparison says so instead of pretending.
+
+Deterministic counters (packet-ins, flow-mods, migration packet-ins, agent messages and bytes,
+state entries when the records carry them) are reported exactly, never as medians: per
+variant and per (variant, migration kind) their `total`, `per_connection` (total / runs),
+`per_migration` (total over the runs that migrated / those runs) and
+`surviving_per_connection` (the same over the runs that completed and verified). Only the last
+is stable enough for a CI gate: a connection the middlebox drops keeps retransmitting until its
+idle timeout, so its packet-in count is a matter of timing, not of the code.
+
+Controller CPU seconds are per connection (the runner divides a run's CPU by its clients) and
+compared with baseline as a ratio with the same bootstrap interval. `comparison_by_migration`
+repeats the comparison per migration kind. When records carry sweep `parameters`, `points`
+holds one full summary per distinct parameter set (the top-level keys then mix the points and
+are kept only for compatibility).
 """
 
 from __future__ import annotations
@@ -16,7 +30,30 @@ from testbed.matrix import survival_matrix
 SCHEMA_VERSION = 1
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
-NUMERIC_METRICS = ("handshake_ms", "goodput_mbps", "disruption_ms", "packet_ins", "flow_mods")
+NUMERIC_METRICS = (
+    "handshake_ms",
+    "goodput_mbps",
+    "disruption_ms",
+    "packet_ins",
+    "flow_mods",
+    "controller_cpu_s",
+)
+# Exact per-record counts; `state_entries` appears once the controller records it.
+COUNTERS = (
+    "packet_ins",
+    "flow_mods",
+    "migration_packet_ins",
+    "agent_messages",
+    "agent_bytes",
+    "state_entries",
+)
+# name -> (record field, "ratio" | "diff"); every variant against baseline.
+COMPARISONS = {
+    "goodput_ratio": ("goodput_mbps", "ratio"),
+    "handshake_ms_difference": ("handshake_ms", "diff"),
+    "disruption_ms_difference": ("disruption_ms", "diff"),
+    "controller_cpu_ratio": ("controller_cpu_s", "ratio"),
+}
 
 
 def _values(records: Iterable[dict], metric: str) -> list[float]:
@@ -85,7 +122,54 @@ def summarize_group(records: list[dict]) -> dict:
     }
     for metric in NUMERIC_METRICS:
         group[f"median_{metric}"] = _median(_values(records, metric))
+    group["counters"] = counters(records)
     return group
+
+
+def _exact_mean(total: int, count: int) -> float | int | None:
+    """total / count, as an int when it divides (so equal counts compare equal in JSON)."""
+    if not count:
+        return None
+    return total // count if total % count == 0 else round(total / count, 6)
+
+
+def counters(records: list[dict]) -> dict:
+    """Exact totals and means of each counter the records carry (see the module docstring)."""
+    migrated = [r for r in records if r.get("migrated") or r.get("migration_detail")]
+    surviving = [r for r in records if r.get("completed") and r.get("verified")]
+    result = {}
+    for name in COUNTERS:
+        if not any(r.get(name) is not None for r in records):
+            continue
+        total = sum(r.get(name) or 0 for r in records)
+        migrated_total = sum(r.get(name) or 0 for r in migrated)
+        surviving_total = sum(r.get(name) or 0 for r in surviving)
+        result[name] = {
+            "total": total,
+            "per_connection": _exact_mean(total, len(records)),
+            "per_migration": _exact_mean(migrated_total, len(migrated)),
+            "surviving_per_connection": _exact_mean(surviving_total, len(surviving)),
+        }
+    return result
+
+
+def compare_groups(group: list[dict], baseline: list[dict], seed: int) -> dict:
+    """Every COMPARISONS entry of `group` against `baseline`, plus completed fractions."""
+    result = {
+        name: _comparison(_values(group, field), _values(baseline, field), kind, seed)
+        for name, (field, kind) in COMPARISONS.items()
+    }
+    result["completed_fraction"] = sum(r["completed"] for r in group) / len(group)
+    result["baseline_completed_fraction"] = sum(r["completed"] for r in baseline) / len(baseline)
+    return result
+
+
+def point_label(parameters: dict) -> str:
+    """`topology.clients=5,workload.bytes=4000000`; list values join with `+`."""
+    return ",".join(
+        f"{key}={'+'.join(map(str, value)) if isinstance(value, list) else value}"
+        for key, value in sorted(parameters.items())
+    )
 
 
 def summarize(records: list[dict], seed: int = 0) -> dict:
@@ -104,24 +188,36 @@ def summarize(records: list[dict], seed: int = 0) -> dict:
         for variant, group in by_variant.items():
             if variant == "baseline":
                 continue
-            summary["comparison_with_baseline"][variant] = {
-                "goodput_ratio": _comparison(
-                    _values(group, "goodput_mbps"), _values(baseline, "goodput_mbps"), "ratio", seed
-                ),
-                "handshake_ms_difference": _comparison(
-                    _values(group, "handshake_ms"), _values(baseline, "handshake_ms"), "diff", seed
-                ),
-                "disruption_ms_difference": _comparison(
-                    _values(group, "disruption_ms"),
-                    _values(baseline, "disruption_ms"),
-                    "diff",
-                    seed,
-                ),
-                "completed_fraction": summary["variants"][variant]["completed"] / len(group),
-                "baseline_completed_fraction": summary["variants"]["baseline"]["completed"]
-                / len(baseline),
-            }
+            summary["comparison_with_baseline"][variant] = compare_groups(group, baseline, seed)
+    summary["comparison_by_migration"] = {}
+    if baseline:
+        for variant, group in by_variant.items():
+            if variant == "baseline":
+                continue
+            for kind in sorted({str(r["migration"]) for r in group}):
+                subset = [r for r in group if str(r["migration"]) == kind]
+                base = [r for r in baseline if str(r["migration"]) == kind]
+                if base:
+                    summary["comparison_by_migration"].setdefault(variant, {})[kind] = (
+                        compare_groups(subset, base, seed)
+                    )
     summary["matrix"] = survival_matrix(records)
+    labels = sorted({point_label(r.get("parameters") or {}) for r in records})
+    if labels != [""] and labels:
+        summary["points"] = [
+            {
+                "label": label,
+                "parameters": next(
+                    r.get("parameters") or {}
+                    for r in records
+                    if point_label(r.get("parameters") or {}) == label
+                ),
+                "summary": summarize(
+                    [r for r in records if point_label(r.get("parameters") or {}) == label], seed
+                ),
+            }
+            for label in labels
+        ]
     return summary
 
 
