@@ -17,6 +17,7 @@ whole file is checked before anything starts, so one run of `qasm validate` list
     ratelimit: {rate_mbit: 8, burst_kbit: 800}   # required with functions: [ratelimit]
     nat: {ports: 64}               # the NAT's public port pool, required with functions: [nat]
     sweep: {topology.clients: [1, 5, 20], workload.bytes: [1000000, 4000000]}
+    regression: {comparison.qasm.goodput_ratio: {relative: 0.1}}  # qasm check tolerances
 
 `sweep` runs the cross product of the listed values: each key is a dotted path into the
 file (under functions, topology, workload, migration, timeouts, ratelimit, nat) and each
@@ -39,6 +40,7 @@ import yaml
 
 from qasm.controller.pipeline import FUNCTIONS, VARIANTS, RateLimit
 from testbed.apps.client import MIGRATION_KINDS
+from testbed.regression import Tolerance, check_block
 from topologies import TOPOLOGIES, Parameter
 
 TOP_LEVEL_KEYS = {
@@ -56,6 +58,7 @@ TOP_LEVEL_KEYS = {
     "ratelimit": False,
     "nat": False,
     "sweep": False,
+    "regression": False,
 }  # key -> required
 # Top-level sections a sweep may vary; the rest define the experiment, not a point of it.
 SWEEPABLE_SECTIONS = (
@@ -121,6 +124,8 @@ class Scenario:
     # The values this point of a sweep sets ({"topology.clients": 20}); empty without a sweep.
     parameters: dict[str, Any] = field(default_factory=dict)
     sweep: tuple[Scenario, ...] = field(repr=False, default=())
+    # `qasm check` tolerances: (metric pattern, tolerance), later ones win (regression.py).
+    regression: tuple[tuple[str, Tolerance], ...] = ()
 
     @property
     def migration_kinds(self) -> tuple[str | None, ...]:
@@ -393,6 +398,9 @@ def _check(
     migration = None
     if top.get("migration") is not None:
         migration = _check_migration(checker, top["migration"], total_bytes, timeouts["run_s"])
+    regression = check_block(
+        checker, top.get("regression"), variants or (), (*MIGRATION_KINDS, "None")
+    )
 
     agent_secret = DEFAULT_AGENT_SECRET
     if top.get("agent") is not None:
@@ -457,6 +465,7 @@ def _check(
         ratelimit=ratelimit,
         nat_ports=nat_ports,
         raw=yaml.safe_load(text),
+        regression=regression,
     )
 
 
