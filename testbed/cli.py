@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from qasm.wire import cli as wire_cli
-from testbed import commands
+from testbed import analysis_commands, commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.register(subparsers)
+    analysis_commands.register(subparsers)
     wire_cli.register(subparsers)
     return parser
 

@@ -1,0 +1,508 @@
+"""`qasm report RUN_DIR`: report.md, report.html (the same content) and PNG plots.
+
+The report is built once as a list of blocks (headings, paragraphs, tables, images) and rendered
+twice, to Markdown and to HTML with the standard library's `html.escape`, so the two cannot
+drift apart. The summary is recomputed from records.jsonl (the stored summary.json may lag a
+crash by one record), which is also why a partial run reports fine: it says so at the top.
+
+Plots (matplotlib, Agg backend: no display) go to RUN_DIR/plots/:
+
+- `goodput-around-migration.png`: per migration kind, goodput over time relative to the
+  migration instant, one line per run coloured by variant. Goodput is the slope of the
+  client's acknowledged-bytes samples (`progress`, every 20 ms) over 100 ms windows; the
+  samples come from the record when it carries them, otherwise from the client's report in the
+  run's artifacts directory. Runs without samples or without a migration are left out.
+- `disruption.png`: disruption per run, per variant and kind; runs that lost the connection are
+  counted under the axis instead of plotted (their disruption is undefined).
+- `overhead.png`: every comparison with baseline (estimate and 95% interval) per variant.
+- `matrix.png`: the survival/policy matrix as a coloured table, when the summary has one.
+
+Every output is written to a temporary name and renamed, so an interrupted report never leaves
+a half-written file in place of a good one.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from testbed.rundir import RunDir
+from testbed.summary import COMPARISONS, COUNTERS, summarize
+
+PLOTS_DIR = "plots"
+GOODPUT_WINDOW_S = 0.1
+GOODPUT_SPAN_S = (-1.0, 2.0)  # seconds around the migration instant
+OUTCOME_COLOURS = {
+    "survives": "#b7e1b0",  # green
+    "breaks": "#f4a6a6",  # red
+    "leaks": "#f8c98b",  # orange
+    "survives-policy-lost": "#f8c98b",
+    "moved": "#f8e38b",  # yellow: survived, but on another backend
+}
+UNKNOWN_COLOUR = "#dddddd"
+VARIANT_ORDER = ("baseline", "tuple", "cid", "qasm", "quic-lb")
+
+
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    # per row, per cell: a background colour (HTML) or None
+    colours: tuple[tuple[str | None, ...], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str  # relative to RUN_DIR
+    alt: str
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _comparison_text(comparison: dict) -> str:
+    if comparison.get("estimate") is None:
+        return f"- ({comparison.get('note', '')})"
+    text = f"{comparison['estimate']:.3f}"
+    if comparison.get("ci95"):
+        low, high = comparison["ci95"]
+        text += f" [{low:.3f}, {high:.3f}]"
+    note = comparison.get("note", "")
+    return f"{text} {note}" if note == "no difference detectable" else text
+
+
+def _variant_key(variant: str):
+    return (VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else 99, variant)
+
+
+def _results_table(summary: dict) -> Table:
+    rows = []
+    for variant in sorted(summary["by_migration"], key=_variant_key):
+        for kind, group in summary["by_migration"][variant].items():
+            rows.append(
+                (
+                    variant,
+                    kind,
+                    str(group["runs"]),
+                    str(group["completed"]),
+                    str(group["verified"]),
+                    _fmt(group["median_handshake_ms"], 1),
+                    _fmt(group["median_goodput_mbps"], 1),
+                    _fmt(group["median_disruption_ms"], 1),
+                    _fmt(group.get("median_controller_cpu_s"), 3),
+                    "; ".join(group["failures"]),
+                )
+            )
+    header = (
+        "variant", "migration", "runs", "completed", "verified", "handshake ms",
+        "goodput Mbit/s", "disruption ms", "controller CPU s/conn", "failures",
+    )  # fmt: skip
+    return Table(header, tuple(rows))
+
+
+def _comparison_table(summary: dict) -> Table | None:
+    rows = []
+    for variant in sorted(summary["comparison_with_baseline"], key=_variant_key):
+        per_kind = [("all kinds", summary["comparison_with_baseline"][variant])]
+        per_kind += sorted(summary.get("comparison_by_migration", {}).get(variant, {}).items())
+        for kind, comparison in per_kind:
+            rows.append(
+                (variant, kind)
+                + tuple(_comparison_text(comparison[name]) for name in COMPARISONS)
+                + (f"{comparison['completed_fraction']:.2f}",)
+            )
+    if not rows:
+        return None
+    header = ("variant", "migration") + tuple(COMPARISONS) + ("completed fraction",)
+    return Table(header, tuple(rows))
+
+
+def _counters_table(summary: dict) -> Table | None:
+    rows = []
+    for variant in sorted(summary["by_migration"], key=_variant_key):
+        for kind, group in summary["by_migration"][variant].items():
+            for name in COUNTERS:
+                values = group.get("counters", {}).get(name)
+                if values is None:
+                    continue
+                rows.append(
+                    (variant, kind, name)
+                    + tuple(
+                        _fmt_exact(values[key])
+                        for key in (
+                            "total",
+                            "per_connection",
+                            "per_migration",
+                            "surviving_per_connection",
+                        )
+                    )
+                )
+    if not rows:
+        return None
+    header = (
+        "variant", "migration", "counter", "total", "per connection", "per migration",
+        "per surviving connection",
+    )  # fmt: skip
+    return Table(header, tuple(rows))
+
+
+def _matrix_table(matrix: list[dict]) -> Table:
+    rows, colours = [], []
+    for cell in matrix:
+        rows.append(
+            (
+                cell["function"],
+                cell["variant"],
+                cell["migration"],
+                f"{cell['verified']}/{cell['runs']}",
+                cell["outcome"],
+                cell.get("detail", ""),
+            )
+        )
+        colour = OUTCOME_COLOURS.get(cell["outcome"], UNKNOWN_COLOUR)
+        colours.append((None, None, None, None, colour, None))
+    header = ("function", "variant", "migration", "verified/runs", "outcome", "detail")
+    return Table(header, tuple(rows), tuple(colours))
+
+
+def _summary_blocks(summary: dict, level: int) -> list:
+    blocks: list = [
+        Heading(level, "Results per variant and migration kind"),
+        _results_table(summary),
+    ]
+    comparison = _comparison_table(summary)
+    blocks.append(Heading(level, "Against baseline"))
+    if comparison is None:
+        blocks.append(Paragraph("No baseline runs in this run directory: nothing to compare."))
+    else:
+        blocks.append(
+            Paragraph(
+                "Median ratio or difference with its seeded 95% bootstrap interval; "
+                '"no difference detectable" when the interval contains 1 (ratios) or 0 '
+                "(differences). No interval below 2 samples per side."
+            )
+        )
+        blocks.append(comparison)
+    counters = _counters_table(summary)
+    if counters is not None:
+        blocks += [
+            Heading(level, "Deterministic counters (exact)"),
+            Paragraph(
+                "Counts, not estimates. Per surviving connection is what `qasm check` gates: a "
+                "lost connection retransmits until its idle timeout, so its counts are timing."
+            ),
+            counters,
+        ]
+    return blocks
+
+
+def build_blocks(run: RunDir, summary: dict, images: list[Image]) -> list:
+    metadata = run.metadata
+    blocks: list = [Heading(1, f"QASM run report: {run.scenario_name}")]
+    if run.warnings:
+        blocks.append(Paragraph("**Partial or damaged run:** " + " ".join(run.warnings)))
+    versions = metadata.get("versions") or {}
+    sha = str(metadata.get("scenario_sha256"))[:12]
+    dirty = " (dirty)" if metadata.get("git_dirty") else ""
+    facts = (
+        ("run directory", str(run.path)),
+        ("scenario", f"{metadata.get('scenario')} (sha256 {sha})"),
+        ("status", run.status),
+        ("records", str(len(run.records))),
+        ("seed", _fmt(metadata.get("seed"))),
+        ("git commit", f"{metadata.get('git_commit')}{dirty}"),
+        ("started / ended", f"{metadata.get('started_at')} / {metadata.get('ended_at')}"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
+        ("datapath", str(metadata.get("ovs_datapath"))),
+        ("link emulation", str(metadata.get("link_emulation"))),
+    )
+    blocks.append(Table(("", ""), facts))
+    if not run.records:
+        blocks.append(Paragraph("No finished records yet: nothing to summarise."))
+        return blocks
+    if summary.get("points"):
+        for point in summary["points"]:
+            blocks.append(Heading(2, f"Sweep point {point['label']}"))
+            blocks += _summary_blocks(point["summary"], 3)
+    else:
+        blocks += _summary_blocks(summary, 2)
+    if summary.get("matrix"):
+        blocks += [
+            Heading(2, "Survival/policy matrix"),
+            Paragraph("Green survives, red breaks, orange leaks or lost its policy, yellow moved."),
+            _matrix_table(summary["matrix"]),
+        ]
+    if images:
+        blocks.append(Heading(2, "Plots"))
+        blocks += images
+    return blocks
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: list) -> str:
+    out: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"{'#' * block.level} {block.text}\n")
+        elif isinstance(block, Paragraph):
+            out.append(f"{block.text}\n")
+        elif isinstance(block, Table):
+            out.append("| " + " | ".join(_md_cell(h) for h in block.header) + " |")
+            out.append("|" + "|".join(" --- " for _ in block.header) + "|")
+            out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+            out.append("")
+        elif isinstance(block, Image):
+            out.append(f"![{block.alt}]({block.path})\n")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _html_inline(text: str) -> str:
+    """Escapes, then turns the Markdown **bold** the blocks use into <strong>."""
+    escaped = html.escape(text)
+    parts = escaped.split("**")
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(blocks: list, title: str) -> str:
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;max-width:80em;margin:1em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:0.5em 0}"
+        "td,th{border:1px solid #999;padding:0.2em 0.5em;text-align:left;vertical-align:top}"
+        "img{max-width:100%}</style>",
+        "</head><body>",
+    ]
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+        elif isinstance(block, Paragraph):
+            out.append(f"<p>{_html_inline(block.text)}</p>")
+        elif isinstance(block, Table):
+            out.append("<table>")
+            if any(block.header):
+                out.append(
+                    "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block.header) + "</tr>"
+                )
+            for index, row in enumerate(block.rows):
+                colours = block.colours[index] if block.colours else (None,) * len(row)
+                cells = [
+                    f'<td style="background:{colour}">' if colour else "<td>" for colour in colours
+                ]
+                out.append(
+                    "<tr>"
+                    + "".join(f"{c}{html.escape(t)}</td>" for c, t in zip(cells, row, strict=True))
+                    + "</tr>"
+                )
+            out.append("</table>")
+        elif isinstance(block, Image):
+            out.append(
+                f'<p><img src="{html.escape(block.path)}" alt="{html.escape(block.alt)}"></p>'
+            )
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _write_atomically(path: Path, data: str | bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    mode = "wb" if isinstance(data, bytes) else "w"
+    with open(temporary, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    temporary.replace(path)
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def progress_of(run: RunDir, record: dict) -> list | None:
+    """The record's progress samples, else those of the client's report in its artifacts."""
+    if record.get("progress"):
+        return record["progress"]
+    if not record.get("artifacts"):
+        return None
+    report_path = run.path / record["artifacts"] / f"client-{record['client']}.json"
+    try:
+        return json.loads(report_path.read_text(encoding="utf-8")).get("progress") or None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def goodput_series(progress: list, at: float) -> tuple[list[float], list[float]]:
+    """(seconds since the migration, Mbit/s) from [time, acknowledged bytes] samples."""
+    times, rates = [], []
+    start = 0
+    for end in range(1, len(progress)):
+        while progress[end][0] - progress[start][0] > GOODPUT_WINDOW_S and start < end - 1:
+            start += 1
+        span = progress[end][0] - progress[start][0]
+        if span <= 0:
+            continue
+        offset = progress[end][0] - at
+        if GOODPUT_SPAN_S[0] <= offset <= GOODPUT_SPAN_S[1]:
+            times.append(offset)
+            rates.append((progress[end][1] - progress[start][1]) * 8 / span / 1e6)
+    return times, rates
+
+
+def _colours(variants) -> dict[str, str]:
+    palette = ("#1f77b4", "#d62728", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
+    return {v: palette[i % len(palette)] for i, v in enumerate(sorted(variants, key=_variant_key))}
+
+
+def plot_all(run: RunDir, summary: dict, plots_dir: Path) -> list[Image]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots_dir.mkdir(exist_ok=True)
+    images: list[Image] = []
+    records = run.records
+    colours = _colours({r["variant"] for r in records})
+
+    def save(figure, name: str, alt: str) -> None:
+        temporary = plots_dir / f".{name}.tmp.png"
+        figure.savefig(temporary, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        temporary.replace(plots_dir / name)
+        images.append(Image(f"{PLOTS_DIR}/{name}", alt))
+
+    kinds = sorted({str(r["migration"]) for r in records if r.get("migration")})
+    series = []
+    for record in records:
+        detail = record.get("migration_detail")
+        progress = progress_of(run, record)
+        if detail and progress and detail.get("at") is not None:
+            times, rates = goodput_series(progress, detail["at"])
+            if times:
+                series.append((record, times, rates))
+    if series and kinds:
+        figure, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
+        for axis, kind in zip(axes[0], kinds, strict=True):
+            seen = set()
+            for record, times, rates in series:
+                if str(record["migration"]) != kind:
+                    continue
+                label = None if record["variant"] in seen else record["variant"]
+                seen.add(record["variant"])
+                axis.plot(times, rates, color=colours[record["variant"]], alpha=0.7, label=label)
+            axis.axvline(0, color="black", linestyle="--", linewidth=1)
+            axis.set(title=f"{kind}", xlabel="seconds since migration", ylabel="goodput Mbit/s")
+            if seen:
+                axis.legend()
+        save(figure, "goodput-around-migration.png", "goodput over time around the migration")
+
+    cells = [
+        (variant, kind, group)
+        for variant in sorted(summary["by_migration"], key=_variant_key)
+        for kind, group in summary["by_migration"][variant].items()
+        if kind != "None"
+    ]
+    if cells:
+        figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(cells)), 4))
+        labels = []
+        for position, (variant, kind, group) in enumerate(cells):
+            values = [
+                r["disruption_ms"]
+                for r in records
+                if r["variant"] == variant
+                and str(r["migration"]) == kind
+                and r["disruption_ms"] is not None
+            ]
+            axis.scatter([position] * len(values), values, color=colours[variant], zorder=3)
+            if values:
+                axis.hlines(sorted(values)[len(values) // 2], position - 0.3, position + 0.3,
+                            color=colours[variant])  # fmt: skip
+            lost = group["runs"] - group["completed"]
+            labels.append(f"{variant}\n{kind}" + (f"\n{lost} lost" if lost else ""))
+        axis.set_xticks(range(len(cells)), labels)
+        axis.set(ylabel="disruption ms", title="disruption per run (bar: median)")
+        axis.grid(axis="y", alpha=0.3)
+        save(figure, "disruption.png", "disruption per variant and migration kind")
+
+    compared = summary.get("comparison_with_baseline", {})
+    if compared:
+        names = list(COMPARISONS)
+        figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False)
+        variants = sorted(compared, key=_variant_key)
+        for axis, name in zip(axes[0], names, strict=True):
+            neutral = 1.0 if COMPARISONS[name][1] == "ratio" else 0.0
+            for position, variant in enumerate(variants):
+                comparison = compared[variant][name]
+                if comparison["estimate"] is None:
+                    axis.text(position, neutral, "n/a", ha="center")
+                    continue
+                error = None
+                if comparison["ci95"]:
+                    low, high = comparison["ci95"]
+                    error = [[comparison["estimate"] - low], [high - comparison["estimate"]]]
+                axis.bar(position, comparison["estimate"] - neutral, bottom=neutral,
+                         color=colours[variant], yerr=error, capsize=6)  # fmt: skip
+            axis.axhline(neutral, color="black", linewidth=1)
+            axis.set_xticks(range(len(variants)), variants)
+            axis.set_title(name.replace("_", " "))
+        figure.suptitle("against baseline (95% bootstrap interval)")
+        save(figure, "overhead.png", "overhead against baseline with confidence intervals")
+
+    matrix = summary.get("matrix")
+    if matrix:
+        table = _matrix_table(matrix)
+        figure, axis = plt.subplots(figsize=(10, 0.4 * len(matrix) + 1))
+        axis.axis("off")
+        shown = [row[:5] for row in table.rows]
+        cell_colours = [[colour or "white" for colour in colours[:5]] for colours in table.colours]
+        drawn = axis.table(cellText=shown, colLabels=table.header[:5], cellColours=cell_colours,
+                           loc="center")  # fmt: skip
+        drawn.auto_set_font_size(False)
+        drawn.set_fontsize(9)
+        axis.set_title("survival/policy matrix")
+        save(figure, "matrix.png", "survival/policy matrix")
+    return images
+
+
+def write_report(run: RunDir, plots: bool = True) -> tuple[Path, Path]:
+    """Writes report.md, report.html and the plots into the run directory."""
+    summary = summarize(run.records, seed=run.seed) if run.records else {}
+    images = plot_all(run, summary, run.path / PLOTS_DIR) if plots and run.records else []
+    blocks = build_blocks(run, summary, images)
+    markdown_path, html_path = run.path / "report.md", run.path / "report.html"
+    _write_atomically(markdown_path, render_markdown(blocks))
+    _write_atomically(html_path, render_html(blocks, f"QASM run report: {run.scenario_name}"))
+    return markdown_path, html_path
+
+
+def _fmt_exact(value) -> str:
+    """Counters: integers as they are, means to 6 significant digits (never rounded to 2)."""
+    if value is None:
+        return "-"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
