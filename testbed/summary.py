@@ -164,7 +164,7 @@ def compare_groups(group: list[dict], baseline: list[dict], seed: int) -> dict:
     return result
 
 
-def point_label(parameters: dict) -> str:
+def parameters_label(parameters: dict) -> str:
     """`topology.clients=5,workload.bytes=4000000`; list values join with `+`."""
     return ",".join(
         f"{key}={'+'.join(map(str, value)) if isinstance(value, list) else value}"
@@ -172,7 +172,7 @@ def point_label(parameters: dict) -> str:
     )
 
 
-def summarize(records: list[dict], seed: int = 0) -> dict:
+def summarize(records: list[dict], seed: int = 0, split_points: bool = True) -> dict:
     """summary.json: per variant, per (variant, migration), and comparisons to baseline."""
     variants = sorted({r["variant"] for r in records}, key=lambda v: (v != "baseline", v))
     by_variant = {v: [r for r in records if r["variant"] == v] for v in variants}
@@ -202,18 +202,20 @@ def summarize(records: list[dict], seed: int = 0) -> dict:
                         compare_groups(subset, base, seed)
                     )
     summary["matrix"] = survival_matrix(records)
-    labels = sorted({point_label(r.get("parameters") or {}) for r in records})
-    if labels != [""] and labels:
+    labels = sorted({parameters_label(r.get("parameters") or {}) for r in records})
+    if split_points and labels != [""] and labels:
         summary["points"] = [
             {
                 "label": label,
                 "parameters": next(
                     r.get("parameters") or {}
                     for r in records
-                    if point_label(r.get("parameters") or {}) == label
+                    if parameters_label(r.get("parameters") or {}) == label
                 ),
                 "summary": summarize(
-                    [r for r in records if point_label(r.get("parameters") or {}) == label], seed
+                    [r for r in records if parameters_label(r.get("parameters") or {}) == label],
+                    seed,
+                    split_points=False,
                 ),
             }
             for label in labels
