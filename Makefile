@@ -44,8 +44,12 @@ $(VENV)/.installed: pyproject.toml
 	@$(PY) -c 'import mininet.net, os_ken, aioquic, scapy, yaml'
 	@touch $@
 
+# The report is written even when the run failed part-way (it reports what finished); the
+# run's own exit status is kept.
 run: setup
-	$(VENV)/bin/qasm run $(SCENARIO) --out $(OUT)
+	@status=0; $(VENV)/bin/qasm run $(SCENARIO) --out $(OUT) || status=$$?; \
+	$(VENV)/bin/qasm report $(OUT) || true; \
+	exit $$status
 
 test: setup
 	$(PY) -m pytest -q
