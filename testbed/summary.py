@@ -231,24 +231,41 @@ def _format(value, digits: int = 1) -> str:
     return str(value)
 
 
+def point_label(record: dict) -> str:
+    """Functions and sweep values of a record's point, e.g. "nat workload.bytes=1000000"."""
+    parts = ["+".join(record.get("functions") or ()) or "none"]
+    parts += [
+        f"{key}={value}"
+        for key, value in (record.get("parameters") or {}).items()
+        if key != "functions"
+    ]
+    return " ".join(parts)
+
+
 def format_table(records: list[dict]) -> str:
-    """One row per (variant, migration kind): the numbers a reader checks first."""
+    """One row per (point, variant, migration kind): the numbers a reader checks first. The
+    point column (functions and sweep values) appears only when records differ in it."""
     header = (
-        "variant", "migration", "runs", "completed", "verified", "handshake_ms",
+        "point", "variant", "migration", "runs", "completed", "verified", "handshake_ms",
         "goodput_mbps", "disruption_ms", "packet_ins", "flow_mods", "failure",
     )  # fmt: skip
     rows = [header]
     keys = sorted(
-        {(r["variant"], str(r["migration"])) for r in records},
-        key=lambda k: (k[0] != "baseline", k),
+        {(point_label(r), r["variant"], str(r["migration"])) for r in records},
+        key=lambda k: (k[0], k[1] != "baseline", k[1:]),
     )
-    for variant, kind in keys:
+    for point, variant, kind in keys:
         group = summarize_group(
-            [r for r in records if r["variant"] == variant and str(r["migration"]) == kind]
+            [
+                r
+                for r in records
+                if (point_label(r), r["variant"], str(r["migration"])) == (point, variant, kind)
+            ]
         )
         failure = group["failures"][0] if group["failures"] else ""
         rows.append(
             (
+                point,
                 variant,
                 kind,
                 str(group["runs"]),
@@ -262,7 +279,9 @@ def format_table(records: list[dict]) -> str:
                 failure[:90] + ("..." if len(failure) > 90 else ""),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    if len({row[0] for row in rows[1:]}) <= 1:
+        rows = [row[1:] for row in rows]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = [
         "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + row[-1]
         for row in rows
