@@ -8,6 +8,7 @@ Exit codes: 0 success (a broken QUIC connection is a result, not an error), 2 in
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from qasm.wire import cli as wire_cli
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qasm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`qasm compare A B | head`): not our failure. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
