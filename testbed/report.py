@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.rundir import RunDir
-from testbed.summary import COMPARISONS, COUNTERS, summarize
+from testbed.summary import COMPARISONS, COUNTERS, point_label, summarize
 
 PLOTS_DIR = "plots"
 GOODPUT_WINDOW_S = 0.1
@@ -407,19 +407,28 @@ def plot_all(run: RunDir, summary: dict, plots_dir: Path) -> list[Image]:
             if times:
                 series.append((record, times, rates))
     if series and kinds:
-        figure, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4), squeeze=False)
-        for axis, kind in zip(axes[0], kinds, strict=True):
-            seen = set()
-            for record, times, rates in series:
-                if str(record["migration"]) != kind:
-                    continue
-                label = None if record["variant"] in seen else record["variant"]
-                seen.add(record["variant"])
-                axis.plot(times, rates, color=colours[record["variant"]], alpha=0.7, label=label)
-            axis.axvline(0, color="black", linestyle="--", linewidth=1)
-            axis.set(title=f"{kind}", xlabel="seconds since migration", ylabel="goodput Mbit/s")
-            if seen:
-                axis.legend()
+        # One row per point (functions and sweep values), so curves of different
+        # experiments are never drawn over each other.
+        points = sorted({point_label(record) for record, _, _ in series})
+        figure, axes = plt.subplots(
+            len(points), len(kinds), figsize=(6 * len(kinds), 3.5 * len(points)), squeeze=False
+        )
+        for row, point in zip(axes, points, strict=True):
+            for axis, kind in zip(row, kinds, strict=True):
+                seen = set()
+                for record, times, rates in series:
+                    if str(record["migration"]) != kind or point_label(record) != point:
+                        continue
+                    label = None if record["variant"] in seen else record["variant"]
+                    seen.add(record["variant"])
+                    colour = colours[record["variant"]]
+                    axis.plot(times, rates, color=colour, alpha=0.7, label=label)
+                axis.axvline(0, color="black", linestyle="--", linewidth=1)
+                title = f"{point}: {kind}" if len(points) > 1 else kind
+                axis.set(title=title, xlabel="seconds since migration", ylabel="goodput Mbit/s")
+                if seen:
+                    axis.legend()
+        figure.tight_layout()
         save(figure, "goodput-around-migration.png", "goodput over time around the migration")
 
     cells = [
@@ -476,18 +485,35 @@ def plot_all(run: RunDir, summary: dict, plots_dir: Path) -> list[Image]:
 
     matrix = summary.get("matrix")
     if matrix:
-        table = _matrix_table(matrix)
-        figure, axis = plt.subplots(figsize=(10, 0.4 * len(matrix) + 1))
+        # Laid out like the printed matrix: a row per (function, variant), a column per kind.
+        matrix_kinds = sorted({cell["migration"] for cell in matrix})
+        grid: dict[tuple[str, str], dict[str, dict]] = {}
+        for cell in matrix:
+            grid.setdefault((cell["function"], cell["variant"]), {})[cell["migration"]] = cell
+        shown, cell_colours = [], []
+        for (function, variant), by_kind in grid.items():
+            cells_of_row = [by_kind.get(kind) for kind in matrix_kinds]
+            shown.append([function, variant] + [_matrix_entry(c) for c in cells_of_row])
+            cell_colours.append(["white", "white"] + [_outcome_colour(c) for c in cells_of_row])
+        figure, axis = plt.subplots(figsize=(3 + 2.2 * len(matrix_kinds), 0.32 * len(grid) + 0.8))
         axis.axis("off")
-        shown = [row[:5] for row in table.rows]
-        cell_colours = [[colour or "white" for colour in colours[:5]] for colours in table.colours]
-        drawn = axis.table(cellText=shown, colLabels=table.header[:5], cellColours=cell_colours,
-                           loc="center")  # fmt: skip
+        drawn = axis.table(
+            cellText=shown, colLabels=["function", "variant", *matrix_kinds],
+            cellColours=cell_colours, bbox=[0, 0, 1, 1],
+        )  # fmt: skip
         drawn.auto_set_font_size(False)
         drawn.set_fontsize(9)
-        axis.set_title("survival/policy matrix")
+        axis.set_title("survival/policy matrix (verified/runs)")
         save(figure, "matrix.png", "survival/policy matrix")
     return images
+
+
+def _matrix_entry(cell: dict | None) -> str:
+    return f"{cell['outcome']} ({cell['verified']}/{cell['runs']})" if cell else "-"
+
+
+def _outcome_colour(cell: dict | None) -> str:
+    return OUTCOME_COLOURS.get(cell["outcome"], UNKNOWN_COLOUR) if cell else "white"
 
 
 def write_report(run: RunDir, plots: bool = True) -> tuple[Path, Path]:
