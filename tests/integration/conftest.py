@@ -63,3 +63,26 @@ def leftovers(prefix: str) -> list[str]:
 def assert_controller_logged_no_exception(run_dir: Path) -> None:
     for log in run_dir.glob("artifacts/*/controller.log"):
         assert "Traceback" not in log.read_text(), f"{log} has an exception"
+
+
+@pytest.fixture(scope="session")
+def matrix_run(tmp_path_factory) -> Path:
+    """scenarios/matrix.yaml run once: every function x variant x kind, shared by the
+    per-function test modules (running each function's own scenario would repeat it)."""
+    run_dir = tmp_path_factory.mktemp("matrix")
+    result = subprocess.run(
+        [*QASM, "run", str(REPOSITORY / "scenarios" / "matrix.yaml"), "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=1500, cwd=REPOSITORY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert_controller_logged_no_exception(run_dir)
+    return run_dir
+
+
+def records_of_function(run_dir: Path, function: str) -> dict[tuple[str, str], dict]:
+    """{(variant, migration kind): record} of the runs whose functions are [function]."""
+    return {
+        (r["variant"], r["migration"]): r
+        for r in read_records(run_dir)
+        if r["functions"] == [function]
+    }

@@ -1,18 +1,11 @@
 """The core claim for the firewall, on real Mininet + OVS + os-ken + aioquic: every variant
-under every migration kind (scenarios/firewall.yaml)."""
+under every migration kind (the firewall rows of scenarios/matrix.yaml)."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.integration.conftest import (
-    QASM,
-    REPOSITORY,
-    assert_controller_logged_no_exception,
-    read_records,
-)
+from tests.integration.conftest import records_of_function
 
 pytestmark = pytest.mark.integration
 KINDS = ("nat-rebind", "addr-rebind", "active")
@@ -25,15 +18,8 @@ SURVIVES = {
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("firewall")
-    result = subprocess.run(
-        [*QASM, "run", str(REPOSITORY / "scenarios" / "firewall.yaml"), "--out", str(run_dir)],
-        capture_output=True, text=True, timeout=900, cwd=REPOSITORY,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert_controller_logged_no_exception(run_dir)
-    return {(r["variant"], r["migration"]): r for r in read_records(run_dir)}
+def records(matrix_run):
+    return records_of_function(matrix_run, "firewall")
 
 
 @pytest.mark.parametrize("variant", sorted(SURVIVES))

@@ -1,34 +1,19 @@
 """A load balancer in front of 3 backends in every variant under every migration kind
-(scenarios/loadbalancer.yaml), on the real emulation."""
+(the loadbalancer rows of scenarios/matrix.yaml), on the real emulation."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.integration.conftest import (
-    QASM,
-    REPOSITORY,
-    assert_controller_logged_no_exception,
-    read_records,
-)
+from tests.integration.conftest import records_of_function
 
 pytestmark = pytest.mark.integration
 KINDS = ("nat-rebind", "addr-rebind", "active")
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("loadbalancer")
-    scenario = REPOSITORY / "scenarios" / "loadbalancer.yaml"
-    result = subprocess.run(
-        [*QASM, "run", str(scenario), "--out", str(run_dir)],
-        capture_output=True, text=True, timeout=900, cwd=REPOSITORY,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert_controller_logged_no_exception(run_dir)
-    return {(r["variant"], r["migration"]): r for r in read_records(run_dir)}
+def records(matrix_run):
+    return records_of_function(matrix_run, "loadbalancer")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -1,19 +1,14 @@
-"""Source NAT in every variant under every migration kind (scenarios/nat.yaml), on the real
-emulation: the server sees the address change, and how many ports stay held afterwards."""
+"""Source NAT in every variant under every migration kind (the nat rows of
+scenarios/matrix.yaml), on the real emulation: the server sees the address change, and how
+many ports stay held afterwards."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from tests.integration.conftest import (
-    QASM,
-    REPOSITORY,
-    assert_controller_logged_no_exception,
-    read_records,
-)
+from tests.integration.conftest import records_of_function
 
 pytestmark = pytest.mark.integration
 KINDS = ("nat-rebind", "addr-rebind", "active")
@@ -21,15 +16,8 @@ HELD_AFTER_ONE_MIGRATION = {"tuple": 2, "cid": 2, "qasm": 1}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("nat")
-    result = subprocess.run(
-        [*QASM, "run", str(REPOSITORY / "scenarios" / "nat.yaml"), "--out", str(run_dir)],
-        capture_output=True, text=True, timeout=900, cwd=REPOSITORY,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert_controller_logged_no_exception(run_dir)
-    return run_dir, {(r["variant"], r["migration"]): r for r in read_records(run_dir)}
+def run(matrix_run):
+    return matrix_run, records_of_function(matrix_run, "nat")
 
 
 @pytest.mark.parametrize("variant", sorted(HELD_AFTER_ONE_MIGRATION))

@@ -1,36 +1,23 @@
-"""The rate limiter in every variant under every migration kind (scenarios/ratelimit.yaml),
-on the real emulation: does a migrated connection stay under its one token bucket?"""
+"""The rate limiter in every variant under every migration kind (the ratelimit rows of
+scenarios/matrix.yaml), on the real emulation: does a migrated connection stay under its one
+token bucket?"""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.integration.conftest import (
-    QASM,
-    REPOSITORY,
-    assert_controller_logged_no_exception,
-    read_records,
-)
+from tests.integration.conftest import records_of_function
 
 pytestmark = pytest.mark.integration
 KINDS = ("nat-rebind", "addr-rebind", "active")
-BURST_BYTES = 4000 * 1000 // 8  # scenarios/ratelimit.yaml: burst_kbit 4000
+BURST_BYTES = 4000 * 1000 // 8  # scenarios/matrix.yaml: burst_kbit 4000
 # Keeps its bucket across the migration: no leakage expected.
 KEEPS_BUCKET = {"tuple": set(), "cid": {"nat-rebind", "addr-rebind"}, "qasm": set(KINDS)}
 
 
 @pytest.fixture(scope="module")
-def records(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("ratelimit")
-    result = subprocess.run(
-        [*QASM, "run", str(REPOSITORY / "scenarios" / "ratelimit.yaml"), "--out", str(run_dir)],
-        capture_output=True, text=True, timeout=900, cwd=REPOSITORY,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert_controller_logged_no_exception(run_dir)
-    return {(r["variant"], r["migration"]): r for r in read_records(run_dir)}
+def records(matrix_run):
+    return records_of_function(matrix_run, "ratelimit")
 
 
 @pytest.mark.parametrize("kind", KINDS)
