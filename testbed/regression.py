@@ -52,6 +52,7 @@ WORSE = {
     "goodput_ratio": "lower",
     "controller_cpu_ratio": "higher",
     "handshake_ms_difference": "higher",
+    "handshake_ratio": "higher",
     "disruption_ms_difference": "higher",
 }
 MEDIAN_FIELDS = ("handshake_ms", "goodput_mbps", "disruption_ms", "controller_cpu_s")

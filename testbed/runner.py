@@ -28,9 +28,10 @@ from qasm.agents.messages import derive_client_key
 from qasm.controller.pipeline import AgentSettings, MiddleboxConfig
 from qasm.functions.loadbalancer import Backend, LoadBalancerSettings
 from qasm.functions.nat import NatSettings
+from testbed.captures import start_captures, stop_captures
 from testbed.emulation import Emulation, InfrastructureError, ManagedProcess
 from testbed.matrix import format_matrix, survival_matrix
-from testbed.metrics import build_record
+from testbed.metrics import build_record, controller_memory, flood_effect
 from testbed.ownership import emulation_lock, new_run_record
 from testbed.progress import Progress
 from testbed.scenario import Scenario
@@ -41,6 +42,7 @@ SERVER_READY_TIMEOUT_S = 15.0
 # Beyond the client's own run timeout, before the runner gives up on the client process.
 CLIENT_EXIT_GRACE_S = 15.0
 REPOSITORY = Path(__file__).resolve().parent.parent
+SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,9 @@ def collect_metadata(scenario: Scenario, seed: int, variants, repetitions: int) 
             "kernel": platform.release(),
         },
         "ovs_datapath": "netdev (userspace)",
-        "link_emulation": "tc htb (bandwidth); no delay or loss in this scenario format",
+        # Filled in once each emulation is up (ExperimentRunner._record_emulation).
+        "link_emulation": None,
+        "cpu_pinning": None,
         "argv": sys.argv,
         "started_at": datetime.datetime.now(datetime.UTC).isoformat(),
         "ended_at": None,
@@ -152,6 +156,7 @@ class ExperimentRunner:
         repetitions: int | None = None,
         seed: int | None = None,
         log=print,
+        cpu_pinning: bool | None = None,
     ) -> None:
         self.scenario = scenario
         self.out_dir = out_dir
@@ -159,6 +164,7 @@ class ExperimentRunner:
         self.repetitions = repetitions or scenario.repetitions
         self.seed = scenario.seed if seed is None else seed
         self.log = log
+        self.cpu_pinning = scenario.cpu_pinning if cpu_pinning is None else cpu_pinning
         self.records: list[dict] = []
 
     def run(self) -> list[dict]:
@@ -178,10 +184,18 @@ class ExperimentRunner:
                     group = list(group)
                     point = group[0].scenario
                     with Emulation(
-                        point.topology, point.topology_params, record, self.out_dir / "artifacts"
+                        point.topology,
+                        point.topology_params,
+                        record,
+                        self.out_dir / "artifacts",
+                        cpu_pinning=self.cpu_pinning,
+                        link_seed=self.seed,
                     ) as emulation:
+                        links = self._record_emulation(metadata, emulation, point)
                         for spec in group:
                             self._run_one(emulation, spec, progress)
+                    # Now removed: the delay lines' exit counters (drops, most held).
+                    links["links"] = emulation.link_record().get("links", {})
             metadata["status"] = "finished"
         except (KeyboardInterrupt, _Terminated):
             metadata["status"] = "interrupted"
@@ -206,6 +220,7 @@ class ExperimentRunner:
         config = self._middlebox_config(scenario, spec.variant, topo)
         emulation.forget_neighbours()
         decision_log = emulation.start_controller(config, artifacts)
+        controller_memory_start = emulation.controller.memory_kib()
         servers = [
             (self._start_server(scenario, emulation, server, artifacts), events_path)
             for server in _servers(scenario, topo)
@@ -213,17 +228,25 @@ class ExperimentRunner:
         ]
         for process, events_path in servers:
             self._wait_for_server(process, events_path)
+        captures = start_captures(emulation, artifacts / "pcap") if scenario.artifacts.pcap else []
         seed = repetition_seed(self.seed, spec.repetition)
         clients = [
             (addresses, self._start_client(emulation, addresses, spec, seed, artifacts))
             for addresses in topo.clients
         ]
+        flood = self._start_flood(emulation, spec, seed, artifacts) if scenario.flood_pps else None
         reports = [
             self._await_client(scenario, process, artifacts, addresses.name)
             for addresses, process in clients
         ]
-        failure = emulation.controller_failure()
+        flood_report = self._stop_flood(emulation, flood, artifacts) if flood else None
+        if captures:
+            counters = stop_captures(emulation, captures)
+            _write_json_file(artifacts / "pcap" / "captures.json", counters)
+        emulation.dump_flows(artifacts / "flows.txt")  # the switch's table as the run left it
+        failure = emulation.controller_failure() or emulation.link_failure()
         controller_cpu_s = emulation.controller.cpu_seconds()
+        controller_memory_end = emulation.controller.memory_kib()
         for process, _ in servers:
             emulation.stop_process(process)
         emulation.stop_controller()
@@ -257,11 +280,14 @@ class ExperimentRunner:
             record["controller_cpu_s"] = (
                 controller_cpu_s / len(clients) if controller_cpu_s is not None else None
             )
+            record.update(
+                controller_memory(controller_memory_start, controller_memory_end, decisions)
+            )
+            if flood_report is not None:
+                record["flood"] = flood_report
+                record.update(flood_effect(decisions))
             self._append_record(record)
-        outcome = ", ".join(
-            "ok" if r["completed"] and r["verified"] else f"FAILED ({r['failure']})"
-            for r in self.records[-len(clients) :]
-        )
+        outcome = _outcome(self.records[-len(clients) :])
         progress.end(spec.index, spec.describe(), outcome, time.monotonic() - started)
 
     def _start_server(
@@ -277,7 +303,33 @@ class ExperimentRunner:
         if _load_balanced(scenario):
             # Every variant meets the same servers: QUIC-LB CIDs whatever the balancer reads.
             argv += ["--quic-lb-server-id", server.server_id]
+        argv += self._endpoint_artifacts(scenario, emulation, artifacts)
         return emulation.start_on_host(server.name, argv, artifacts / f"server-{server.name}.log")
+
+    def _endpoint_artifacts(self, scenario: Scenario, emulation: Emulation, artifacts: Path):
+        """Options both apps take: qlog on request; big socket buffers when a link delays
+        (testbed/apps/sockets.py says why)."""
+        argv = []
+        if scenario.artifacts.qlog:
+            argv += ["--qlog-dir", str(artifacts / "qlog")]
+        if emulation.links is not None and emulation.links.has_delay:
+            argv += ["--socket-buffer", str(SOCKET_BUFFER_BYTES)]
+        return argv
+
+    def _record_emulation(self, metadata: dict, emulation: Emulation, point: Scenario) -> dict:
+        """metadata.json: how links are emulated (asked, method, measured fidelity) and the
+        CPU layout; with several emulations (a sweep over topology), one entry each.
+        Returns the entry, to complete with the delay lines' exit counters."""
+        entry = emulation.link_record()
+        if point.parameters:
+            entry["parameters"] = point.parameters
+        if metadata["link_emulation"] is None:
+            metadata["link_emulation"] = entry
+        else:
+            metadata["link_emulation"].setdefault("emulations", []).append(entry)
+        metadata["cpu_pinning"] = emulation.layout.to_dict() if emulation.layout else None
+        self._write_json("metadata.json", metadata)
+        return entry
 
     def _client_key(self, addresses) -> bytes:
         return derive_client_key(self.scenario.agent_secret.encode(), addresses.agent_id)
@@ -337,6 +389,9 @@ class ExperimentRunner:
             "--timeout", str(scenario.run_timeout_s),
             "--out", str(artifacts / f"client-{addresses.name}.json"),
         ]  # fmt: skip
+        argv += self._endpoint_artifacts(scenario, emulation, artifacts)
+        if scenario.artifacts.keylog:
+            argv += ["--keylog", str(artifacts / f"client-{addresses.name}.keylog")]
         if spec.migration:
             new_ip = {
                 "nat-rebind": addresses.wifi_ip,
@@ -346,6 +401,8 @@ class ExperimentRunner:
             argv += ["--migrate", spec.migration, "--migrate-ip", new_ip]
             unit, value = scenario.migration.trigger_for(addresses.index, seed)
             argv += [f"--{unit.replace('_', '-')}", str(value)]
+            if scenario.migration.repeat_every_s:
+                argv += ["--repeat-every", str(scenario.migration.repeat_every_s)]
         if spec.variant == "qasm":
             topo = emulation.topo
             argv += [
@@ -356,6 +413,35 @@ class ExperimentRunner:
         return emulation.start_on_host(
             addresses.name, argv, artifacts / f"client-{addresses.name}.log"
         )
+
+    def _start_flood(self, emulation, spec: RunSpec, seed: int, artifacts: Path):
+        """The flooder on the first client's host, from its lte address (nat-rebind and
+        addr-rebind keep the transfer on wifi, so the flood has its own link); forged agent
+        reports only where a Tracking Agent listens."""
+        topo = emulation.topo
+        host = topo.clients[0]
+        argv = [
+            sys.executable, "-m", "testbed.apps.flood",
+            "--source-ip", host.lte_ip,
+            "--service", f"{_service_ip(spec.scenario, topo)}:{SERVICE_PORT}",
+            "--pps", str(spec.scenario.flood_pps),
+            "--seed", str(seed),
+            "--out", str(artifacts / "flood.json"),
+        ]  # fmt: skip
+        if spec.variant == "qasm":
+            argv += ["--agent", f"{topo.agent_ip}:{topo.agent_port}"]
+            argv += ["--agent-client", host.agent_id]
+        return emulation.start_on_host(host.name, argv, artifacts / "flood.log")
+
+    def _stop_flood(self, emulation, flood: ManagedProcess, artifacts: Path) -> dict:
+        emulation.stop_process(flood)
+        try:
+            return json.loads((artifacts / "flood.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise InfrastructureError(
+                f"flooder exited with code {flood.popen.returncode} without a report "
+                f"({exc}): {flood.log_tail()}"
+            ) from exc
 
     def _await_client(
         self, scenario: Scenario, process: ManagedProcess, artifacts: Path, name: str
@@ -395,6 +481,17 @@ class ExperimentRunner:
         return format_table(self.records) + ("\n\n" + matrix if matrix else "")
 
 
+def _outcome(records: list[dict]) -> str:
+    """One line for a run: "ok", or "18/20 ok; FAILED c3: reason; ..." for many clients."""
+    failed = [r for r in records if not (r["completed"] and r["verified"])]
+    if not failed:
+        return "ok" if len(records) == 1 else f"{len(records)}/{len(records)} ok"
+    if len(records) == 1:
+        return f"FAILED ({failed[0]['failure']})"
+    reasons = "; ".join(f"FAILED {r['client']}: {r['failure']}" for r in failed)
+    return f"{len(records) - len(failed)}/{len(records)} ok; {reasons}"
+
+
 def _load_balanced(scenario: Scenario) -> bool:
     return "loadbalancer" in scenario.functions
 
@@ -406,6 +503,10 @@ def _service_ip(scenario: Scenario, topo) -> str:
 
 def _servers(scenario: Scenario, topo) -> list:
     return topo.backends if _load_balanced(scenario) else [topo.server]
+
+
+def _write_json_file(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
 
 
 def _read_jsonl(path: Path) -> list[dict]:

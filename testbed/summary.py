@@ -51,6 +51,8 @@ COUNTERS = (
 COMPARISONS = {
     "goodput_ratio": ("goodput_mbps", "ratio"),
     "handshake_ms_difference": ("handshake_ms", "diff"),
+    # The overhead targets are relative ("handshake within 5%"), so the ratio as well.
+    "handshake_ratio": ("handshake_ms", "ratio"),
     "disruption_ms_difference": ("disruption_ms", "diff"),
     "controller_cpu_ratio": ("controller_cpu_s", "ratio"),
 }
