@@ -15,6 +15,7 @@ Definitions (../shared/DESIGN.md):
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 
@@ -106,6 +107,77 @@ def nat_mappings_held(decisions: Iterable[dict], addresses: Iterable[str]) -> in
     return sum(1 for path in allocated - released if path.split(":")[0] in mine)
 
 
+def nat_mappings_peak(decisions: Iterable[dict], addresses: Iterable[str]) -> int:
+    """The most public ports this client's paths held at any one time."""
+    mine, held, peak = set(addresses), set(), 0
+    for decision in sorted(decisions, key=lambda d: d.get("t", 0)):
+        held.difference_update(decision.get("nat_released", ()))
+        if decision.get("nat_allocated"):
+            path = decision["nat_allocated"].split(" as ")[0]
+            if path.split(":")[0] in mine:
+                held.add(path)
+        peak = max(peak, len(held))
+    return peak
+
+
+NAT_EXHAUSTED = "NAT port pool exhausted"
+
+
+def nat_pool_exhausted(decisions: Iterable[dict]) -> int:
+    """How often the NAT had no free port for this client: packets dropped for it, and
+    announced paths left without a mapping."""
+    return sum(
+        1
+        for d in decisions
+        if str(d.get("reason", "")).startswith(NAT_EXHAUSTED) or d.get("nat_exhausted")
+    )
+
+
+def reason_category(reason: str) -> str:
+    """A reason without its particulars (parenthesised detail, numbers as N, what follows
+    the first colon of a `malformed:` reason), so reasons can be counted."""
+    if reason.startswith("malformed"):
+        return "malformed"
+    reason = reason.split("(")[0].rstrip(" :")
+    return re.sub(r"\d+(?!-tuple)", "N", reason)
+
+
+def flood_effect(decisions: Iterable[dict]) -> dict:
+    """What the controller made of a run's traffic it did not admit: agent reports it
+    rejected and packets it dropped, counted by reason."""
+    rejections: Counter = Counter()
+    drops: Counter = Counter()
+    accepted = 0
+    for decision in decisions:
+        if decision.get("event") == "agent_report":
+            if decision.get("verdict") == "accept":
+                accepted += 1
+            else:
+                rejections[reason_category(str(decision.get("reason")))] += 1
+        elif decision.get("event") == "packet_in" and decision.get("verdict") == "drop":
+            drops[reason_category(str(decision.get("reason")))] += 1
+    return {
+        "agent_reports_accepted": accepted,
+        "agent_rejections": dict(rejections),
+        "agent_rejected": sum(rejections.values()),
+        "controller_drops": dict(drops),
+        "controller_dropped": sum(drops.values()),
+    }
+
+
+def controller_memory(start: dict | None, end: dict | None, decisions: Iterable[dict]) -> dict:
+    """The controller's resident memory (KiB) when the switch connected and when the
+    clients finished, its peak, and the largest connection table its stats reported."""
+    stats = [d for d in decisions if d.get("event") == "stats"]
+    return {
+        "controller_rss_start_kib": start["rss"] if start else None,
+        "controller_rss_end_kib": end["rss"] if end else None,
+        "controller_rss_peak_kib": end["peak"] if end else None,
+        "connections_peak": max((d["connections"] for d in stats), default=None),
+        "connections_bound": stats[-1]["max_connections"] if stats else None,
+    }
+
+
 def backend_changed(decisions: Iterable[dict]) -> bool | None:
     """Whether the load balancer sent the client's paths to more than one backend (None
     without a load balancer)."""
@@ -151,6 +223,7 @@ def build_record(
         if d.get("event") == "agent_report" and set(d.get("addrs", ())) & set(addresses)
     ]
     migration = report.get("migration")
+    migrations = report.get("migrations") or ([migration] if migration else [])
     failure = report.get("failure")
     if not report.get("completed"):
         evidence = drop_evidence(mine, migration["at"] if migration else None)
@@ -177,6 +250,15 @@ def build_record(
         "agent_bytes": (report.get("agent") or {}).get("bytes", 0),
         "agent_exchanges": (report.get("agent") or {}).get("exchanges", []),
         "nat_mappings": nat_mappings_held(decisions, addresses) if nat else None,
+        "nat_mappings_peak": nat_mappings_peak(decisions, addresses) if nat else None,
+        "nat_pool_exhausted": nat_pool_exhausted(mine + reports) if nat else None,
+        "migrations": len(migrations),
+        # Seconds from the first payload byte, one per migration (the first is `migration`).
+        "migration_instants_s": [
+            round(m["at"] - report["first_byte_sent_at"], 4)
+            for m in migrations
+            if report.get("first_byte_sent_at") is not None
+        ],
         "backend_changed": backend_changed(mine + reports),
         "leakage_bytes": (
             leakage_bytes(report, ratelimit.rate_kbps, ratelimit.burst_kbit) if ratelimit else None

@@ -18,12 +18,17 @@ whole file is checked before anything starts, so one run of `qasm validate` list
     nat: {ports: 64}               # the NAT's public port pool, required with functions: [nat]
     sweep: {topology.clients: [1, 5, 20], workload.bytes: [1000000, 4000000]}
     regression: {comparison.qasm.goodput_ratio: {relative: 0.1}}  # qasm check tolerances
+    flood: {pps: 2000}             # optional: garbage at this rate from client 1's lte address
 
 `sweep` runs the cross product of the listed values: each key is a dotted path into the
 file (under functions, topology, workload, migration, timeouts, ratelimit, nat) and each
 point is validated as if its values were written in place, so a bad value is reported at
 its line in the sweep block. `migration.spread` gives every client its own schedule: client
 i migrates at `at_bytes` (or `at_seconds`) plus a seeded uniform draw from [0, spread].
+`migration.repeat_every_s` (nat-rebind only, less than `timeouts.run_s`): after the first
+migration each client rebinds to a fresh source port this often while it sends.
+`flood.pps`: testbed/apps/flood.py sends malformed QUIC and forged agent reports at this rate
+while the clients run.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ TOP_LEVEL_KEYS = {
     "nat": False,
     "sweep": False,
     "regression": False,
+    "flood": False,
 }  # key -> required
 # Top-level sections a sweep may vary; the rest define the experiment, not a point of it.
 SWEEPABLE_SECTIONS = (
@@ -71,6 +77,8 @@ SWEEPABLE_SECTIONS = (
     "nat",
 )
 MAX_SWEEP_POINTS = 256
+# A Python flooder on a 2-core machine sustains a few thousand packets per second.
+MAX_FLOOD_PPS = 20000
 # Client Agent keys derive from this unless the scenario sets `agent.secret`; an emulation
 # needs reproducibility more than secrecy.
 DEFAULT_AGENT_SECRET = "qasm-testbed"
@@ -90,6 +98,7 @@ class Migration:
     at_bytes: int | None = None
     at_seconds: float | None = None
     spread: float = 0.0  # in the trigger's unit: bytes or seconds
+    repeat_every_s: float | None = None  # nat-rebind again this often after the first
 
     def trigger_for(self, client_index: int, seed: int) -> tuple[str, float]:
         """("at_bytes" | "at_seconds", value) of one client: its own, reproducible schedule."""
@@ -126,6 +135,7 @@ class Scenario:
     sweep: tuple[Scenario, ...] = field(repr=False, default=())
     # `qasm check` tolerances: (metric pattern, tolerance), later ones win (regression.py).
     regression: tuple[tuple[str, Tolerance], ...] = ()
+    flood_pps: int | None = None  # garbage packets per second while the clients run
 
     @property
     def migration_kinds(self) -> tuple[str | None, ...]:
@@ -444,6 +454,12 @@ def _check(
             root, "ratelimit", "expected rate_mbit and burst_kbit (functions has ratelimit)"
         )
 
+    flood_pps = None
+    if top.get("flood") is not None:
+        children = checker.mapping(top["flood"], "flood", {"pps": True})
+        if children:
+            flood_pps = checker.integer(children.get("pps"), "flood.pps", 1, MAX_FLOOD_PPS)
+
     if checker.problems:
         return None
     return Scenario(
@@ -466,13 +482,20 @@ def _check(
         nat_ports=nat_ports,
         raw=yaml.safe_load(text),
         regression=regression,
+        flood_pps=flood_pps,
     )
 
 
 def _check_migration(
     checker: _Checker, node: yaml.Node, total_bytes: int | None, run_timeout_s: float
 ) -> Migration | None:
-    allowed = {"kind": True, "at_bytes": False, "at_seconds": False, "spread": False}
+    allowed = {
+        "kind": True,
+        "at_bytes": False,
+        "at_seconds": False,
+        "spread": False,
+        "repeat_every_s": False,
+    }
     children = checker.mapping(node, "migration", allowed)
     if children is None:
         return None
@@ -501,4 +524,20 @@ def _check_migration(
             f"expected at_seconds + spread less than timeouts.run_s ({run_timeout_s:g}): "
             "migration after the end",
         )
-    return Migration(kinds or (), at_bytes, at_seconds, spread)
+    repeat_every_s = checker.number(
+        children.get("repeat_every_s"), "migration.repeat_every_s", 0, 3600
+    )
+    if repeat_every_s is not None:
+        if kinds and kinds != ("nat-rebind",):
+            checker.problem(
+                children["repeat_every_s"],
+                "migration.repeat_every_s",
+                "expected only with kind nat-rebind (repeated rebinding keeps the interface)",
+            )
+        if repeat_every_s >= run_timeout_s:
+            checker.problem(
+                children["repeat_every_s"],
+                "migration.repeat_every_s",
+                f"expected less than timeouts.run_s ({run_timeout_s:g})",
+            )
+    return Migration(kinds or (), at_bytes, at_seconds, spread, repeat_every_s)

@@ -635,7 +635,7 @@ class Middlebox:
             return self._decision([], **context, verdict="drop", reason=reason)
         report = self.tracking.receive(frame.udp_payload, flow.src_ip, now)
         messages: list[SwitchMessage] = []
-        nat: dict[str, list[str]] = {}
+        nat: dict[str, object] = {}
         if report.new_path is not None:
             backend = report.connection.policy.get("backend")
             if backend is not None:
@@ -646,6 +646,9 @@ class Middlebox:
             allocated = self._allocate_nat(report.new_path)
             if allocated:
                 nat["nat_allocated"] = allocated
+            elif allocated is False:
+                # Announced, but the path has no public port: its packets will be dropped.
+                nat["nat_exhausted"] = True
             if service_port is not None and allocated is not False:
                 ports = _PathPorts(in_port, service_port, frame.eth_src, backend)
                 report.connection.policy.setdefault("ports", {})[report.new_path] = ports

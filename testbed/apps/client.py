@@ -1,7 +1,8 @@
 """Scripted transfer client that migrates mid-transfer, then reports one JSON object.
 
     python -m testbed.apps.client --server IP:PORT --local-ip IP --client NAME --bytes N
-        [--migrate nat-rebind|addr-rebind|active --migrate-ip IP (--at-bytes N | --at-seconds S)]
+        [--migrate nat-rebind|addr-rebind|active --migrate-ip IP (--at-bytes N | --at-seconds S)
+         [--repeat-every S]]
         [--agent IP:PORT --agent-id ID --agent-key HEX]
         [--seed S] [--idle-timeout S] [--timeout S] [--qlog-dir DIR] [--keylog FILE]
         --out FILE
@@ -16,6 +17,11 @@ With `--agent`, a Client Agent announces each migration to the Tracking Agent be
 client uses the new path: from the new address, the current and next DCID and the old and new
 address; it waits for the signed ack (retrying with the identical datagram), then migrates,
 and retires the old path once the old socket is closed.
+
+With `--repeat-every S` (nat-rebind only), after the first migration the client keeps
+rebinding to a fresh source port every S seconds while it sends, as a client behind a NAT
+whose mappings keep changing does; with `--agent` each rebind is announced and its old path
+retired like the first. `migration` stays the first migration; `migrations` lists them all.
 
 A connection that dies is a result: the report says `completed: false` and why.
 """
@@ -76,7 +82,8 @@ class ClientReport:
     started_at: float | None = None
     first_byte_sent_at: float | None = None
     last_byte_acknowledged_at: float | None = None
-    migration: dict | None = None
+    migration: dict | None = None  # the first migration
+    migrations: list = field(default_factory=list)  # every migration, first included
     last_received_at: float | None = None
     failure: str | None = None
     smoothed_rtt_ms: float | None = None
@@ -138,6 +145,7 @@ class MigrationPlan:
     new_local_ip: str
     at_bytes: int | None = None
     at_seconds: float | None = None
+    repeat_every_s: float | None = None  # rebind again this often after the first
 
     @property
     def new_cid(self) -> bool:
@@ -274,7 +282,9 @@ async def run_transfer(args: argparse.Namespace, report: ClientReport) -> None:
         lambda: TransferClientProtocol(quic), local_addr=(args.local_ip, 0)
     )
     plan = (
-        MigrationPlan(args.migrate, args.migrate_ip, args.at_bytes, args.at_seconds)
+        MigrationPlan(
+            args.migrate, args.migrate_ip, args.at_bytes, args.at_seconds, args.repeat_every
+        )
         if args.migrate
         else None
     )
@@ -341,6 +351,15 @@ async def _send_and_await_reply(
             since_first = time.monotonic() - report.first_byte_sent_at
             if plan.due(acknowledged, since_first):
                 report.migration = await migrate(protocol, plan, agent)
+                report.migrations.append(report.migration)
+        elif (
+            plan
+            and plan.repeat_every_s
+            and report.migrations
+            and acknowledged < args.bytes  # while sending, not while awaiting the reply
+            and time.monotonic() - report.migrations[-1]["at"] >= plan.repeat_every_s
+        ):
+            report.migrations.append(await migrate(protocol, plan, agent))
         while sent < args.bytes and _buffered_bytes(quic, stream_id) < SEND_WINDOW_BYTES:
             chunk = next(chunks)
             digest.update(chunk)
@@ -389,6 +408,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--migrate-ip")
     parser.add_argument("--at-bytes", type=int)
     parser.add_argument("--at-seconds", type=float)
+    parser.add_argument(
+        "--repeat-every", type=float, help="nat-rebind again every S seconds while sending"
+    )
     parser.add_argument("--agent", help="Tracking Agent IPv4:PORT (enables the Client Agent)")
     parser.add_argument("--agent-id")
     parser.add_argument("--agent-key", help="this client's key, hex")
@@ -402,6 +424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.migrate_ip is None or (args.at_bytes is None) == (args.at_seconds is None)
     ):
         parser.error("--migrate needs --migrate-ip and exactly one of --at-bytes/--at-seconds")
+    if args.repeat_every is not None and (args.migrate != "nat-rebind" or args.repeat_every <= 0):
+        parser.error("--repeat-every needs --migrate nat-rebind and a positive number of seconds")
     if args.agent and not (args.agent_id and args.agent_key):
         parser.error("--agent needs --agent-id and --agent-key")
     return args
