@@ -22,6 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
     run.add_argument("--repetitions", type=int)
     run.add_argument("--seed", type=int)
+    run.add_argument(
+        "--pin-cpus",
+        action="store_true",
+        help="pin controller and switch to one CPU, endpoints to the others (cpu_pinning)",
+    )
     run.set_defaults(handler=run_command)
 
     validate = subparsers.add_parser("validate", help="check a scenario file")
@@ -71,7 +76,14 @@ def run_command(args: argparse.Namespace) -> int:
         return _print_problems(problems)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(args.out or f"results/{scenario.name}-{stamp}")
-    runner = ExperimentRunner(scenario, out_dir, variants, args.repetitions, args.seed)
+    runner = ExperimentRunner(
+        scenario,
+        out_dir,
+        variants,
+        args.repetitions,
+        args.seed,
+        cpu_pinning=True if args.pin_cpus else None,  # else as the scenario says
+    )
     print(f"qasm: running {scenario.path} into {out_dir}", flush=True)
     try:
         runner.run()

@@ -28,7 +28,9 @@ from mininet.net import Mininet
 from mininet.node import OVSSwitch, RemoteController
 
 from qasm.controller.pipeline import MiddleboxConfig
-from testbed.ownership import RunRecord, remove_run_resources
+from testbed.link_emulation import EmulatedLinks, LinkEnd, LinkSetupError
+from testbed.ownership import RunRecord, process_start_time, remove_run_resources
+from testbed.pinning import CpuLayout, OvsAffinity, PinningError, pin_in_child, plan_layout
 from topologies import TOPOLOGIES
 
 OFFLOADS = ("tx", "rx", "tso", "gso", "gro")
@@ -79,9 +81,9 @@ class ManagedProcess:
         self.what = what
         self.log_path = log_path
 
-    def stop(self, grace_s: float = 3.0) -> None:
+    def stop(self, grace_s: float = 3.0, signum: int = signal.SIGTERM) -> None:
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            self.popen.send_signal(signum)
             try:
                 self.popen.wait(grace_s)
             except subprocess.TimeoutExpired:
@@ -106,8 +108,27 @@ class ManagedProcess:
 
 
 class Emulation:
-    def __init__(self, topology: str, params: dict, record: RunRecord, log_dir: Path) -> None:
+    def __init__(
+        self,
+        topology: str,
+        params: dict,
+        record: RunRecord,
+        log_dir: Path,
+        cpu_pinning: bool = False,
+        link_seed: int | None = None,
+    ) -> None:
         self.record = record
+        # Pinning (testbed.pinning): planned here so an impossible layout fails before
+        # anything is created.
+        self.layout: CpuLayout | None = None
+        if cpu_pinning:
+            try:
+                self.layout = plan_layout(os.sched_getaffinity(0))
+            except PinningError as exc:
+                raise InfrastructureError(str(exc)) from exc
+        self._ovs_affinity: OvsAffinity | None = None
+        self.links: EmulatedLinks | None = None
+        self._link_seed = link_seed
         self.log_dir = log_dir
         self.topo = TOPOLOGIES[topology](prefix=record.prefix, **params)
         self.openflow_port = _free_tcp_port()
@@ -162,6 +183,60 @@ class Emulation:
             )
         self._disable_offloads()
         self.topo.configure(self.net)
+        if self.layout is not None:
+            self._pin_switch()
+        self._apply_link_conditions()
+
+    def _pin_switch(self) -> None:
+        try:
+            self._ovs_affinity = OvsAffinity(self.layout.network)
+        except PinningError as exc:
+            raise InfrastructureError(str(exc)) from exc
+        self._ovs_affinity.pin()
+        # Saved in the run record too, so `qasm clean` restores it after a crash.
+        self.record.pinned = {
+            "process": {
+                "pid": self._ovs_affinity.pid,
+                "start_time": process_start_time(self._ovs_affinity.pid),
+                "what": "ovs-vswitchd",
+            },
+            "saved": {str(tid): cpus for tid, cpus in self._ovs_affinity.saved.items()},
+        }
+        self.record.save()
+
+    def _apply_link_conditions(self) -> None:
+        """Delay, jitter and loss on the host ends (testbed.link_emulation); bandwidth is
+        TCLink's, applied by Mininet above."""
+        ends = [LinkEnd(host, intf, c) for host, intf, c in self.topo.link_ends()]
+        try:
+            self.links = EmulatedLinks.apply(
+                ends, lambda host: self.net.get(host).popen, self.record.own, self._link_seed
+            )
+            self.links.measure()
+        except LinkSetupError as exc:
+            raise InfrastructureError(str(exc)) from exc
+        if self.layout is not None:
+            for pid in self.links.delay_line_pids:
+                _pin_process(pid, self.layout.network)
+
+    def link_failure(self) -> str | None:
+        """Why a link no longer emulates its asked conditions (naming it), or None."""
+        return self.links.failure() if self.links is not None else None
+
+    def link_record(self) -> dict:
+        """metadata.json's link_emulation: method, asked conditions per link, fidelity."""
+        return self.links.record() if self.links is not None else {}
+
+    def dump_flows(self, path: Path) -> None:
+        """The switch's flow table now (OpenFlow 1.3), into `path`; a failure is written
+        there instead (the table is evidence, never a reason to fail the run)."""
+        argv = ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", self.topo.switch_name]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            text = result.stdout if result.returncode == 0 else f"# {argv}: {result.stderr}"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            text = f"# {argv}: {exc}\n"
+        path.write_text(text)
 
     def _disable_offloads(self) -> None:
         for host in self.net.hosts:
@@ -182,6 +257,16 @@ class Emulation:
             process.stop()
         self._processes.clear()
         self.stop_controller()
+        if self.links is not None:
+            for problem in self.links.remove():  # before the namespaces go with net.stop()
+                mininet_log.error(f"link emulation removal: {problem}")
+        if self._ovs_affinity is not None:
+            for problem in self._ovs_affinity.restore():
+                mininet_log.error(f"restoring ovs-vswitchd's CPU affinity: {problem}")
+            self._ovs_affinity = None
+            self.record.pinned = None
+            with contextlib.suppress(OSError):
+                self.record.save()
         if self.net is not None:
             try:
                 self.net.stop()
@@ -211,7 +296,10 @@ class Emulation:
         ]  # fmt: skip
         with open(log_path, "w") as log:
             popen = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=pin_in_child(self.layout and self.layout.network, _die_with_parent),
             )
         self.record.own(popen.pid, "controller")
         self.controller = ManagedProcess(popen, "controller", log_path)
@@ -252,21 +340,36 @@ class Emulation:
         for host in self.net.hosts:
             host.cmd("ip", "neigh", "flush", "all")
 
-    def start_on_host(self, host_name: str, argv: list[str], log_path: Path) -> ManagedProcess:
+    def start_on_host(
+        self, host_name: str, argv: list[str], log_path: Path, what: str | None = None
+    ) -> ManagedProcess:
         host = self.net.get(host_name)
         with open(log_path, "w") as log:
             popen = host.popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=pin_in_child(self.layout and self.layout.endpoints, _die_with_parent),
             )
-        self.record.own(popen.pid, f"{argv[2] if len(argv) > 2 else argv[0]} on {host_name}")
+        what = what or (argv[2] if len(argv) > 2 else argv[0])
+        self.record.own(popen.pid, f"{what} on {host_name}")
         process = ManagedProcess(popen, host_name, log_path)
         self._processes.append(process)
         return process
 
-    def stop_process(self, process: ManagedProcess) -> None:
-        process.stop()
+    def stop_process(
+        self, process: ManagedProcess, grace_s: float = 3.0, signum: int = signal.SIGTERM
+    ) -> None:
+        process.stop(grace_s, signum)
         if process in self._processes:
             self._processes.remove(process)
+
+
+def _pin_process(pid: int, cpus: tuple[int, ...]) -> None:
+    """Every thread of a running process onto `cpus` (threads it starts later inherit)."""
+    with contextlib.suppress(OSError):  # it ended: its failure is reported elsewhere
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def _offload_args() -> list[str]:

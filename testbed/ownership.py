@@ -59,6 +59,9 @@ class RunRecord:
     run_dir: str
     bridges: list[str] = field(default_factory=list)
     processes: list[OwnedProcess] = field(default_factory=list)
+    # A machine-wide daemon this run pinned (testbed.pinning): {"process": OwnedProcess
+    # fields, "saved": {tid: cpus}}; its threads get their saved CPUs back on removal.
+    pinned: dict | None = None
 
     @property
     def path(self) -> Path:
@@ -85,6 +88,7 @@ class RunRecord:
             run_dir=data["run_dir"],
             bridges=list(data["bridges"]),
             processes=[OwnedProcess(**p) for p in data["processes"]],
+            pinned=data.get("pinned"),
         )
 
 
@@ -134,6 +138,14 @@ def _run(*command: str) -> subprocess.CompletedProcess:
 def remove_run_resources(record: RunRecord) -> list[str]:
     """Kills the run's processes and deletes its bridges and links; returns what it removed."""
     removed = []
+    if record.pinned:
+        from testbed.pinning import restore_affinity
+
+        daemon = OwnedProcess(**record.pinned["process"])
+        if daemon.alive():
+            saved = {int(tid): cpus for tid, cpus in record.pinned["saved"].items()}
+            restore_affinity(daemon.pid, saved)
+            removed.append(f"cpu pinning of process {daemon.pid} ({daemon.what})")
     for process in record.processes:
         if process.alive():
             with contextlib.suppress(ProcessLookupError):

@@ -18,6 +18,8 @@ whole file is checked before anything starts, so one run of `qasm validate` list
     nat: {ports: 64}               # the NAT's public port pool, required with functions: [nat]
     sweep: {topology.clients: [1, 5, 20], workload.bytes: [1000000, 4000000]}
     regression: {comparison.qasm.goodput_ratio: {relative: 0.1}}  # qasm check tolerances
+    artifacts: {pcap: true, qlog: true, keylog: true}   # optional, all false by default
+    cpu_pinning: true              # optional: controller/switch and endpoints on own CPUs
     flood: {pps: 2000}             # optional: garbage at this rate from client 1's lte address
 
 `sweep` runs the cross product of the listed values: each key is a dotted path into the
@@ -64,6 +66,8 @@ TOP_LEVEL_KEYS = {
     "nat": False,
     "sweep": False,
     "regression": False,
+    "artifacts": False,
+    "cpu_pinning": False,
     "flood": False,
 }  # key -> required
 # Top-level sections a sweep may vary; the rest define the experiment, not a point of it.
@@ -111,6 +115,15 @@ class Migration:
 
 
 @dataclass(frozen=True)
+class Artifacts:
+    """What a run captures on request, besides the logs it always keeps."""
+
+    pcap: bool = False  # tcpdump on every host interface, one file per interface per run
+    qlog: bool = False  # one qlog per connection, client and server side (qvis reads them)
+    keylog: bool = False  # SSLKEYLOGFILE per client, so Wireshark decrypts the pcaps
+
+
+@dataclass(frozen=True)
 class Scenario:
     path: Path
     sha256: str
@@ -135,6 +148,9 @@ class Scenario:
     sweep: tuple[Scenario, ...] = field(repr=False, default=())
     # `qasm check` tolerances: (metric pattern, tolerance), later ones win (regression.py).
     regression: tuple[tuple[str, Tolerance], ...] = ()
+    artifacts: Artifacts = field(default_factory=Artifacts)
+    # Controller, switch and delay lines on one CPU, endpoints on the others (testbed.pinning).
+    cpu_pinning: bool = False
     flood_pps: int | None = None  # garbage packets per second while the clients run
 
     @property
@@ -203,16 +219,34 @@ class _Checker:
             return None
         return value
 
-    def number(self, node: yaml.Node | None, key: str, minimum: float, maximum: float):
+    def number(
+        self,
+        node: yaml.Node | None,
+        key: str,
+        minimum: float,
+        maximum: float,
+        inclusive: bool = False,
+    ):
         if node is None:
             return None
         value = self.scalar(node, key)
-        if type(value) not in (int, float) or not minimum < value <= maximum:
+        above = type(value) in (int, float) and (minimum <= value if inclusive else minimum < value)
+        if not above or not value <= maximum:
+            low = "[" if inclusive else "("
             self.problem(
-                node, key, f"expected a number in ({minimum:g}, {maximum:g}], got {value!r}"
+                node, key, f"expected a number in {low}{minimum:g}, {maximum:g}], got {value!r}"
             )
             return None
         return float(value)
+
+    def flag(self, node: yaml.Node | None, key: str) -> bool | None:
+        if node is None:
+            return None
+        value = self.scalar(node, key)
+        if type(value) is not bool:
+            self.problem(node, key, f"expected true or false, got {value!r}")
+            return None
+        return value
 
     def text(self, node: yaml.Node | None, key: str) -> str | None:
         if node is None:
@@ -244,7 +278,7 @@ class _Checker:
     def parameter(self, node: yaml.Node, key: str, spec: Parameter):
         if spec.kind is int:
             return self.integer(node, key, int(spec.minimum), int(spec.maximum))
-        return self.number(node, key, spec.minimum, spec.maximum)
+        return self.number(node, key, spec.minimum, spec.maximum, spec.inclusive_minimum)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -389,6 +423,10 @@ def _check(
         for key, node in (children or {}).items():
             if key != "name":
                 topology_params[key] = checker.parameter(node, f"topology.{key}", specs[key])
+        combined = getattr(TOPOLOGIES[topology], "parameter_problems", None) if topology else None
+        if combined and children and None not in topology_params.values():
+            for key, expected in combined(topology_params):
+                checker.problem(children.get(key, topology_node), f"topology.{key}", expected)
 
     total_bytes = None
     workload = top.get("workload")
@@ -460,6 +498,9 @@ def _check(
         if children:
             flood_pps = checker.integer(children.get("pps"), "flood.pps", 1, MAX_FLOOD_PPS)
 
+    artifacts = _check_artifacts(checker, top.get("artifacts"))
+    cpu_pinning = checker.flag(top.get("cpu_pinning"), "cpu_pinning") or False
+
     if checker.problems:
         return None
     return Scenario(
@@ -482,7 +523,19 @@ def _check(
         nat_ports=nat_ports,
         raw=yaml.safe_load(text),
         regression=regression,
+        artifacts=artifacts,
+        cpu_pinning=cpu_pinning,
         flood_pps=flood_pps,
+    )
+
+
+def _check_artifacts(checker: _Checker, node: yaml.Node | None) -> Artifacts:
+    if node is None:
+        return Artifacts()
+    allowed = {name: False for name in Artifacts.__dataclass_fields__}
+    children = checker.mapping(node, "artifacts", allowed) or {}
+    return Artifacts(
+        **{name: bool(checker.flag(child, f"artifacts.{name}")) for name, child in children.items()}
     )
 
 

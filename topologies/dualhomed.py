@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from mininet.topo import Topo
 
+from topologies.links import LIMITS, LinkConditions, LinkConditionsError
 from topologies.parameters import Parameter
 
 SUBNET = "10.0.0.0/16"
@@ -38,6 +39,14 @@ MAX_CLIENTS = 100
 MAX_BACKENDS = 8
 VIP = "10.0.0.100"  # the load balancer's virtual IP, answered by the controller
 VIP_MAC = "02:00:00:00:00:fa"
+# Link kinds with their own conditions, each per direction (topologies.links): every client's
+# wifi link, every client's lte link, every server's (and backend's) link.
+LINKS = ("wifi", "lte", "server")
+IMPAIRMENTS = ("delay_ms", "jitter_ms", "loss_pct")
+# Packets a delay holds per direction at most; netem's default (1000) is too few for a
+# 1000 Mbit/s link with tens of ms of delay, and a full queue drops (a loss nobody asked for).
+MAX_HELD_PACKETS = 100_000
+DATAGRAM_BYTES = 1200
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,14 @@ class DualHomed(Topo):
         "wifi_bw_mbit": Parameter(float, 0, 1000, "wifi link bandwidth (HTB), Mbit/s"),
         "lte_bw_mbit": Parameter(float, 0, 1000, "lte link bandwidth (HTB), Mbit/s"),
         "server_bw_mbit": Parameter(float, 0, 1000, "server link bandwidth (HTB), Mbit/s"),
+        **{
+            f"{link}_{name}": Parameter(
+                float, limit.minimum, limit.maximum, f"{link} link: {limit.description}", True
+            )
+            for link in LINKS
+            for name, limit in LIMITS.items()
+            if name in IMPAIRMENTS
+        },
     }
 
     def build(
@@ -89,6 +106,7 @@ class DualHomed(Topo):
         wifi_bw_mbit: float | None = None,
         lte_bw_mbit: float | None = None,
         server_bw_mbit: float | None = None,
+        **impairments: float,
     ) -> None:
         if not 1 <= clients <= MAX_CLIENTS:
             raise ValueError(f"clients: {clients}, expected 1..{MAX_CLIENTS}")
@@ -97,6 +115,8 @@ class DualHomed(Topo):
         self.vip, self.vip_mac = VIP, VIP_MAC
         self.agent_ip, self.agent_mac, self.agent_port = AGENT_IP, AGENT_MAC, AGENT_PORT
         self.nat_public_ip, self.nat_public_mac = NAT_PUBLIC_IP, NAT_PUBLIC_MAC
+        bandwidths = {"wifi": wifi_bw_mbit, "lte": lte_bw_mbit, "server": server_bw_mbit}
+        self.conditions = link_conditions(bandwidths, impairments)
         # Mininet derives a DPID from digits in the name unless told; ours has hex digits.
         switch = self.addSwitch(self.switch_name, dpid="0000000000000001", protocols="OpenFlow13")
         self.server = ServerAddresses(f"{prefix}srv", SERVER_IP, "02:00:00:00:04:00", 1, "00")
@@ -139,6 +159,31 @@ class DualHomed(Topo):
             )
             self.clients.append(addresses)
 
+    @classmethod
+    def parameter_problems(cls, params: dict) -> list[tuple[str, str]]:
+        """(key, expected ...) for combinations the per-parameter ranges cannot express."""
+        problems = []
+        for link in LINKS:
+            delay, jitter = params.get(f"{link}_delay_ms", 0), params.get(f"{link}_jitter_ms", 0)
+            if jitter and jitter > (delay or 0):
+                # netem would clamp negative delays to 0, shifting the mean above the delay.
+                problems.append(
+                    (f"{link}_jitter_ms", f"expected at most {link}_delay_ms ({delay or 0:g})")
+                )
+        return problems
+
+    def link_ends(self) -> list[tuple[str, str, LinkConditions]]:
+        """(host, host-side interface, conditions) of every link, for the emulation."""
+        ends = [(s.name, f"{s.name}-eth0", self.conditions["server"]) for s in self.servers]
+        for addresses in self.clients:
+            ends.append((addresses.name, addresses.wifi_intf, self.conditions["wifi"]))
+            ends.append((addresses.name, addresses.lte_intf, self.conditions["lte"]))
+        return ends
+
+    @property
+    def servers(self) -> list[ServerAddresses]:
+        return [self.server, *self.backends]
+
     def configure(self, net) -> None:
         """Per-host set-up that a Topo cannot declare: policy routing on the clients."""
         for addresses in self.clients:
@@ -165,5 +210,28 @@ class DualHomed(Topo):
 
 
 def _bandwidth(bw_mbit: float | None) -> dict:
-    # HTB shaping through Mininet's TCLink; no netem (this kernel has no sch_netem).
+    # HTB shaping through Mininet's TCLink; delay, jitter and loss are applied by the
+    # emulation on the host end (topologies.links), with netem or its fallback.
     return {"bw": bw_mbit} if bw_mbit else {}
+
+
+def link_conditions(bandwidths: dict, impairments: dict) -> dict[str, LinkConditions]:
+    """LinkConditions per link kind from the topology's parameters."""
+    unknown = sorted(set(impairments) - {f"{k}_{n}" for k in LINKS for n in IMPAIRMENTS})
+    if unknown:
+        raise TypeError(f"unexpected topology parameter {unknown[0]!r}")
+    conditions = {}
+    for link in LINKS:
+        values = {n: float(impairments.get(f"{link}_{n}") or 0) for n in IMPAIRMENTS}
+        held_s = (values["delay_ms"] + values["jitter_ms"]) / 1000
+        # Room for 2 x what the link carries at full rate during the longest hold (unshaped:
+        # 1000 Mbit/s, TCIntf's maximum).
+        rate = (bandwidths[link] or 1000) * 1e6 / 8 / DATAGRAM_BYTES
+        limit = min(MAX_HELD_PACKETS, max(1000, int(2 * rate * held_s) + 1))
+        try:
+            conditions[link] = LinkConditions(
+                bw_mbit=bandwidths[link], limit_packets=limit, **values
+            )
+        except LinkConditionsError as exc:
+            raise ValueError(f"{link} link: {exc}") from exc
+    return conditions

@@ -5,6 +5,7 @@
          [--repeat-every S]]
         [--agent IP:PORT --agent-id ID --agent-key HEX]
         [--seed S] [--idle-timeout S] [--timeout S] [--qlog-dir DIR] [--keylog FILE]
+        [--socket-buffer BYTES]
         --out FILE
 
 Migration follows the recipe measured in ../shared/AIOQUIC.md: open the new socket first,
@@ -45,7 +46,9 @@ from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataRecei
 
 from qasm.agents.client import ClientAgent
 from qasm.agents.messages import AgentMessageError
+from testbed.apps.qlog import QlogDirectory
 from testbed.apps.server import parse_address
+from testbed.apps.sockets import enlarge_buffers
 from testbed.apps.transfer import (
     ALPN,
     MAX_HEADER_BYTES,
@@ -97,8 +100,12 @@ class ClientReport:
 class _SocketForwarder(asyncio.DatagramProtocol):
     """Feeds the datagrams of a migrated-to socket into the QUIC protocol."""
 
-    def __init__(self, protocol: QuicConnectionProtocol) -> None:
+    def __init__(self, protocol: TransferClientProtocol) -> None:
         self._protocol = protocol
+
+    def connection_made(self, transport) -> None:
+        if self._protocol.socket_buffer:
+            enlarge_buffers(transport.get_extra_info("socket"), self._protocol.socket_buffer)
 
     def datagram_received(self, data: bytes, addr) -> None:
         self._protocol.datagram_received(data, addr)
@@ -112,6 +119,12 @@ class TransferClientProtocol(QuicConnectionProtocol):
         self.reply_complete = False
         self.last_received_at: float | None = None
         self.close_event: ConnectionTerminated | None = None
+        self.socket_buffer: int | None = None  # bytes, set before the socket is made
+
+    def connection_made(self, transport) -> None:
+        if self.socket_buffer:
+            enlarge_buffers(transport.get_extra_info("socket"), self.socket_buffer)
+        super().connection_made(transport)
 
     def datagram_received(self, data, addr) -> None:
         self.last_received_at = time.monotonic()
@@ -270,16 +283,22 @@ async def run_transfer(args: argparse.Namespace, report: ClientReport) -> None:
         verify_mode=ssl.CERT_NONE,
         idle_timeout=args.idle_timeout,
     )
+    qlog = None
     if args.qlog_dir:
-        from aioquic.quic.logger import QuicFileLogger
-
-        configuration.quic_logger = QuicFileLogger(args.qlog_dir)
+        qlog = configuration.quic_logger = QlogDirectory(args.qlog_dir, "client")
     if args.keylog:
-        configuration.secrets_log_file = open(args.keylog, "a")  # noqa: SIM115 (lives as long as the process)
+        # Line-buffered: each secret is on disk once written, whatever ends the process.
+        configuration.secrets_log_file = open(args.keylog, "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
     quic = QuicConnection(configuration=configuration)
     server = parse_address(args.server)
+
+    def make_protocol() -> TransferClientProtocol:
+        protocol = TransferClientProtocol(quic)
+        protocol.socket_buffer = args.socket_buffer
+        return protocol
+
     transport, protocol = await loop.create_datagram_endpoint(
-        lambda: TransferClientProtocol(quic), local_addr=(args.local_ip, 0)
+        make_protocol, local_addr=(args.local_ip, 0)
     )
     plan = (
         MigrationPlan(
@@ -323,6 +342,8 @@ async def run_transfer(args: argparse.Namespace, report: ClientReport) -> None:
                     )
         protocol.close()
         protocol.transport.close()
+        if qlog is not None:
+            qlog.close()  # the trace of a connection that has not ended yet
 
 
 async def _send_and_await_reply(
@@ -417,7 +438,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle-timeout", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--qlog-dir")
-    parser.add_argument("--keylog")
+    parser.add_argument("--keylog", help="SSLKEYLOGFILE to append this connection's secrets to")
+    parser.add_argument(
+        "--socket-buffer", type=int, help="SO_SNDBUF/SO_RCVBUF bytes (links with delay)"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.migrate and (

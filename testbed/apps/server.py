@@ -6,7 +6,7 @@ peer address (the receiver side of the disruption metric), `finished` when a str
 arrives. Times are `time.monotonic()`, the system-wide clock that the client also uses.
 
     python -m testbed.apps.server --listen 10.0.0.250:4433 --events FILE
-        [--idle-timeout S] [--max-lifetime S] [--qlog-dir DIR]
+        [--idle-timeout S] [--max-lifetime S] [--qlog-dir DIR] [--socket-buffer BYTES]
         [--quic-lb-server-id HEX [--quic-lb-nonce-len N] [--quic-lb-key HEX]]
 
 With --quic-lb-server-id every connection ID the server issues is a QUIC-LB CID carrying its
@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from qasm.wire.quic_lb import QuicLbConfig, encode_cid
+from testbed.apps.qlog import QlogDirectory
+from testbed.apps.sockets import enlarge_buffers
 from testbed.apps.transfer import (
     ALPN,
     MAX_HEADER_BYTES,
@@ -182,10 +184,9 @@ async def serve_forever(args: argparse.Namespace) -> None:
         is_client=False, alpn_protocols=[ALPN], idle_timeout=args.idle_timeout
     )
     configuration.certificate, configuration.private_key = self_signed_certificate()
+    qlog = None
     if args.qlog_dir:
-        from aioquic.quic.logger import QuicFileLogger
-
-        configuration.quic_logger = QuicFileLogger(args.qlog_dir)
+        qlog = configuration.quic_logger = QlogDirectory(args.qlog_dir, "server")
     quic_lb = None
     if args.quic_lb_server_id:
         key = bytes.fromhex(args.quic_lb_key) if args.quic_lb_key else None
@@ -204,6 +205,9 @@ async def serve_forever(args: argparse.Namespace) -> None:
                 *a, event_log=event_log, quic_lb=quic_lb, **kw
             ),
         )
+        if args.socket_buffer:
+            # QuicServer keeps its transport private (aioquic 1.7.2); it is the one socket.
+            enlarge_buffers(server._transport.get_extra_info("socket"), args.socket_buffer)
         event_log.write("listening", addr=[host, port])
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -213,6 +217,8 @@ async def serve_forever(args: argparse.Namespace) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=args.max_lifetime)
         server.close()
+        if qlog is not None:
+            qlog.close()  # traces of connections that had not ended
 
 
 def main() -> None:
@@ -221,7 +227,10 @@ def main() -> None:
     parser.add_argument("--events", required=True, help="JSON-lines event file (appended)")
     parser.add_argument("--idle-timeout", type=float, default=30.0)
     parser.add_argument("--max-lifetime", type=float, default=3600.0, help="exit after S seconds")
-    parser.add_argument("--qlog-dir")
+    parser.add_argument("--qlog-dir", help="one qlog per connection (ODCID-server.qlog)")
+    parser.add_argument(
+        "--socket-buffer", type=int, help="SO_SNDBUF/SO_RCVBUF bytes (links with delay)"
+    )
     parser.add_argument("--quic-lb-server-id", help="hex; issue QUIC-LB CIDs carrying it")
     parser.add_argument("--quic-lb-nonce-len", type=int, default=6)
     parser.add_argument("--quic-lb-key", help="hex AES-128 key (default: plaintext CIDs)")
