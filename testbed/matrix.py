@@ -1,4 +1,5 @@
-"""The survival/policy matrix: one cell per (functions, variant, migration kind) (pure).
+"""The survival/policy matrix: one cell per (functions, sweep point, variant, migration
+kind) (pure).
 
 A cell answers the issue's question for that combination: did the connection survive the
 migration, and did the middlebox keep its policy while it did? Outcomes, worst first:
@@ -10,6 +11,9 @@ migration, and did the middlebox keep its policy while it did? Outcomes, worst f
     moved    every run completed, but the load balancer sent the connection to another
              backend (`backend_changed`), which only a stateless backend could survive
     survives every run completed, verified, and kept its policy
+    refused  no run got through its handshake: a policy (e.g. the SNI deny list) turned the
+             connection away before it started, which is the policy working, not a migration
+             breaking it
 
 The cell's `detail` names the evidence (the worst figure over its runs), so a reader can tell
 a leak of 300 kB from one of 3 kB. A record without a policy figure (baseline keeps no state,
@@ -20,13 +24,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-OUTCOMES = ("survives", "moved", "leaks", "breaks")  # best first
+OUTCOMES = ("survives", "refused", "moved", "leaks", "breaks")
 # One connection after migrating has one live path, hence at most one NAT mapping.
 NAT_MAPPINGS_PER_CONNECTION = 1
 
 
 def functions_label(record: dict) -> str:
     return "+".join(record.get("functions") or ()) or "none"
+
+
+def point_parameters(record: dict) -> str:
+    """The sweep values other than functions, e.g. "workload.server_name=a.example"."""
+    parameters = record.get("parameters") or {}
+    return " ".join(f"{k}={v}" for k, v in parameters.items() if k != "functions")
 
 
 def _policy_evidence(records: list[dict]) -> tuple[str, list[str]]:
@@ -52,13 +62,18 @@ def matrix_cell(records: list[dict]) -> dict:
     completed = sum(1 for r in records if r.get("completed"))
     verified = sum(1 for r in records if r.get("completed") and r.get("verified"))
     outcome, detail = _policy_evidence([r for r in records if r.get("completed")])
-    if verified < len(records):
+    if not any(r.get("handshake_ms") is not None for r in records):
+        outcome = "refused"
+        failures = sorted({r["failure"] for r in records if r.get("failure")})
+        detail = [f"no handshake in {len(records)} runs"] + failures[:1]
+    elif verified < len(records):
         outcome = "breaks"
         failures = sorted({r["failure"] for r in records if r.get("failure")})
         detail = [f"{len(records) - verified}/{len(records)} runs lost the connection"]
         detail += failures[:1]
     return {
         "function": functions_label(first),
+        "point": point_parameters(first),
         "variant": first["variant"],
         "migration": str(first["migration"]),
         "runs": len(records),
@@ -71,11 +86,16 @@ def matrix_cell(records: list[dict]) -> dict:
 
 def survival_matrix(records: Iterable[dict]) -> list[dict]:
     """Cells in a stable order: functions, then variant (baseline first), then kind."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+    groups: dict[tuple[str, str, str, str], list[dict]] = {}
     for record in records:
-        key = (functions_label(record), record["variant"], str(record["migration"]))
+        key = (
+            functions_label(record),
+            point_parameters(record),
+            record["variant"],
+            str(record["migration"]),
+        )
         groups.setdefault(key, []).append(record)
-    order = sorted(groups, key=lambda k: (k[0], k[1] != "baseline", k[1], k[2]))
+    order = sorted(groups, key=lambda k: (k[0], k[1], k[2] != "baseline", k[2], k[3]))
     return [matrix_cell(groups[key]) for key in order]
 
 
@@ -86,7 +106,8 @@ def format_matrix(cells: list[dict]) -> str:
     kinds = sorted({c["migration"] for c in cells})
     rows: dict[tuple[str, str], dict[str, str]] = {}
     for cell in cells:
-        row = rows.setdefault((cell["function"], cell["variant"]), {})
+        function = " ".join(filter(None, (cell["function"], cell.get("point"))))
+        row = rows.setdefault((function, cell["variant"]), {})
         row[cell["migration"]] = cell["outcome"]
     header = ("function", "variant", *kinds)
     table = [header] + [

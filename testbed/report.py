@@ -36,6 +36,7 @@ PLOTS_DIR = "plots"
 GOODPUT_WINDOW_S = 0.1
 GOODPUT_SPAN_S = (-1.0, 2.0)  # seconds around the migration instant
 OUTCOME_COLOURS = {
+    "refused": "#b3cde3",  # blue: the policy turned the connection away
     "survives": "#b7e1b0",  # green
     "breaks": "#f4a6a6",  # red
     "leaks": "#f8c98b",  # orange
@@ -489,7 +490,8 @@ def plot_all(run: RunDir, summary: dict, plots_dir: Path) -> list[Image]:
         matrix_kinds = sorted({cell["migration"] for cell in matrix})
         grid: dict[tuple[str, str], dict[str, dict]] = {}
         for cell in matrix:
-            grid.setdefault((cell["function"], cell["variant"]), {})[cell["migration"]] = cell
+            function = " ".join(filter(None, (cell["function"], cell.get("point"))))
+            grid.setdefault((function, cell["variant"]), {})[cell["migration"]] = cell
         shown, cell_colours = [], []
         for (function, variant), by_kind in grid.items():
             cells_of_row = [by_kind.get(kind) for kind in matrix_kinds]

@@ -351,6 +351,7 @@ class ExperimentRunner:
             functions=scenario.functions,
             agent=agent,
             ratelimit=scenario.ratelimit,
+            sni=scenario.sni,
             nat=NatSettings(topo.nat_public_ip, topo.nat_public_mac, ports=scenario.nat_ports)
             if scenario.nat_ports
             else None,
@@ -384,6 +385,7 @@ class ExperimentRunner:
             "--local-ip", addresses.wifi_ip,
             "--client", addresses.name,
             "--bytes", str(scenario.bytes),
+            "--server-name", scenario.server_name,
             "--seed", str(seed),
             "--idle-timeout", str(scenario.idle_timeout_s),
             "--timeout", str(scenario.run_timeout_s),

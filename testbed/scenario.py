@@ -16,6 +16,7 @@ whole file is checked before anything starts, so one run of `qasm validate` list
     agent: {secret: text}          # optional: Client Agent keys derive from it (qasm variant)
     ratelimit: {rate_mbit: 8, burst_kbit: 800}   # required with functions: [ratelimit]
     nat: {ports: 64}               # the NAT's public port pool, required with functions: [nat]
+    firewall: {sni_deny: ["*.blocked.example"], sni_allow: [...]}  # SNI lists (firewall)
     sweep: {topology.clients: [1, 5, 20], workload.bytes: [1000000, 4000000]}
     regression: {comparison.qasm.goodput_ratio: {relative: 0.1}}  # qasm check tolerances
     artifacts: {pcap: true, qlog: true, keylog: true}   # optional, all false by default
@@ -39,6 +40,7 @@ import copy
 import hashlib
 import itertools
 import random
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,9 @@ from typing import Any
 import yaml
 
 from qasm.controller.pipeline import FUNCTIONS, VARIANTS, RateLimit
+from qasm.functions.firewall import SniPolicy
 from testbed.apps.client import MIGRATION_KINDS
+from testbed.apps.transfer import SERVER_NAME
 from testbed.regression import Tolerance, check_block
 from topologies import TOPOLOGIES, Parameter
 
@@ -64,6 +68,7 @@ TOP_LEVEL_KEYS = {
     "agent": False,
     "ratelimit": False,
     "nat": False,
+    "firewall": False,
     "sweep": False,
     "regression": False,
     "artifacts": False,
@@ -72,6 +77,7 @@ TOP_LEVEL_KEYS = {
 }  # key -> required
 # Top-level sections a sweep may vary; the rest define the experiment, not a point of it.
 SWEEPABLE_SECTIONS = (
+    "firewall",
     "functions",
     "topology",
     "workload",
@@ -142,6 +148,8 @@ class Scenario:
     agent_secret: str = DEFAULT_AGENT_SECRET
     ratelimit: RateLimit | None = None
     nat_ports: int | None = None
+    server_name: str = SERVER_NAME  # the SNI every client asks for
+    sni: SniPolicy | None = None
     raw: dict = field(repr=False, default_factory=dict)
     # The values this point of a sweep sets ({"topology.clients": 20}); empty without a sweep.
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -308,6 +316,33 @@ def load_scenario(path: str | Path) -> Scenario:
     return scenario
 
 
+# A DNS name (RFC 1123 labels), lowercase or not; patterns may start with "*." (subdomains).
+_HOST_NAME = re.compile(r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                        r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")  # fmt: skip
+
+
+def _host_names(
+    checker: _Checker, node: yaml.Node, key: str, many: bool = False, wildcard: bool = False
+):
+    """A host name, or with `many` a list of them; `wildcard` allows a leading `*.`."""
+    items = node.value if many and isinstance(node, yaml.SequenceNode) else [node]
+    if many and not isinstance(node, yaml.SequenceNode):
+        checker.problem(node, key, "expected a list of host names")
+        return None
+    names = []
+    for item in items:
+        value = checker.scalar(item, key)
+        bare = (
+            value[2:] if wildcard and isinstance(value, str) and value.startswith("*.") else value
+        )
+        if not isinstance(value, str) or not _HOST_NAME.fullmatch(bare):
+            what = "a host name or *.domain" if wildcard else "a host name"
+            checker.problem(item, key, f"expected {what}, got {value!r}")
+        else:
+            names.append(value)
+    return names if many else (names[0] if names else None)
+
+
 def _detach_sweep(root: yaml.Node) -> yaml.Node | None:
     """Removes the `sweep` entry from the top-level mapping and returns its value."""
     if not isinstance(root, yaml.MappingNode):
@@ -428,12 +463,26 @@ def _check(
             for key, expected in combined(topology_params):
                 checker.problem(children.get(key, topology_node), f"topology.{key}", expected)
 
-    total_bytes = None
+    total_bytes, server_name = None, SERVER_NAME
     workload = top.get("workload")
     if workload is not None:
-        children = checker.mapping(workload, "workload", {"bytes": True})
+        children = checker.mapping(workload, "workload", {"bytes": True, "server_name": False})
         if children:
             total_bytes = checker.integer(children.get("bytes"), "workload.bytes", 1, 10**10)
+            if "server_name" in children:
+                server_name = _host_names(checker, children["server_name"], "workload.server_name")
+    sni = None
+    if top.get("firewall") is not None:
+        allowed = {"sni_allow": False, "sni_deny": False}
+        children = checker.mapping(top["firewall"], "firewall", allowed)
+        if children is not None:
+            lists = {
+                key: _host_names(checker, node, f"firewall.{key}", many=True, wildcard=True)
+                for key, node in children.items()
+            }
+            sni = SniPolicy(tuple(lists.get("sni_allow") or ()), tuple(lists.get("sni_deny") or ()))
+        if functions is not None and "firewall" not in functions:
+            checker.problem(top["firewall"], "firewall", "expected functions to include firewall")
 
     timeouts = {"idle_s": 5.0, "run_s": 60.0}
     if top.get("timeouts") is not None:
@@ -492,14 +541,13 @@ def _check(
             root, "ratelimit", "expected rate_mbit and burst_kbit (functions has ratelimit)"
         )
 
+    artifacts = _check_artifacts(checker, top.get("artifacts"))
+    cpu_pinning = checker.flag(top.get("cpu_pinning"), "cpu_pinning") or False
     flood_pps = None
     if top.get("flood") is not None:
         children = checker.mapping(top["flood"], "flood", {"pps": True})
         if children:
             flood_pps = checker.integer(children.get("pps"), "flood.pps", 1, MAX_FLOOD_PPS)
-
-    artifacts = _check_artifacts(checker, top.get("artifacts"))
-    cpu_pinning = checker.flag(top.get("cpu_pinning"), "cpu_pinning") or False
 
     if checker.problems:
         return None
@@ -521,6 +569,8 @@ def _check(
         agent_secret=agent_secret,
         ratelimit=ratelimit,
         nat_ports=nat_ports,
+        server_name=server_name,
+        sni=sni,
         raw=yaml.safe_load(text),
         regression=regression,
         artifacts=artifacts,

@@ -56,7 +56,7 @@ from qasm.controller.messages import (
     SwitchMessage,
 )
 from qasm.flow import FlowKey
-from qasm.functions.firewall import client_initial_problem
+from qasm.functions.firewall import SniPolicy, client_initial_problem
 from qasm.functions.loadbalancer import (
     Backend,
     LoadBalancerSettings,
@@ -68,6 +68,7 @@ from qasm.functions.loadbalancer import (
 from qasm.functions.nat import NatPool, NatSettings
 from qasm.state.connections import Connection, ConnectionTable
 from qasm.state.flows import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ENTRIES
+from qasm.wire.clienthello import ClientHelloAssembler
 from qasm.wire.errors import WireError
 from qasm.wire.header import (
     KNOWN_VERSIONS,
@@ -121,6 +122,7 @@ class MiddleboxConfig:
     ratelimit: RateLimit | None = None
     nat: NatSettings | None = None
     loadbalancer: LoadBalancerSettings | None = None
+    sni: SniPolicy | None = None  # the firewall's allow/deny lists for the ClientHello's SNI
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -169,6 +171,9 @@ class MiddleboxConfig:
                     backends=tuple(Backend(**b) for b in lb["backends"]),
                     quic_lb=QuicLbSettings(**lb.get("quic_lb", {})),
                 )
+            if values.get("sni") is not None:
+                sni = values["sni"]
+                values["sni"] = SniPolicy(tuple(sni["allow"]), tuple(sni["deny"]))
             return cls(**values)
         except (TypeError, ValueError, KeyError) as exc:
             raise ConfigError(str(exc)) from exc
@@ -203,6 +208,7 @@ class Middlebox:
         self.stateful = config.variant in STATEFUL_VARIANTS
         self.cid_aware = config.variant in CID_AWARE_VARIANTS
         self.firewall = self.stateful and "firewall" in config.functions
+        self.sni = config.sni if self.firewall else None
         self.ratelimit = config.ratelimit if "ratelimit" in config.functions else None
         self.nat = NatPool(config.nat) if self.stateful and "nat" in config.functions else None
         self.lb = config.loadbalancer if "loadbalancer" in config.functions else None
@@ -220,6 +226,21 @@ class Middlebox:
                 keys={client: bytes.fromhex(key) for client, key in agent.keys.items()},
                 addresses={c: frozenset(a) for c, a in agent.addresses.items()},
             )
+
+    def stats(self) -> dict:
+        """Sizes of everything the middlebox keeps, for the decision log: what a flood
+        could grow."""
+        return {
+            "event": "stats",
+            "connections": len(self.table),
+            "max_connections": self.table.max_connections,
+            "evicted": self.table.evicted,
+            "expired": self.table.expired,
+            "locations": len(self._port_of_ip),
+            "nat_in_use": self.nat.in_use if self.nat else None,
+            "nat_exhausted": self.nat.exhausted if self.nat else None,
+            "agent": dict(self.tracking.counters) if self.tracking else None,
+        }
 
     # --- events ---------------------------------------------------------------------------
 
@@ -385,6 +406,8 @@ class Middlebox:
                 return self._decision([], **context, verdict="drop", reason=reason)
             return self._l2_forward(dpid, in_port, frame, data, context)
         connection, how = self._locate(path, to_service, frame.udp_payload, now)
+        if connection is not None and "client_hello" in connection.policy and to_service:
+            connection, how = self._read_client_hello(connection, frame.udp_payload, how)
         if connection is None:
             return self._decision([], **context, verdict="drop", reason=how)
         nat_allocated = self._allocate_nat(path)
@@ -405,7 +428,10 @@ class Middlebox:
             connection.policy.setdefault("ports", {})[path] = ports
             messages = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
             installed = connection.policy.setdefault("installed", {})
-            if not messages and now - installed.get(path, -RULES_IN_FLIGHT_S) >= RULES_IN_FLIGHT_S:
+            rules_due = now - installed.get(path, -RULES_IN_FLIGHT_S) >= RULES_IN_FLIGHT_S
+            if "client_hello" in connection.policy:
+                pass  # SNI not read yet: no rules, so the next Initials come here too
+            elif not messages and rules_due:
                 messages = self._path_rules(connection, path, ports)
                 installed[path] = now
             out_port = ports.service_port if to_service else ports.client_port
@@ -415,6 +441,31 @@ class Middlebox:
         return self._decision(
             messages, **context, verdict=verdict, reason=how, connection=connection.id
         )
+
+    def _read_client_hello(
+        self, connection: Connection, payload: bytes, how: str
+    ) -> tuple[Connection | None, str]:
+        """Adds a client datagram's Initials to the connection's ClientHello; once complete,
+        the SNI policy decides. A refused or unreadable connection is forgotten at once."""
+        assembler: ClientHelloAssembler = connection.policy["client_hello"]
+        hello = None
+        try:
+            for header in parse_datagram(payload, short_dcid_length=0):
+                if header.packet_type is PacketType.INITIAL:
+                    # Initial keys come from the client's first DCID (RFC 9001 §5.2).
+                    original = connection.policy.setdefault("original_dcid", header.dcid)
+                    hello = assembler.add_packet(payload, header, original_dcid=original)
+        except WireError as exc:
+            self.table.remove(connection)
+            return None, f"new 5-tuple: ClientHello unreadable ({exc})"
+        if hello is None:
+            return connection, f"{how}; ClientHello incomplete, SNI pending"
+        del connection.policy["client_hello"]
+        problem = self.sni.problem(hello.sni)
+        if problem:
+            self.table.remove(connection)
+            return None, f"new 5-tuple: {problem}"
+        return connection, f"{how}; SNI {hello.sni!r} allowed"
 
     def _locate(
         self, path: FlowKey, to_service: bool, payload: bytes, now: float
@@ -441,6 +492,8 @@ class Middlebox:
         # Only a connection that starts with its handshake has server SCIDs to observe; one
         # first seen mid-flight would be copied to the controller packet by packet for nothing.
         connection.policy["observing"] = self.cid_aware and problem is None
+        if self.sni and problem is None:
+            connection.policy["client_hello"] = ClientHelloAssembler()
         if problem is None:
             return connection, "new connection opened by a QUIC Initial"
         return connection, f"new 5-tuple, not linkable: {problem}"

@@ -159,6 +159,10 @@ class ConnectionTable:
         self.expired += len(expired)
         return expired
 
+    def remove(self, connection: Connection) -> None:
+        """Forgets a connection at once (a policy refused it)."""
+        self._remove(connection)
+
     def _remove(self, connection: Connection) -> None:
         self._connections.pop(connection.id, None)
         for path in connection.paths:

@@ -279,8 +279,8 @@ async def run_transfer(args: argparse.Namespace, report: ClientReport) -> None:
     configuration = QuicConfiguration(
         is_client=True,
         alpn_protocols=[ALPN],
-        server_name=SERVER_NAME,
-        verify_mode=ssl.CERT_NONE,
+        server_name=args.server_name,
+        verify_mode=ssl.CERT_NONE,  # the SNI may name a host the test certificate is not for
         idle_timeout=args.idle_timeout,
     )
     qlog = None
@@ -437,6 +437,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--agent-key", help="this client's key, hex")
     parser.add_argument("--idle-timeout", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--server-name", default=SERVER_NAME, help="SNI in the ClientHello")
     parser.add_argument("--qlog-dir")
     parser.add_argument("--keylog", help="SSLKEYLOGFILE to append this connection's secrets to")
     parser.add_argument(

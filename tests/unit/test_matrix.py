@@ -12,6 +12,7 @@ def record(variant="qasm", kind="active", functions=("ratelimit",), **fields):
         "functions": list(functions),
         "completed": True,
         "verified": True,
+        "handshake_ms": 10.0,
         "failure": None,
         "leakage_bytes": 0,
         "nat_mappings": None,
@@ -84,3 +85,22 @@ def test_format_matrix_lays_kinds_out_as_columns():
     header, row = text.splitlines()
     assert header.split() == ["function", "variant", "active", "nat-rebind"]
     assert row.split() == ["ratelimit", "tuple", "breaks", "leaks"]
+
+
+def test_a_connection_turned_away_before_its_handshake_is_refused_not_broken():
+    refused = record(
+        completed=False, verified=False, handshake_ms=None, failure="SNI matches sni_deny"
+    )
+    (cell,) = survival_matrix([refused])
+    assert cell["outcome"] == "refused"
+    assert cell["detail"] == "no handshake in 1 runs; SNI matches sni_deny"
+
+
+def test_sweep_values_other_than_functions_split_cells():
+    cells = survival_matrix(
+        [
+            record(parameters={"functions": ["ratelimit"], "workload.bytes": 1000}),
+            record(parameters={"functions": ["ratelimit"], "workload.bytes": 2000}),
+        ]
+    )
+    assert [c["point"] for c in cells] == ["workload.bytes=1000", "workload.bytes=2000"]

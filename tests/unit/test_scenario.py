@@ -140,7 +140,7 @@ def test_sweep_over_functions_offers_quic_lb_only_where_it_balances(tmp_path):
     ("sweep", "expected"),
     [
         ("sweep:\n  topology.clients: [1, 500]\n", "11: topology.clients: expected an integer 1..100"),
-        ("sweep:\n  variants: [[baseline]]\n", "11: sweep.variants: expected a key under functions"),
+        ("sweep:\n  variants: [[baseline]]\n", "11: sweep.variants: expected a key under firewall, functions"),
         ("sweep:\n  workload.bytes: []\n", "11: sweep.workload.bytes: expected a non-empty list"),
         ("sweep:\n  workload.bytes: [5, 5]\n", "11: sweep.workload.bytes: expected each value once"),
         ("sweep:\n  topology.colour: [red]\n", "11: topology.colour: unknown key"),
@@ -162,3 +162,34 @@ def test_migration_spread_gives_each_client_its_own_reproducible_trigger(tmp_pat
     assert all(1000 <= v <= 3000 for v in values) and len(set(values)) > 10
     late = VALID.replace("at_bytes: 1000", "at_bytes: 1000\n  spread: 3000")
     assert "expected at_bytes + spread less than workload.bytes" in problems(tmp_path, late)[0]
+
+
+def test_firewall_sni_lists_and_the_client_server_name(tmp_path):
+    text = VALID + (
+        "firewall:\n  sni_deny: ['*.blocked.example']\n  sni_allow: [a.example, '*.b.example']\n"
+    )
+    text = text.replace("bytes: 4000", "bytes: 4000\n  server_name: video.blocked.example")
+    scenario = load_scenario(write(tmp_path, text))
+    assert scenario.server_name == "video.blocked.example"
+    assert scenario.sni.deny == ("*.blocked.example",)
+    assert scenario.sni.allow == ("a.example", "*.b.example")
+    assert load_scenario(write(tmp_path, VALID)).sni is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("firewall:\n  sni_deny: 'x.example'\n", "11: firewall.sni_deny: expected a list of host"),
+        ("firewall:\n  sni_deny: ['bad name!']\n", "11: firewall.sni_deny: expected a host name or *.domain"),
+        ("firewall:\n  sni_allow: [a.example]\nfunctions: [nat]\nnat: {ports: 4}\n", "11: firewall: expected functions to include firewall"),
+        ("firewall:\n  colour: red\n", "11: firewall.colour: unknown key"),
+    ],
+)
+def test_bad_firewall_blocks(tmp_path, extra, expected):
+    found = problems(tmp_path, VALID + extra)
+    assert any(expected in p for p in found), found
+
+
+def test_a_bad_server_name_is_reported(tmp_path):
+    text = VALID.replace("bytes: 4000", "bytes: 4000\n  server_name: '*.wild'")
+    assert "7: workload.server_name: expected a host name, got '*.wild'" in problems(tmp_path, text)[0]
