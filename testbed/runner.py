@@ -352,6 +352,8 @@ class ExperimentRunner:
             agent=agent,
             ratelimit=scenario.ratelimit,
             sni=scenario.sni,
+            state_idle_timeout_s=scenario.state_idle_timeout_s,
+            max_flows=scenario.max_connections,
             nat=NatSettings(topo.nat_public_ip, topo.nat_public_mac, ports=scenario.nat_ports)
             if scenario.nat_ports
             else None,

@@ -17,6 +17,7 @@ whole file is checked before anything starts, so one run of `qasm validate` list
     ratelimit: {rate_mbit: 8, burst_kbit: 800}   # required with functions: [ratelimit]
     nat: {ports: 64}               # the NAT's public port pool, required with functions: [nat]
     firewall: {sni_deny: ["*.blocked.example"], sni_allow: [...]}  # SNI lists (firewall)
+    middlebox: {idle_timeout_s: 120, max_connections: 100000}  # connection table bounds
     sweep: {topology.clients: [1, 5, 20], workload.bytes: [1000000, 4000000]}
     regression: {comparison.qasm.goodput_ratio: {relative: 0.1}}  # qasm check tolerances
     artifacts: {pcap: true, qlog: true, keylog: true}   # optional, all false by default
@@ -49,6 +50,7 @@ import yaml
 
 from qasm.controller.pipeline import FUNCTIONS, VARIANTS, RateLimit
 from qasm.functions.firewall import SniPolicy
+from qasm.state.flows import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ENTRIES
 from testbed.apps.client import MIGRATION_KINDS
 from testbed.apps.transfer import SERVER_NAME
 from testbed.regression import Tolerance, check_block
@@ -69,6 +71,7 @@ TOP_LEVEL_KEYS = {
     "ratelimit": False,
     "nat": False,
     "firewall": False,
+    "middlebox": False,
     "sweep": False,
     "regression": False,
     "artifacts": False,
@@ -79,6 +82,7 @@ TOP_LEVEL_KEYS = {
 SWEEPABLE_SECTIONS = (
     "firewall",
     "functions",
+    "middlebox",
     "topology",
     "workload",
     "migration",
@@ -150,6 +154,9 @@ class Scenario:
     nat_ports: int | None = None
     server_name: str = SERVER_NAME  # the SNI every client asks for
     sni: SniPolicy | None = None
+    # The middlebox's connection state: idle timeout (RFC 9312 §4.2) and hard bound (LRU).
+    state_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_ENTRIES
     raw: dict = field(repr=False, default_factory=dict)
     # The values this point of a sweep sets ({"topology.clients": 20}); empty without a sweep.
     parameters: dict[str, Any] = field(default_factory=dict)
@@ -471,6 +478,18 @@ def _check(
             total_bytes = checker.integer(children.get("bytes"), "workload.bytes", 1, 10**10)
             if "server_name" in children:
                 server_name = _host_names(checker, children["server_name"], "workload.server_name")
+    state = {"idle_timeout_s": DEFAULT_IDLE_TIMEOUT_S, "max_connections": DEFAULT_MAX_ENTRIES}
+    if top.get("middlebox") is not None:
+        allowed = {"idle_timeout_s": False, "max_connections": False}
+        children = checker.mapping(top["middlebox"], "middlebox", allowed) or {}
+        if "idle_timeout_s" in children:
+            state["idle_timeout_s"] = checker.number(
+                children["idle_timeout_s"], "middlebox.idle_timeout_s", 0, 86400
+            )
+        if "max_connections" in children:
+            state["max_connections"] = checker.integer(
+                children["max_connections"], "middlebox.max_connections", 1, 10**7
+            )
     sni = None
     if top.get("firewall") is not None:
         allowed = {"sni_allow": False, "sni_deny": False}
@@ -571,6 +590,8 @@ def _check(
         nat_ports=nat_ports,
         server_name=server_name,
         sni=sni,
+        state_idle_timeout_s=state["idle_timeout_s"],
+        max_connections=state["max_connections"],
         raw=yaml.safe_load(text),
         regression=regression,
         artifacts=artifacts,

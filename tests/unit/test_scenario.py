@@ -193,3 +193,15 @@ def test_bad_firewall_blocks(tmp_path, extra, expected):
 def test_a_bad_server_name_is_reported(tmp_path):
     text = VALID.replace("bytes: 4000", "bytes: 4000\n  server_name: '*.wild'")
     assert "7: workload.server_name: expected a host name, got '*.wild'" in problems(tmp_path, text)[0]
+
+
+def test_middlebox_state_bounds_default_to_rfc9312_and_are_configurable(tmp_path):
+    default = load_scenario(write(tmp_path, VALID))
+    assert default.state_idle_timeout_s == 120.0 and default.max_connections == 100_000
+    text = VALID + "middlebox: {idle_timeout_s: 300, max_connections: 5000}\n"
+    scenario = load_scenario(write(tmp_path, text))
+    assert (scenario.state_idle_timeout_s, scenario.max_connections) == (300.0, 5000)
+    bad = VALID + "middlebox: {idle_timeout_s: 0, max_connections: 0}\n"
+    found = problems(tmp_path, bad)
+    assert any("middlebox.idle_timeout_s: expected a number in (0, 86400]" in p for p in found)
+    assert any("middlebox.max_connections: expected an integer 1..10000000" in p for p in found)
