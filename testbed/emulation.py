@@ -99,6 +99,21 @@ class ManagedProcess:
         fields = stat.rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def memory_kib(self) -> dict[str, int] | None:
+        """Resident set now and its peak (/proc/PID/status VmRSS, VmHWM), None once reaped."""
+        try:
+            status = Path(f"/proc/{self.popen.pid}/status").read_text()
+        except OSError:
+            return None
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        try:
+            return {
+                "rss": int(fields["VmRSS"].split()[0]),
+                "peak": int(fields["VmHWM"].split()[0]),
+            }
+        except (KeyError, ValueError, IndexError):
+            return None  # a zombie has no memory lines
+
     def log_tail(self, lines: int = 5) -> str:
         with contextlib.suppress(OSError):
             return " | ".join(

@@ -138,8 +138,8 @@ def reason_category(reason: str) -> str:
     the first colon of a `malformed:` reason), so reasons can be counted."""
     if reason.startswith("malformed"):
         return "malformed"
-    reason = reason.split("(")[0].rstrip(" :")
-    return re.sub(r"\d+(?!-tuple)", "N", reason)
+    reason = re.sub(r"0x[0-9a-fA-F]+", "0xN", reason.split("(")[0].rstrip(" :"))
+    return re.sub(r"\d+(?!-tuple|x)", "N", reason)
 
 
 def flood_effect(decisions: Iterable[dict]) -> dict:

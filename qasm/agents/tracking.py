@@ -5,10 +5,17 @@ accepted, why not, the signed reply to send (if any) and the paths the controlle
 install or remove. A rejected report changes nothing but the counters.
 
 Checks, in order (cheap and unauthenticated first, so a flood costs little):
-size bound → known client → per-client rate → HMAC tag → fields → counter (replay) →
+size bound → known client → HMAC tag → fields → counter (replay) → per-client rate →
 source address belongs to the client → the connection exists and the client owns it (its
 current path is the reported old address, which is one of the client's) → the new address is
 the client's and the next CID is not another connection's.
+
+The rate limit comes after the tag and the replay check: a report that only claims to be from
+a client (forged) or repeats one it sent (replayed) must not spend that client's budget, or a
+flood of them would lock the real client out (found by testbed/apps/flood.py). What bounds the
+cost of unauthenticated reports is the controller's packet-in rate, and one HMAC over at most
+MAX_DATAGRAM bytes is cheap beside parsing the packet-in. Counters are keyed by the reason's
+category, never by text a sender chose, so they stay bounded under garbage.
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ class TrackingAgent:
 
     def receive(self, datagram: bytes, source_ip: str, now: float) -> Report:
         report = self._receive(datagram, source_ip, now)
-        self.counters["accepted" if report.accepted else f"rejected: {report.reason}"] += 1
+        self.counters["accepted" if report.accepted else f"rejected: {_category(report)}"] += 1
         return report
 
     def _receive(self, datagram: bytes, source_ip: str, now: float) -> Report:
@@ -87,8 +94,6 @@ class TrackingAgent:
         key = self.keys.get(client)
         if key is None:
             return Report(False, "unknown client", client)
-        if not self._take_token(client, now):
-            return Report(False, "rate limited", client)
         try:
             message = open_sealed(datagram, key)
         except AgentMessageError as exc:
@@ -101,6 +106,10 @@ class TrackingAgent:
             return Report(False, "duplicate (answered again)", client, last[1])
         if message.counter <= self._last_counter.get(client, -1):
             return self._reject(key, message, "replayed (counter not increasing)")
+        if not self._take_token(client, now):
+            # Not answered (the client retries the same datagram) and the counter not
+            # consumed, so that retry can still be accepted once tokens are back.
+            return Report(False, "rate limited", client)
         self._last_counter[client] = message.counter
         if source_ip not in self.addresses[client]:
             report = self._reject(key, message, f"source {source_ip} is not this client's")
@@ -178,3 +187,9 @@ class TrackingAgent:
     @staticmethod
     def _ack(key: bytes, message: Announce | Retire, accepted: bool, reason: str) -> bytes:
         return seal(Ack(message.client, message.counter, accepted, reason[:200]), key)
+
+
+def _category(report: Report) -> str:
+    """The rejection reason without sender-chosen text: a `malformed: FIELD: ...` reason
+    quotes the offending value, and unverified senders pick those freely."""
+    return report.reason.split(":")[0] if report.reason.startswith("malformed") else report.reason

@@ -40,6 +40,9 @@ CONF.register_cli_opts(
     ]
 )
 EXIT_HANDLER_CRASHED = 70
+# At most this often, a `stats` line (table and counter sizes) joins the decision log; written
+# from the event thread, so it never reads the tables while a handler changes them.
+STATS_INTERVAL_S = 1.0
 
 
 def kill_on_exception(handler):
@@ -63,6 +66,7 @@ class MiddleboxApp(app_manager.OSKenApp):
         with open(CONF.qasm_config, encoding="utf-8") as stream:
             self.middlebox = Middlebox(MiddleboxConfig.from_json(stream.read()))
         self.decision_log = open(CONF.qasm_decision_log, "a", encoding="utf-8")  # noqa: SIM115
+        self._stats_at = float("-inf")
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     @kill_on_exception
@@ -85,7 +89,23 @@ class MiddleboxApp(app_manager.OSKenApp):
                 datapath.send_msg(openflow_message)
         record = {"t": time.monotonic(), **decision.record}
         self.decision_log.write(json.dumps(record) + "\n")
+        if record["t"] - self._stats_at >= STATS_INTERVAL_S:
+            self._stats_at = record["t"]
+            stats = {"t": record["t"], **self.middlebox.stats(), "rss_kib": _rss_kib()}
+            self.decision_log.write(json.dumps(stats) + "\n")
         self.decision_log.flush()
+
+
+def _rss_kib() -> int | None:
+    """This process's resident set (Linux /proc), to see whether anything grows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def _to_openflow(datapath, message) -> list:

@@ -1,0 +1,329 @@
+"""Garbage flooder: malformed QUIC to the service and forged agent reports, at a set rate.
+
+    python -m testbed.apps.flood --source-ip IP --service IP:PORT --pps N --out FILE
+        [--agent IP:PORT --agent-client ID] [--seed S] [--duration S]
+
+Run on an emulated host while a real transfer goes on, it tests that the middlebox survives
+what an attacker on the client's network can send (RFC 9312 §4.7: a middlebox must expect
+anything). Every packet is built by hand and sent through one raw IPv4 socket bound to
+`--source-ip` (so policy routing picks that address's interface), from a random source port
+below the kernel's ephemeral range (1024..32767), so it never takes a real client's 5-tuple.
+
+To the service port (every variant):
+- `truncated`: 0..24 random bytes, shorter than any QUIC header;
+- `garbage`: 25..1400 random bytes;
+- `bad_long_header`: a QUIC v1 long header whose DCID length exceeds 20 (RFC 9000 §17.2) or
+  whose Length field runs past the datagram, half of them padded to an Initial's 1200 bytes;
+- `random_cid_short`: short headers (RFC 9000 §17.3) with random 8-byte DCIDs, i.e. what a
+  migrated packet of an unknown connection looks like;
+- `bad_udp_length`: a UDP header whose length field disagrees with the IP packet.
+To the Tracking Agent (with `--agent`; qasm/agents/messages.py is the format):
+- `forged`: well-formed announcements for `--agent-client` with a random HMAC tag;
+- `malformed_report`: a tag and a body that is not JSON, or JSON with wrong field types;
+- `oversized_report`: 513..1400 bytes, above the agent's datagram bound;
+- `unknown_client`: a well-formed body naming a client without a key;
+- `replayed`: the real client's own reports, captured on this host (a packet socket with a BPF
+  filter) and sent again at least REPLAY_DELAY_S later, so the original always arrives first.
+
+SIGTERM (or `--duration`) ends it; it then writes one JSON object: packets sent per kind,
+send errors, the achieved rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import json
+import random
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+
+from testbed.apps.server import parse_address
+
+# Flood source ports stay below Linux's default ephemeral range (32768..60999), where the
+# real client's sockets live; the capture filter tells the two apart by that.
+FLOOD_PORTS = (1024, 32767)
+EPHEMERAL_FIRST = 32768
+TICK_S = 0.005
+REPLAY_DELAY_S = 1.0
+MAX_CAPTURED = 64
+SERVICE_KINDS = {
+    "truncated": 15,
+    "garbage": 15,
+    "bad_long_header": 10,
+    "random_cid_short": 15,
+    "bad_udp_length": 5,
+}
+AGENT_KINDS = {
+    "forged": 15,
+    "malformed_report": 8,
+    "oversized_report": 5,
+    "unknown_client": 4,
+    "replayed": 8,
+}
+_ETH_P_ALL = 0x0003
+_SO_ATTACH_FILTER = 26
+
+
+def _ipv4_udp(
+    src: str, sport: int, dst: str, dport: int, payload: bytes, udp_length: int | None = None
+) -> bytes:
+    """IPv4 + UDP; the kernel fills the IP checksum, ID and total length (raw(7)). UDP
+    checksum 0: optional over IPv4 (RFC 768)."""
+    length = 8 + len(payload) if udp_length is None else udp_length
+    udp = struct.pack("!HHHH", sport, dport, length & 0xFFFF, 0)
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0, 64, socket.IPPROTO_UDP, 0,
+        socket.inet_aton(src), socket.inet_aton(dst),
+    )  # fmt: skip
+    return header + udp + payload
+
+
+class PacketFactory:
+    """Builds one datagram payload (or whole IP packet) of each kind; seeded."""
+
+    def __init__(self, rng: random.Random, agent_client: str | None) -> None:
+        self.rng = rng
+        self.agent_client = agent_client
+
+    def _bytes(self, low: int, high: int) -> bytes:
+        return self.rng.randbytes(self.rng.randint(low, high))
+
+    def truncated(self) -> bytes:
+        return self._bytes(0, 24)
+
+    def garbage(self) -> bytes:
+        return self._bytes(25, 1400)
+
+    def bad_long_header(self) -> bytes:
+        rng = self.rng
+        first = 0xC0 | rng.randrange(0x40)  # long header, fixed bit, any type
+        version = struct.pack("!I", 1)
+        if rng.random() < 0.5:
+            # DCID length above 20: invalid for QUIC v1 (RFC 9000 §17.2).
+            dcid_len = rng.randint(21, 255)
+            body = bytes([dcid_len]) + rng.randbytes(min(dcid_len, 40))
+        else:
+            # Initial with a Length (2-byte varint) far beyond what follows.
+            body = bytes([8]) + rng.randbytes(8) + bytes([8]) + rng.randbytes(8)
+            body += b"\x00" + struct.pack("!H", 0x4000 | rng.randint(2000, 0x3FFF))
+            first = 0xC0 | rng.randrange(0x10)  # type Initial
+        packet = bytes([first]) + version + body + self._bytes(0, 40)
+        if rng.random() < 0.5:
+            packet += bytes(max(0, 1200 - len(packet)))  # an Initial's minimum size
+        return packet
+
+    def random_cid_short(self) -> bytes:
+        return bytes([0x40 | self.rng.randrange(0x40)]) + self._bytes(8 + 20, 8 + 1200)
+
+    def _report_body(self, client: str) -> dict:
+        rng = self.rng
+        return {
+            "v": 1, "client": client, "counter": rng.randrange(1, 2**40), "type": "announce",
+            "conn": rng.randbytes(8).hex(), "next_cid": rng.randbytes(8).hex(),
+            "old": ["10.0.1.1", rng.randint(1024, 65535)],
+            "new": ["10.0.1.1", rng.randint(1024, 65535)],
+        }  # fmt: skip
+
+    def forged(self) -> bytes:
+        body = json.dumps(self._report_body(self.agent_client), separators=(",", ":"))
+        return self.rng.randbytes(32) + body.encode()
+
+    def malformed_report(self) -> bytes:
+        rng = self.rng
+        choice = rng.randrange(4)
+        if choice == 0:
+            return rng.randbytes(32) + self._bytes(1, 200)  # not JSON
+        if choice == 1:
+            return self._bytes(0, 32)  # no body at all
+        body = self._report_body(self.agent_client)
+        if choice == 2:
+            body["counter"] = rng.choice(["1", -5, 1.5, None, [1]])
+        else:
+            body["old"] = rng.choice([["999.1.1.1", 5], ["10.0.1.1", 70000], "x", []])
+        return rng.randbytes(32) + json.dumps(body).encode()
+
+    def oversized_report(self) -> bytes:
+        body = json.dumps({**self._report_body(self.agent_client), "pad": "x" * 1200})
+        return self.rng.randbytes(32) + body.encode()[: self.rng.randint(513 - 32, 1400)]
+
+    def unknown_client(self) -> bytes:
+        client = f"intruder{self.rng.randrange(10**6)}"
+        return self.rng.randbytes(32) + json.dumps(self._report_body(client)).encode()
+
+
+class ReportCapture:
+    """The real client's reports to the Tracking Agent, seen on this host's interfaces."""
+
+    def __init__(self, agent: tuple[str, int]) -> None:
+        self.reports: collections.deque[tuple[float, bytes]] = collections.deque(
+            maxlen=MAX_CAPTURED
+        )
+        self._socket = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(_ETH_P_ALL))
+        self._attach_filter(*agent)
+        self._socket.settimeout(0.2)
+        self.stopped = threading.Event()
+        self.error: str | None = None  # why capturing stopped early, if it did
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _attach_filter(self, ip: str, port: int) -> None:
+        """Classic BPF over the IP header (a SOCK_DGRAM packet socket starts there): IPv4 UDP
+        to the agent, from an ephemeral source port (not ours). The socket is ETH_P_ALL
+        because only those see a host's outgoing packets (dev_queue_xmit_nit), so the
+        filter checks the IP version itself."""
+        (agent_ip,) = struct.unpack("!I", socket.inet_aton(ip))
+        ld_w, ld_b, ld_h_ind, ldx_msh, and_k = 0x20, 0x30, 0x48, 0xB1, 0x54
+        jeq, jge, ret = 0x15, 0x35, 0x06
+        # (code, jump if true, jump if false, k); a jump skips that many instructions, so
+        # every failed check lands on the last one, "ret 0" (drop).
+        program = [
+            (ld_b, 0, 0, 0), (and_k, 0, 0, 0xF0), (jeq, 0, 10, 0x40),  # IPv4
+            (ld_w, 0, 0, 16), (jeq, 0, 8, agent_ip),  # destination address
+            (ld_b, 0, 0, 9), (jeq, 0, 6, socket.IPPROTO_UDP),
+            (ldx_msh, 0, 0, 0),  # X = IP header length
+            (ld_h_ind, 0, 0, 2), (jeq, 0, 3, port),  # UDP destination port
+            (ld_h_ind, 0, 0, 0), (jge, 0, 1, EPHEMERAL_FIRST),  # UDP source port
+            (ret, 0, 0, 65535), (ret, 0, 0, 0),
+        ]  # fmt: skip
+        raw = b"".join(struct.pack("HBBI", *instruction) for instruction in program)
+        buffer = ctypes.create_string_buffer(raw)
+        fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))
+        self._filter_buffer = buffer  # must outlive the setsockopt call
+        self._socket.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                packet = self._socket.recv(2048)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                self.error = str(exc)
+                return
+            header_len = (packet[0] & 0x0F) * 4
+            self.reports.append((time.monotonic(), packet[header_len + 8 :]))
+
+    def replayable(self, now: float) -> list[bytes]:
+        return [payload for seen, payload in list(self.reports) if now - seen >= REPLAY_DELAY_S]
+
+    def close(self) -> None:
+        self.stopped.set()
+        self._thread.join(1.0)
+        self._socket.close()
+
+
+class Flooder:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.service = parse_address(args.service)
+        self.agent = parse_address(args.agent) if args.agent else None
+        self.factory = PacketFactory(self.rng, args.agent_client)
+        self.capture = ReportCapture(self.agent) if self.agent else None
+        weights = dict(SERVICE_KINDS)
+        if self.agent:
+            weights.update(AGENT_KINDS)
+        self.kinds, self.weights = list(weights), list(weights.values())
+        self.sent: collections.Counter = collections.Counter()
+        self.skipped: collections.Counter = collections.Counter()
+        self.errors: collections.Counter = collections.Counter()
+        self.stop = threading.Event()
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self._socket.bind((args.source_ip, 0))
+
+    def _packet(self, kind: str, now: float) -> tuple[bytes, str] | None:
+        """(IP packet, destination address), or None when nothing of that kind is ready."""
+        src, sport = self.args.source_ip, self.rng.randint(*FLOOD_PORTS)
+        if kind in SERVICE_KINDS:
+            ip, port = self.service
+            if kind == "bad_udp_length":
+                payload = self.factory.random_cid_short()
+                wrong = self.rng.choice([0, 7, 8 + len(payload) + self.rng.randint(1, 500)])
+                return _ipv4_udp(src, sport, ip, port, payload, udp_length=wrong), ip
+            payload = getattr(self.factory, kind)()
+            return _ipv4_udp(src, sport, ip, port, payload), ip
+        ip, port = self.agent
+        if kind == "replayed":
+            captured = self.capture.replayable(now)
+            if not captured:
+                return None
+            payload = self.rng.choice(captured)
+        else:
+            payload = getattr(self.factory, kind)()
+        return _ipv4_udp(src, sport, ip, port, payload), ip
+
+    def run(self) -> dict:
+        started = time.monotonic()
+        deadline = started + self.args.duration if self.args.duration else None
+        total = 0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            due = int((now - started) * self.args.pps) - total
+            for kind in self.rng.choices(self.kinds, self.weights, k=max(0, due)):
+                total += 1
+                built = self._packet(kind, now)
+                if built is None:
+                    self.skipped[kind] += 1
+                    continue
+                try:
+                    self._socket.sendto(built[0], (built[1], 0))
+                    self.sent[kind] += 1
+                except OSError as exc:
+                    self.errors[exc.strerror or str(exc.errno)] += 1
+            self.stop.wait(TICK_S)
+        ended = time.monotonic()
+        if self.capture:
+            self.capture.close()
+        sent = sum(self.sent.values())
+        return {
+            "pps": self.args.pps,
+            "source_ip": self.args.source_ip,
+            "started_at": started,
+            "ended_at": ended,
+            "sent": dict(self.sent),
+            "sent_total": sent,
+            "achieved_pps": sent / (ended - started) if ended > started else 0.0,
+            "skipped": dict(self.skipped),  # replays before any real report was captured
+            "send_errors": dict(self.errors),
+            "captured_reports": len(self.capture.reports) if self.capture else 0,
+            "capture_error": self.capture.error if self.capture else None,
+        }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source-ip", required=True, help="this host's address to send from")
+    parser.add_argument("--service", required=True, help="IPv4:PORT of the QUIC service")
+    parser.add_argument("--agent", help="Tracking Agent IPv4:PORT (adds forged reports)")
+    parser.add_argument("--agent-client", default="c1", help="client id forged reports claim")
+    parser.add_argument("--pps", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--duration", type=float, help="seconds (default: until SIGTERM)")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if args.pps <= 0:
+        parser.error("--pps must be positive")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    flooder = Flooder(args)
+    signal.signal(signal.SIGTERM, lambda *_: flooder.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: flooder.stop.set())
+    report = flooder.run()
+    with open(args.out, "w", encoding="utf-8") as stream:
+        json.dump(report, stream)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
