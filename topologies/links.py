@@ -526,6 +526,10 @@ PROBE = struct.Struct("!Idd")  # sequence, sender's send time, echo's receive ti
 # Beyond the asked round trip: the unimpaired veth pair answers within a millisecond; the
 # rest is scheduling slack on a loaded 2-core machine.
 REPLY_WAIT_S = 0.3
+# The prober tells the echo it is done, so a measurement does not wait out the echo's
+# deadline (1.5 s each); several copies, as the link under test may drop some.
+STOP = b"stop"
+STOP_COPIES = 8
 
 
 @dataclass
@@ -619,6 +623,8 @@ def echo_main(bind: str, duration_s: float) -> dict:
                 data, peer = sock.recvfrom(65535)
             except TimeoutError:
                 break
+            if data == STOP:
+                break
             if len(data) < PROBE.size:
                 continue
             received += 1
@@ -656,6 +662,9 @@ def probe_main(target: str, count: int, interval_s: float, size: int, wait_s: fl
                 sequence, sent_at, echoed_at = PROBE.unpack_from(data)
                 forward[sequence] = (echoed_at - sent_at) * 1000
                 backward[sequence] = (arrived - echoed_at) * 1000
+        for _ in range(STOP_COPIES):
+            with contextlib.suppress(OSError):
+                sock.send(STOP)
     return {
         "sent": sent,
         "forward_ms": list(forward.values()),
@@ -730,6 +739,7 @@ def measure_fidelity(
     size: int = 200,
     method: str | None = None,
     spread_for_jitter: bool = True,
+    max_probing_s: float | None = None,
 ) -> list[Fidelity]:
     """Asked vs measured per direction on a fresh namespace pair, conditions on side 0.
 
@@ -738,7 +748,8 @@ def measure_fidelity(
     unimpaired link's (measured first). Forward loss comes from the echo's own count.
     With `spread_for_jitter`, probes of a jittered case are sent at least 2 × jitter + 1 ms
     apart: closer packets are held back by FIFO order (no reordering), which raises the mean
-    and narrows the spread, and that would hide whether the asked distribution is honoured.
+    and narrows the spread, and that would hide whether the asked distribution is honoured;
+    `max_probing_s` then bounds that case's probing time by sending fewer probes.
     """
     method = method or emulation_method()
     results = []
@@ -750,14 +761,17 @@ def measure_fidelity(
         var_backward = statistics.pvariance(base["backward_ms"])
         for conditions in cases:
             interval = interval_s
+            count = probes
             if spread_for_jitter and conditions.jitter_ms:
                 interval = max(interval_s, (2 * conditions.jitter_ms + 1) / 1000)
+                if max_probing_s is not None:  # fewer, spread probes: a time budget per case
+                    count = max(1, min(probes, int(max_probing_s / interval)))
             with apply_link_conditions(
                 pair.interfaces[0], conditions, pair.popen(0), method=method, seed=1
             ):
                 # Replies still in flight after the last probe: a round trip at most.
                 wait = REPLY_WAIT_S + 2 * (conditions.delay_ms + conditions.jitter_ms) / 1000
-                raw = _measure(pair, probes, interval, size, wait)
+                raw = _measure(pair, count, interval, size, wait)
             results.append(
                 Fidelity(
                     asked=conditions,
