@@ -1,0 +1,101 @@
+"""scenarios/dos.yaml on the real emulation: one QUIC connection rebinds to a new UDP source
+port every 0.3 s through a rate limiter and an 8-port NAT, in every variant. What each
+variant's rate limiter and NAT make of it, judged from the records."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+
+import pytest
+
+from testbed.apps.client import OLD_SOCKET_GRACE_S
+from testbed.scenario import load_scenario
+from tests.integration.conftest import (
+    QASM,
+    REPOSITORY,
+    assert_controller_logged_no_exception,
+    read_records,
+)
+
+pytestmark = pytest.mark.integration
+SCENARIO = REPOSITORY / "scenarios" / "dos.yaml"
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return load_scenario(SCENARIO)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("dos")
+    result = subprocess.run(
+        [*QASM, "run", str(SCENARIO), "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=900, cwd=REPOSITORY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert_controller_logged_no_exception(run_dir)
+    return {r["variant"]: r for r in read_records(run_dir)}
+
+
+def test_every_variant_keeps_rebinding_while_it_sends(records, scenario):
+    for variant, record in records.items():
+        instants = record["migration_instants_s"]
+        assert record["migrations"] == len(instants) >= 2, variant
+        gaps = [b - a for a, b in zip(instants, instants[1:], strict=False)]
+        assert min(gaps) >= scenario.migration.repeat_every_s - 0.01, (variant, gaps)
+
+
+def test_baseline_has_neither_limit_nor_nat_and_completes(records):
+    record = records["baseline"]
+    assert record["completed"] and record["verified"], record["failure"]
+    assert record["leakage_bytes"] is None and record["nat_mappings"] is None
+
+
+def test_qasm_keeps_one_bucket_and_releases_every_retired_port(records, scenario):
+    record = records["qasm"]
+    assert record["completed"] and record["verified"], record["failure"]
+    assert record["leakage_bytes"] == 0
+    assert record["nat_pool_exhausted"] == 0
+    # The transfer outlasts many rebinds: (bytes - burst) at the limited rate.
+    rate_bytes = scenario.ratelimit.rate_kbps * 1000 / 8
+    burst_bytes = scenario.ratelimit.burst_kbit * 1000 / 8
+    least_s = (scenario.bytes - burst_bytes) / rate_bytes - scenario.migration.at_seconds
+    assert record["migrations"] >= least_s / scenario.migration.repeat_every_s / 2
+    # Every rebind was announced and its old path retired, and the Tracking Agent took all.
+    exchanges = record["agent_exchanges"]
+    assert [e["what"] for e in exchanges].count("announce") == record["migrations"]
+    assert [e["what"] for e in exchanges].count("retire") == record["migrations"]
+    assert all(e["accepted"] for e in exchanges), exchanges
+    # Only live paths hold a port: the current one and those whose old socket is still in
+    # its grace period (plus one in flight); one at the end.
+    live = 2 + math.ceil(OLD_SOCKET_GRACE_S / scenario.migration.repeat_every_s)
+    assert record["nat_mappings_peak"] <= min(live, scenario.nat_ports)
+    assert record["nat_mappings"] == 1
+
+
+@pytest.mark.parametrize("variant", ["tuple", "cid"])
+def test_without_the_agent_the_nat_never_learns_a_path_died_and_runs_out(
+    records, scenario, variant
+):
+    record = records[variant]
+    ports = scenario.nat_ports
+    assert record["migrations"] >= ports  # more paths than ports were tried
+    assert record["nat_mappings"] == record["nat_mappings_peak"] == ports
+    assert record["nat_pool_exhausted"] > 0
+    # The next path got no port, so the connection broke, and the record says why.
+    assert not record["completed"]
+    assert "NAT port pool exhausted" in record["failure"]
+
+
+def test_a_fresh_bucket_per_port_leaks_only_for_tuple(records):
+    # tuple: every port is a new connection with its own meter; cid follows the DCID.
+    assert records["tuple"]["leakage_bytes"] > 0
+    assert records["cid"]["leakage_bytes"] == 0
+
+
+def test_completion_goes_with_the_pool_not_running_out(records):
+    for variant, record in records.items():
+        if record["nat_pool_exhausted"] is not None:
+            assert record["completed"] == (record["nat_pool_exhausted"] == 0), variant
