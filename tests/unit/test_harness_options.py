@@ -128,3 +128,34 @@ def test_qlog_of_a_connection_still_open_is_written_on_close(tmp_path):
     assert any(e["name"] == "transport:packet_sent" for e in trace["events"])
     qlog.close()  # idempotent: nothing left to write
     assert len(list((tmp_path / "qlog").iterdir())) == 1
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_clean_gives_a_crashed_runs_pinned_daemon_its_cpus_back(tmp_path, monkeypatch):
+    from testbed import ownership
+    from testbed.ownership import OwnedProcess, RunRecord, clean_dead_runs, process_start_time
+
+    monkeypatch.setattr(ownership, "STATE_DIR", tmp_path)
+    cpus = sorted(os.sched_getaffinity(0))
+    daemon = subprocess.Popen(["sleep", "60"], preexec_fn=pin_in_child((cpus[0],)))
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    try:
+        start = process_start_time(daemon.pid)
+        record = RunRecord("qcrsh", OwnedProcess(finished.pid, 1, "runner"), "/tmp/x")
+        record.pinned = {
+            "process": {"pid": daemon.pid, "start_time": start + 1, "what": "ovs-vswitchd"},
+            "saved": {str(daemon.pid): cpus},
+        }
+        record.save()
+        clean_dead_runs()  # a different process now has that pid: left alone
+        assert os.sched_getaffinity(daemon.pid) == {cpus[0]}
+        record.pinned["process"]["start_time"] = start
+        record.save()
+        (line,) = clean_dead_runs()
+        assert f"cpu pinning of process {daemon.pid} (ovs-vswitchd)" in line
+        assert os.sched_getaffinity(daemon.pid) == set(cpus)
+        assert daemon.poll() is None  # restored, not killed: it is not the run's
+    finally:
+        daemon.kill()
+        daemon.wait()
