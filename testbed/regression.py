@@ -43,6 +43,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.rundir import read_json_object
 from testbed.summary import COMPARISONS, COUNTERS
 
 REFERENCE_SCHEMA_VERSION = 1
@@ -299,20 +300,9 @@ def build_reference(run, summary: dict) -> dict:
 
 
 def load_reference(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ReferenceError(
-            f"{path}:1: (file): expected a reference (missing; write one with --update)"
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ReferenceError(f"{path}:1: (file): expected a readable file ({exc})") from exc
-    try:
-        reference = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReferenceError(f"{path}:{exc.lineno}: (syntax): expected JSON ({exc.msg})") from exc
-    if not isinstance(reference, dict):
-        raise ReferenceError(f"{path}:1: (top level): expected a JSON object")
+    reference = read_json_object(
+        path, ReferenceError, "a reference (missing; write one with --update)"
+    )
     if reference.get("schema_version") != REFERENCE_SCHEMA_VERSION:
         raise ReferenceError(
             f"{path}:1: schema_version: expected {REFERENCE_SCHEMA_VERSION}, "

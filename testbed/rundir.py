@@ -116,24 +116,33 @@ def check_record(record, where: str) -> None:
             )
 
 
+def read_text_file(path: Path, error: type[ValueError], expected: str) -> str:
+    """The file's text, or `error` naming the file: what was `expected` when it is missing."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise error(f"{path}:1: (file): expected {expected}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}:1: (file): expected a readable file ({exc})") from exc
+
+
+def read_json_object(path: Path, error: type[ValueError], expected: str) -> dict:
+    """A JSON object from a file, or `error` naming the file and the line of a syntax error."""
+    text = read_text_file(path, error, expected)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}:{exc.lineno}: (syntax): expected JSON ({exc.msg})") from exc
+    if not isinstance(value, dict):
+        raise error(f"{path}:1: (top level): expected a JSON object")
+    return value
+
+
 def _read_metadata(path: Path) -> dict:
     metadata_path = path / "metadata.json"
-    try:
-        text = metadata_path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise RunDirError(
-            f"{metadata_path}:1: (file): expected a run directory written by `qasm run` (missing)"
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{metadata_path}:1: (file): expected a readable file ({exc})") from exc
-    try:
-        metadata = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RunDirError(
-            f"{metadata_path}:{exc.lineno}: (syntax): expected JSON ({exc.msg})"
-        ) from exc
-    if not isinstance(metadata, dict):
-        raise RunDirError(f"{metadata_path}:1: (top level): expected a JSON object")
+    metadata = read_json_object(
+        metadata_path, RunDirError, "a run directory written by `qasm run` (missing)"
+    )
     for name in ("scenario", "status"):
         if not isinstance(metadata.get(name), str):
             raise RunDirError(f"{metadata_path}:1: {name}: expected a string (missing)")
@@ -147,14 +156,7 @@ def load_run(path: str | Path) -> RunDir:
         raise RunDirError(f"{path}:1: (directory): expected a run directory (not found)")
     metadata = _read_metadata(path)
     records_path = path / "records.jsonl"
-    try:
-        text = records_path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise RunDirError(
-            f"{records_path}:1: (file): expected the records of the run (missing)"
-        ) from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{records_path}:1: (file): expected a readable file ({exc})") from exc
+    text = read_text_file(records_path, RunDirError, "the records of the run (missing)")
     run = RunDir(path, metadata, [])
     lines = text.split("\n")
     for number, line in enumerate(lines, start=1):

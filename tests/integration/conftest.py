@@ -60,6 +60,19 @@ def leftovers(prefix: str) -> list[str]:
     return found
 
 
+def run_scenario(scenario: Path, run_dir: Path, timeout_s: float = 900) -> str:
+    """`qasm run SCENARIO --out RUN_DIR` on the real emulation; asserts the experiment ran
+    (exit 0: exit 1 would be an infrastructure failure such as a dead controller) and the
+    controller logged no exception. Returns what the run printed."""
+    result = subprocess.run(
+        [*QASM, "run", str(scenario), "--out", str(run_dir)],
+        capture_output=True, text=True, timeout=timeout_s, cwd=REPOSITORY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert_controller_logged_no_exception(run_dir)
+    return result.stdout
+
+
 def assert_controller_logged_no_exception(run_dir: Path) -> None:
     for log in run_dir.glob("artifacts/*/controller.log"):
         assert "Traceback" not in log.read_text(), f"{log} has an exception"
@@ -70,12 +83,7 @@ def matrix_run(tmp_path_factory) -> Path:
     """scenarios/matrix.yaml run once: every function x variant x kind, shared by the
     per-function test modules (running each function's own scenario would repeat it)."""
     run_dir = tmp_path_factory.mktemp("matrix")
-    result = subprocess.run(
-        [*QASM, "run", str(REPOSITORY / "scenarios" / "matrix.yaml"), "--out", str(run_dir)],
-        capture_output=True, text=True, timeout=1500, cwd=REPOSITORY,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert_controller_logged_no_exception(run_dir)
+    run_scenario(REPOSITORY / "scenarios" / "matrix.yaml", run_dir, timeout_s=1500)
     return run_dir
 
 

@@ -3,16 +3,9 @@ through the qasm firewall and the baseline, on the real emulation."""
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
-from tests.integration.conftest import (
-    QASM,
-    REPOSITORY,
-    assert_controller_logged_no_exception,
-    read_records,
-)
+from tests.integration.conftest import REPOSITORY, read_records, run_scenario
 
 pytestmark = pytest.mark.integration
 CLIENTS = 20
@@ -21,13 +14,8 @@ CLIENTS = 20
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("clients")
-    result = subprocess.run(
-        [*QASM, "run", str(REPOSITORY / "scenarios" / "clients.yaml"), "--out", str(run_dir)],
-        capture_output=True, text=True, timeout=900, cwd=REPOSITORY,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert f"{CLIENTS}/{CLIENTS} ok" in result.stdout
-    assert_controller_logged_no_exception(run_dir)
+    printed = run_scenario(REPOSITORY / "scenarios" / "clients.yaml", run_dir)
+    assert f"{CLIENTS}/{CLIENTS} ok" in printed
     return read_records(run_dir)
 
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from tests.integration.conftest import (
-    QASM,
     REPOSITORY,
     assert_controller_logged_no_exception,
     read_records,
+    run_scenario,
 )
 
 pytestmark = pytest.mark.integration
@@ -20,12 +19,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def default_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("default")
-    result = subprocess.run(
-        [*QASM, "run", str(REPOSITORY / "scenarios" / "default.yaml"), "--out", str(run_dir)],
-        capture_output=True, text=True, timeout=600, cwd=REPOSITORY,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return run_dir, result.stdout
+    printed = run_scenario(REPOSITORY / "scenarios" / "default.yaml", run_dir, timeout_s=600)
+    return run_dir, printed
 
 
 def _record(records, variant, kind):

@@ -5,18 +5,12 @@ variant's rate limiter and NAT make of it, judged from the records."""
 from __future__ import annotations
 
 import math
-import subprocess
 
 import pytest
 
 from testbed.apps.client import OLD_SOCKET_GRACE_S
 from testbed.scenario import load_scenario
-from tests.integration.conftest import (
-    QASM,
-    REPOSITORY,
-    assert_controller_logged_no_exception,
-    read_records,
-)
+from tests.integration.conftest import REPOSITORY, read_records, run_scenario
 
 pytestmark = pytest.mark.integration
 SCENARIO = REPOSITORY / "scenarios" / "dos.yaml"
@@ -30,12 +24,7 @@ def scenario():
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("dos")
-    result = subprocess.run(
-        [*QASM, "run", str(SCENARIO), "--out", str(run_dir)],
-        capture_output=True, text=True, timeout=900, cwd=REPOSITORY,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert_controller_logged_no_exception(run_dir)
+    run_scenario(SCENARIO, run_dir)
     return {r["variant"]: r for r in read_records(run_dir)}
 
 

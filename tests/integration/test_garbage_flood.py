@@ -8,18 +8,12 @@ garbage be dropped or rejected and counted."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from testbed.apps.flood import AGENT_KINDS, SERVICE_KINDS
 from testbed.scenario import load_scenario
-from tests.integration.conftest import (
-    QASM,
-    REPOSITORY,
-    assert_controller_logged_no_exception,
-    read_records,
-)
+from tests.integration.conftest import REPOSITORY, read_records, run_scenario
 
 pytestmark = pytest.mark.integration
 SCENARIO = REPOSITORY / "scenarios" / "flood.yaml"
@@ -31,13 +25,8 @@ MAX_RSS_GROWTH_KIB = 8 * 1024
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("flood")
-    result = subprocess.run(
-        [*QASM, "run", str(SCENARIO), "--out", str(run_dir)],
-        capture_output=True, text=True, timeout=600, cwd=REPOSITORY,
-    )  # fmt: skip
-    # Exit 1 would mean an infrastructure failure, e.g. the controller died under the flood.
-    assert result.returncode == 0, result.stderr
-    assert_controller_logged_no_exception(run_dir)
+    # run_scenario asserts exit 0: a controller that died under the flood would be exit 1.
+    run_scenario(SCENARIO, run_dir, timeout_s=600)
     (record,) = read_records(run_dir)
     (decision_log,) = run_dir.glob("artifacts/*/decisions.jsonl")
     decisions = [json.loads(line) for line in decision_log.read_text().splitlines()]

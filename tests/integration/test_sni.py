@@ -5,16 +5,10 @@ one opens and, with cid or qasm, keeps its admission across the migration."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
-from tests.integration.conftest import (
-    QASM,
-    REPOSITORY,
-    assert_controller_logged_no_exception,
-    read_records,
-)
+from tests.integration.conftest import REPOSITORY, read_records, run_scenario
 
 pytestmark = pytest.mark.integration
 BLOCKED, ALLOWED = "video.blocked.example", "video.allowed.example"
@@ -24,12 +18,7 @@ STATEFUL = ("tuple", "cid", "qasm")
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sni")
-    result = subprocess.run(
-        [*QASM, "run", str(REPOSITORY / "scenarios" / "sni.yaml"), "--out", str(run_dir)],
-        capture_output=True, text=True, timeout=600, cwd=REPOSITORY,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert_controller_logged_no_exception(run_dir)
+    run_scenario(REPOSITORY / "scenarios" / "sni.yaml", run_dir, timeout_s=600)
     records = {
         (r["parameters"]["workload.server_name"], r["variant"]): r for r in read_records(run_dir)
     }
