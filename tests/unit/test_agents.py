@@ -45,7 +45,14 @@ def _sealed_body(body: dict) -> bytes:
     return hmac.new(KEY, raw, hashlib.sha256).digest() + raw
 
 
-GOOD = {"v": 1, "client": "c1", "counter": 1, "type": "retire", "conn": "0102", "path": ["10.0.1.1", 5]}
+GOOD = {
+    "v": 1,
+    "client": "c1",
+    "counter": 1,
+    "type": "retire",
+    "conn": "0102",
+    "path": ["10.0.1.1", 5],
+}
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,9 @@ def test_plain_stream_gets_one_line_per_finished_run_with_eta():
     progress.end(2, "qasm active rep 0", "FAILED (idle timeout)", 30.0)
     first, second = stream.getvalue().splitlines()
     assert first == "[1/4] baseline active rep 0: ok (30.0 s; elapsed 0:30, ETA 1:30)"
-    assert second == "[2/4] qasm active rep 0: FAILED (idle timeout) (30.0 s; elapsed 1:00, ETA 1:00)"
+    assert (
+        second == "[2/4] qasm active rep 0: FAILED (idle timeout) (30.0 s; elapsed 1:00, ETA 1:00)"
+    )
     assert "\r" not in stream.getvalue()
 
 
@@ -42,4 +44,6 @@ def test_terminal_shows_the_running_run_and_replaces_it():
     assert stream.getvalue().endswith("[1/2] tuple nat-rebind rep 1 running… (elapsed 0:00, ETA ?)")
     clock.now = 3725.0
     progress.end(1, "tuple nat-rebind rep 1", "ok", 3725.0)
-    assert stream.getvalue().endswith("\r\033[K[1/2] tuple nat-rebind rep 1: ok (3725.0 s; elapsed 1:02:05, ETA 1:02:05)\n")
+    assert stream.getvalue().endswith(
+        "\r\033[K[1/2] tuple nat-rebind rep 1: ok (3725.0 s; elapsed 1:02:05, ETA 1:02:05)\n"
+    )

@@ -59,7 +59,10 @@ def test_minimal_scenario_gets_defaults(tmp_path):
         (VALID.replace("clients: 1", "clients: one"), "4: topology.clients: expected an integer"),
         (VALID.replace("bytes: 4000", "bytes: -5"), "6: workload.bytes: expected an integer"),
         (VALID.replace("tuple]", "tupel]"), "1: variants: expected one of baseline, tuple"),
-        (VALID.replace("at_bytes: 1000", "at_bytes: 4000"), "9: migration.at_bytes: expected at_bytes + spread less"),
+        (
+            VALID.replace("at_bytes: 1000", "at_bytes: 4000"),
+            "9: migration.at_bytes: expected at_bytes + spread less",
+        ),
         (VALID.replace("kind: active", "kind: teleport"), "8: migration.kind: expected one of"),
         (VALID.replace("name: dualhomed", "name: ring"), "3: topology.name: expected one of"),
         (VALID.replace("  clients: 1\n", "  clients: 1\n  clients: 2\n"), "duplicate key"),
@@ -139,10 +142,19 @@ def test_sweep_over_functions_offers_quic_lb_only_where_it_balances(tmp_path):
 @pytest.mark.parametrize(
     ("sweep", "expected"),
     [
-        ("sweep:\n  topology.clients: [1, 500]\n", "11: topology.clients: expected an integer 1..100"),
-        ("sweep:\n  variants: [[baseline]]\n", "11: sweep.variants: expected a key under firewall, functions"),
+        (
+            "sweep:\n  topology.clients: [1, 500]\n",
+            "11: topology.clients: expected an integer 1..100",
+        ),
+        (
+            "sweep:\n  variants: [[baseline]]\n",
+            "11: sweep.variants: expected a key under firewall, functions",
+        ),
         ("sweep:\n  workload.bytes: []\n", "11: sweep.workload.bytes: expected a non-empty list"),
-        ("sweep:\n  workload.bytes: [5, 5]\n", "11: sweep.workload.bytes: expected each value once"),
+        (
+            "sweep:\n  workload.bytes: [5, 5]\n",
+            "11: sweep.workload.bytes: expected each value once",
+        ),
         ("sweep:\n  topology.colour: [red]\n", "11: topology.colour: unknown key"),
         ("sweep: [1, 2]\n", "10: sweep: expected a mapping"),
     ],
@@ -180,8 +192,14 @@ def test_firewall_sni_lists_and_the_client_server_name(tmp_path):
     ("extra", "expected"),
     [
         ("firewall:\n  sni_deny: 'x.example'\n", "11: firewall.sni_deny: expected a list of host"),
-        ("firewall:\n  sni_deny: ['bad name!']\n", "11: firewall.sni_deny: expected a host name or *.domain"),
-        ("firewall:\n  sni_allow: [a.example]\nfunctions: [nat]\nnat: {ports: 4}\n", "11: firewall: expected functions to include firewall"),
+        (
+            "firewall:\n  sni_deny: ['bad name!']\n",
+            "11: firewall.sni_deny: expected a host name or *.domain",
+        ),
+        (
+            "firewall:\n  sni_allow: [a.example]\nfunctions: [nat]\nnat: {ports: 4}\n",
+            "11: firewall: expected functions to include firewall",
+        ),
         ("firewall:\n  colour: red\n", "11: firewall.colour: unknown key"),
     ],
 )
@@ -192,7 +210,9 @@ def test_bad_firewall_blocks(tmp_path, extra, expected):
 
 def test_a_bad_server_name_is_reported(tmp_path):
     text = VALID.replace("bytes: 4000", "bytes: 4000\n  server_name: '*.wild'")
-    assert "7: workload.server_name: expected a host name, got '*.wild'" in problems(tmp_path, text)[0]
+    assert (
+        "7: workload.server_name: expected a host name, got '*.wild'" in problems(tmp_path, text)[0]
+    )
 
 
 def test_middlebox_state_bounds_default_to_rfc9312_and_are_configurable(tmp_path):
