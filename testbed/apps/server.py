@@ -49,9 +49,12 @@ from testbed.apps.transfer import (
 )
 
 
-def self_signed_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def self_signed_certificate(
+    host_name: str = SERVER_NAME,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A throwaway certificate for `host_name` (clients here do not verify it)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAME)])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host_name)])
     now = datetime.datetime.now(datetime.UTC)
     certificate = (
         x509.CertificateBuilder()
@@ -61,7 +64,7 @@ def self_signed_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivate
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=7))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host_name)]), critical=False)
         .sign(key, hashes.SHA256())
     )
     return certificate, key

@@ -8,17 +8,14 @@ have something to measure. The server gets a fresh self-signed certificate each 
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ssl
 import time
 from dataclasses import dataclass, field
 
 from aioquic.asyncio import connect, serve
 from aioquic.quic.configuration import QuicConfiguration
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+
+from testbed.apps.server import self_signed_certificate
 
 SERVER_NAME = "wire-test.qasm.example"
 ALPN = "qasm-wire/1"
@@ -44,24 +41,6 @@ class HandshakeCapture:
 
     def from_server(self) -> list[RecordedDatagram]:
         return [d for d in self.datagrams if not d.from_client]
-
-
-def self_signed_certificate() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAME)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate, key
 
 
 class _Relay(asyncio.DatagramProtocol):
@@ -99,7 +78,7 @@ class _Relay(asyncio.DatagramProtocol):
 async def _run(*, retry: bool, pings: int, one_way_delay: float) -> HandshakeCapture:
     capture = HandshakeCapture(one_way_delay=one_way_delay)
     server_config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
-    server_config.certificate, server_config.private_key = self_signed_certificate()
+    server_config.certificate, server_config.private_key = self_signed_certificate(SERVER_NAME)
     server = await serve(LOOPBACK, 0, configuration=server_config, retry=retry)
     server_address = server._transport.get_extra_info("sockname")[:2]
     loop = asyncio.get_running_loop()

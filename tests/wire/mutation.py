@@ -33,8 +33,9 @@ from qasm.wire import (
 )
 from qasm.wire.capture import CaptureSummarizer
 from qasm.wire.summary import describe_datagram
+from testbed.apps.server import self_signed_certificate
 from tests.wire import vectors
-from tests.wire.handshake_capture import ALPN, SERVER_NAME, self_signed_certificate
+from tests.wire.handshake_capture import ALPN, SERVER_NAME
 
 # Bytes that sit on boundaries of the formats: varint length prefixes (0x40, 0x80, 0xc0),
 # header form and fixed bits, maximal lengths.
@@ -46,7 +47,7 @@ MAX_SECONDS_PER_CASE = 0.5
 def in_memory_handshake() -> list[bytes]:
     """Every datagram of an aioquic client/server handshake plus a little stream data."""
     server_configuration = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
-    certificate, key = self_signed_certificate()
+    certificate, key = self_signed_certificate(SERVER_NAME)
     server_configuration.certificate, server_configuration.private_key = certificate, key
     client = QuicConnection(
         configuration=QuicConfiguration(
