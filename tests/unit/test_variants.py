@@ -104,14 +104,18 @@ def test_tuple_variant_drops_even_a_rebinding(quic_pair):
     assert rebound.record["verdict"] == "drop"
 
 
+def agent_frame(datagram: bytes, src: str = LTE_IP, mac: str = LTE_MAC) -> bytes:
+    """A Client Agent datagram as it reaches the switch, addressed to the Tracking Agent."""
+    return udp_frame(
+        datagram, sport=7777, dport=7400, src=src, dst=AGENT_IP, eth_src=mac, eth_dst=AGENT_MAC
+    )
+
+
 def agent_announce(
     box, pair, agent: ClientAgent, new=(LTE_IP, 6000), new_cid=True, port=LTE_PORT, mac=LTE_MAC
 ):
     _, datagram = agent.announce(pair.client, (CLIENT_IP, 50000), new, new_cid)
-    frame = udp_frame(
-        datagram, sport=7777, dport=7400, src=new[0], dst=AGENT_IP, eth_src=mac, eth_dst=AGENT_MAC
-    )
-    return box.packet_in(1, port, frame, now=2.0)
+    return box.packet_in(1, port, agent_frame(datagram, new[0], mac), now=2.0)
 
 
 def test_qasm_preinstalls_the_announced_path_so_the_migrated_packet_stays_in_the_switch(quic_pair):
@@ -144,15 +148,7 @@ def test_qasm_retirement_removes_the_old_paths_rules(quic_pair):
     agent_announce(box, quic_pair, agent)
     quic_pair.client.change_connection_id()
     _, datagram = agent.retire(quic_pair.client, (CLIENT_IP, 50000))
-    frame = udp_frame(
-        datagram,
-        sport=7777,
-        dport=7400,
-        src=LTE_IP,
-        dst=AGENT_IP,
-        eth_src=LTE_MAC,
-        eth_dst=AGENT_MAC,
-    )
+    frame = agent_frame(datagram)
     decision = box.packet_in(1, LTE_PORT, frame, now=3.0)
     assert decision.record["accepted"], decision.record
     old = FlowKey(CLIENT_IP, 50000, SERVER_IP, 4433)
@@ -168,35 +164,17 @@ def test_qasm_rejects_forged_replayed_oversized_and_foreign_reports(quic_pair):
     assert agent_announce(box, quic_pair, forger).record["reason"] == "forged"
     agent = ClientAgent("c1", derive_client_key(SECRET, "c1"))
     _, datagram = agent.announce(quic_pair.client, (CLIENT_IP, 50000), (LTE_IP, 6000), True)
-    frame = udp_frame(
-        datagram,
-        sport=7777,
-        dport=7400,
-        src=LTE_IP,
-        dst=AGENT_IP,
-        eth_src=LTE_MAC,
-        eth_dst=AGENT_MAC,
-    )
+    frame = agent_frame(datagram)
     assert box.packet_in(1, LTE_PORT, frame, now=2.0).record["accepted"]
     duplicate = box.packet_in(1, LTE_PORT, frame, now=2.1)  # a retry after a lost ack
     assert duplicate.record["reason"] == "duplicate (answered again)" and duplicate.flow_mods == 0
     assert agent.read_ack(duplicate.messages[-1].data[42:], counter=1).accepted
     _, retire = agent.retire(quic_pair.client, (CLIENT_IP, 50000))
-    retire_frame = udp_frame(
-        retire, sport=7777, dport=7400, src=LTE_IP, dst=AGENT_IP, eth_src=LTE_MAC, eth_dst=AGENT_MAC
-    )
+    retire_frame = agent_frame(retire)
     assert box.packet_in(1, LTE_PORT, retire_frame, now=2.2).record["accepted"]
     replay = box.packet_in(1, LTE_PORT, frame, now=2.3)  # the old announce, after a newer report
     assert replay.record["reason"].startswith("replayed") and replay.flow_mods == 0
-    oversized = udp_frame(
-        bytes(600),
-        sport=7777,
-        dport=7400,
-        src=LTE_IP,
-        dst=AGENT_IP,
-        eth_src=LTE_MAC,
-        eth_dst=AGENT_MAC,
-    )
+    oversized = agent_frame(bytes(600))
     assert "512" in box.packet_in(1, LTE_PORT, oversized, now=2.2).record["reason"]
     stranger = agent_announce(box, quic_pair, agent, new=("10.0.9.9", 6000))
     assert "not this client's" in stranger.record["reason"] and stranger.flow_mods == 0
@@ -270,15 +248,7 @@ def test_qasm_releases_the_retired_paths_port_while_cid_holds_it(quic_pair):
     announced = agent_announce(box, quic_pair, agent)
     assert announced.record["nat_allocated"].endswith("as 10.0.100.1:20001")
     _, datagram = agent.retire(quic_pair.client, (CLIENT_IP, 50000))
-    frame = udp_frame(
-        datagram,
-        sport=7777,
-        dport=7400,
-        src=LTE_IP,
-        dst=AGENT_IP,
-        eth_src=LTE_MAC,
-        eth_dst=AGENT_MAC,
-    )
+    frame = agent_frame(datagram)
     retired = box.packet_in(1, LTE_PORT, frame, now=3.0)
     assert retired.record["nat_released"] == [f"{CLIENT_IP}:50000>10.0.0.250:4433"]
     assert box.nat.in_use == 1
