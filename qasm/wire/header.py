@@ -195,6 +195,23 @@ def _parse_short_header(datagram: bytes, offset: int, dcid_length: int) -> Packe
     )
 
 
+def _pull_cid(buf: Buffer, which: str, bounded: bool) -> bytes:
+    """A length-prefixed connection ID; `bounded` (known versions) enforces RFC 9000's limit."""
+    field = f"{which} connection id length"
+    try:
+        length = buf.pull_uint8()
+        if bounded and length > MAX_CID_LENGTH_V1:
+            raise WireError(
+                f"{length} exceeds {MAX_CID_LENGTH_V1} (RFC 9000 §17.2)",
+                field=field,
+                offset=buf.tell() - 1,
+            )
+        field = f"{which} connection id"
+        return buf.pull_bytes(length)
+    except BufferReadError:
+        raise WireError("truncated", field=field, offset=buf.tell()) from None
+
+
 def _parse_long_header(buf: Buffer, offset: int, end: int) -> PacketHeader:
     field = "first byte"
     try:
@@ -203,28 +220,10 @@ def _parse_long_header(buf: Buffer, offset: int, end: int) -> PacketHeader:
         field = "version"
         version = buf.pull_uint32()
         known = version in KNOWN_VERSIONS
-        field = "destination connection id length"
-        dcid_length = buf.pull_uint8()
-        if known and dcid_length > MAX_CID_LENGTH_V1:
-            raise WireError(
-                f"{dcid_length} exceeds {MAX_CID_LENGTH_V1} (RFC 9000 §17.2)",
-                field=field,
-                offset=buf.tell() - 1,
-            )
-        field = "destination connection id"
-        dcid = buf.pull_bytes(dcid_length)
-        field = "source connection id length"
-        scid_length = buf.pull_uint8()
-        if known and scid_length > MAX_CID_LENGTH_V1:
-            raise WireError(
-                f"{scid_length} exceeds {MAX_CID_LENGTH_V1} (RFC 9000 §17.2)",
-                field=field,
-                offset=buf.tell() - 1,
-            )
-        field = "source connection id"
-        scid = buf.pull_bytes(scid_length)
     except BufferReadError:
         raise WireError("truncated", field=field, offset=buf.tell()) from None
+    dcid = _pull_cid(buf, "destination", bounded=known)
+    scid = _pull_cid(buf, "source", bounded=known)
 
     if version == VERSION_NEGOTIATION:
         return _version_negotiation(buf, first_byte, dcid, scid, offset, end)
