@@ -39,6 +39,16 @@ def point_parameters(record: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in parameters.items() if k != "functions")
 
 
+def point_label(record: dict) -> str:
+    """Functions and sweep values of a record's point, e.g. "nat workload.bytes=1000000"."""
+    return row_label(functions_label(record), point_parameters(record))
+
+
+def row_label(function: str, point: str) -> str:
+    """How a matrix row (and a result-table point) is named: functions, then sweep values."""
+    return f"{function} {point}" if point else function
+
+
 def _policy_evidence(records: list[dict]) -> tuple[str, list[str]]:
     outcome, detail = "survives", []
     leakage = max((r.get("leakage_bytes") or 0 for r in records), default=0)
@@ -106,7 +116,7 @@ def format_matrix(cells: list[dict]) -> str:
     kinds = sorted({c["migration"] for c in cells})
     rows: dict[tuple[str, str], dict[str, str]] = {}
     for cell in cells:
-        function = " ".join(filter(None, (cell["function"], cell.get("point"))))
+        function = row_label(cell["function"], cell.get("point", ""))
         row = rows.setdefault((function, cell["variant"]), {})
         row[cell["migration"]] = cell["outcome"]
     header = ("function", "variant", *kinds)

@@ -29,8 +29,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from testbed.matrix import point_label, row_label
 from testbed.rundir import RunDir
-from testbed.summary import COMPARISONS, COUNTERS, point_label, summarize
+from testbed.summary import COMPARISONS, COUNTERS, summarize
 
 PLOTS_DIR = "plots"
 GOODPUT_WINDOW_S = 0.1
@@ -490,7 +491,7 @@ def plot_all(run: RunDir, summary: dict, plots_dir: Path) -> list[Image]:
         matrix_kinds = sorted({cell["migration"] for cell in matrix})
         grid: dict[tuple[str, str], dict[str, dict]] = {}
         for cell in matrix:
-            function = " ".join(filter(None, (cell["function"], cell.get("point"))))
+            function = row_label(cell["function"], cell.get("point", ""))
             grid.setdefault((function, cell["variant"]), {})[cell["migration"]] = cell
         shown, cell_colours = [], []
         for (function, variant), by_kind in grid.items():

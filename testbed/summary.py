@@ -25,7 +25,7 @@ import random
 import statistics
 from collections.abc import Callable, Iterable
 
-from testbed.matrix import survival_matrix
+from testbed.matrix import point_label, survival_matrix
 
 SCHEMA_VERSION = 1
 BOOTSTRAP_RESAMPLES = 2000
@@ -231,17 +231,6 @@ def _format(value, digits: int = 1) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def point_label(record: dict) -> str:
-    """Functions and sweep values of a record's point, e.g. "nat workload.bytes=1000000"."""
-    parts = ["+".join(record.get("functions") or ()) or "none"]
-    parts += [
-        f"{key}={value}"
-        for key, value in (record.get("parameters") or {}).items()
-        if key != "functions"
-    ]
-    return " ".join(parts)
 
 
 def format_table(records: list[dict]) -> str:
