@@ -48,7 +48,3 @@ class Progress:
         line = f"[{index}/{self.total}] {what}: {outcome} ({seconds:.1f} s; {self.status()})"
         self.stream.write(("\r\033[K" if self.interactive else "") + line + "\n")
         self.stream.flush()
-
-    def note(self, line: str) -> None:
-        self.stream.write(("\r\033[K" if self.interactive else "") + line + "\n")
-        self.stream.flush()

@@ -57,7 +57,6 @@ NFQA_CFG_CMD = 1
 NFQA_CFG_PARAMS = 2
 NFQA_CFG_QUEUE_MAXLEN = 3
 NFQNL_CFG_CMD_BIND = 1
-NFQNL_CFG_CMD_UNBIND = 2
 NFQNL_COPY_META = 1
 NF_DROP = 0
 NF_ACCEPT = 1
@@ -153,13 +152,6 @@ def queue_message(message: int, queue: int, attributes: bytes, flags: int, seq: 
 
 def bind_message(queue: int, seq: int) -> bytes:
     command = struct.pack("!BxH", NFQNL_CFG_CMD_BIND, socket.AF_INET)
-    return queue_message(
-        NFQNL_MSG_CONFIG, queue, _attribute(NFQA_CFG_CMD, command), NLM_F_REQUEST | NLM_F_ACK, seq
-    )
-
-
-def unbind_message(queue: int, seq: int) -> bytes:
-    command = struct.pack("!BxH", NFQNL_CFG_CMD_UNBIND, socket.AF_INET)
     return queue_message(
         NFQNL_MSG_CONFIG, queue, _attribute(NFQA_CFG_CMD, command), NLM_F_REQUEST | NLM_F_ACK, seq
     )

@@ -7,7 +7,6 @@ computed, then FIN; the client compares with its own digest (end-to-end verifica
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Iterator
@@ -65,10 +64,3 @@ def payload_chunks(total: int, seed: int) -> Iterator[bytes]:
         size = min(CHUNK_SIZE, remaining)
         yield rng.randbytes(size)
         remaining -= size
-
-
-def payload_digest(total: int, seed: int) -> str:
-    digest = hashlib.sha256()
-    for chunk in payload_chunks(total, seed):
-        digest.update(chunk)
-    return digest.hexdigest()
