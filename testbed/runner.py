@@ -41,6 +41,8 @@ SERVICE_PORT = 4433
 SERVER_READY_TIMEOUT_S = 15.0
 # Beyond the client's own run timeout, before the runner gives up on the client process.
 CLIENT_EXIT_GRACE_S = 15.0
+# How often the runner looks for a stop signal that Python swallowed (see _StopSignals).
+STOP_POLL_S = 0.1
 REPOSITORY = Path(__file__).resolve().parent.parent
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 
@@ -143,8 +145,39 @@ class _Terminated(Exception):
     """SIGTERM/SIGHUP received: unwind like Ctrl-C so teardown runs."""
 
 
-def _raise_terminated(signum, _frame):
-    raise _Terminated(f"signal {signal.Signals(signum).name}")
+class _StopSignals:
+    """Ctrl-C, SIGTERM and SIGHUP stop the experiment, reliably.
+
+    The handler raises at once (KeyboardInterrupt for SIGINT, _Terminated otherwise), but
+    Python swallows an exception raised where it only prints "Exception ignored" (an
+    at-fork hook while a process starts, a __del__): the signal would be lost and the run
+    go on. So the handler also records the signal, and `check()`, called at the runner's
+    safe points, raises it again.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, _frame) -> None:
+        self.received = signum
+        self.check()
+
+    def check(self) -> None:
+        if self.received == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.received is not None:
+            raise _Terminated(f"signal {signal.Signals(self.received).name}")
 
 
 class ExperimentRunner:
@@ -166,6 +199,7 @@ class ExperimentRunner:
         self.log = log
         self.cpu_pinning = scenario.cpu_pinning if cpu_pinning is None else cpu_pinning
         self.records: list[dict] = []
+        self.stop_signals = _StopSignals()
 
     def run(self) -> list[dict]:
         """Runs everything; raises InfrastructureError (or KeyboardInterrupt) after saving
@@ -174,10 +208,12 @@ class ExperimentRunner:
         metadata = collect_metadata(self.scenario, self.seed, self.variants, self.repetitions)
         self._write_json("metadata.json", metadata)
         (self.out_dir / "records.jsonl").touch()
-        previous = {s: signal.signal(s, _raise_terminated) for s in (signal.SIGTERM, signal.SIGHUP)}
         specs = plan_runs(self.scenario, self.variants, self.repetitions)
         try:
-            with emulation_lock(on_wait=lambda: self.log("waiting for another qasm emulation")):
+            with (
+                self.stop_signals,
+                emulation_lock(on_wait=lambda: self.log("waiting for another qasm emulation")),
+            ):
                 progress = Progress(len(specs))  # elapsed and ETA exclude the wait
                 record = new_run_record(str(self.out_dir))
                 for _, group in itertools.groupby(specs, key=lambda spec: spec.topology_key):
@@ -196,6 +232,7 @@ class ExperimentRunner:
                             self._run_one(emulation, spec, progress)
                     # Now removed: the delay lines' exit counters (drops, most held).
                     links["links"] = emulation.link_record().get("links", {})
+                self.stop_signals.check()
             metadata["status"] = "finished"
         except (KeyboardInterrupt, _Terminated):
             metadata["status"] = "interrupted"
@@ -204,13 +241,12 @@ class ExperimentRunner:
             metadata["status"] = f"infrastructure failure: {exc}"
             raise
         finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
             metadata["ended_at"] = datetime.datetime.now(datetime.UTC).isoformat()
             self._write_json("metadata.json", metadata)
         return self.records
 
     def _run_one(self, emulation: Emulation, spec: RunSpec, progress: Progress) -> None:
+        self.stop_signals.check()
         started = time.monotonic()
         progress.begin(spec.index, spec.describe())
         scenario = spec.scenario
@@ -376,6 +412,7 @@ class ExperimentRunner:
                 )
             if any(e.get("event") == "listening" for e in _read_jsonl(events_path)):
                 return
+            self.stop_signals.check()
             time.sleep(0.05)
         raise InfrastructureError(f"server not listening after {SERVER_READY_TIMEOUT_S:g} s")
 
@@ -451,11 +488,16 @@ class ExperimentRunner:
         self, scenario: Scenario, process: ManagedProcess, artifacts: Path, name: str
     ) -> dict:
         limit = scenario.run_timeout_s + CLIENT_EXIT_GRACE_S
-        try:
-            process.popen.wait(timeout=limit)
-        except subprocess.TimeoutExpired:
-            process.stop()
-            return {"client": name, "failure": f"client process still running after {limit:g} s"}
+        deadline = time.monotonic() + limit
+        while process.popen.poll() is None:
+            if time.monotonic() > deadline:
+                process.stop()
+                return {
+                    "client": name,
+                    "failure": f"client process still running after {limit:g} s",
+                }
+            self.stop_signals.check()
+            time.sleep(STOP_POLL_S)
         report_path = artifacts / f"client-{name}.json"
         try:
             return json.loads(report_path.read_text())

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
 
 from testbed.metrics import build_record, disruption_ms
-from testbed.runner import ExperimentRunner, plan_runs, repetition_seed
+from testbed.runner import (
+    ExperimentRunner,
+    _StopSignals,
+    _Terminated,
+    plan_runs,
+    repetition_seed,
+)
 from testbed.scenario import load_scenario
 from testbed.summary import bootstrap_interval, format_table, summarize
 
@@ -143,3 +152,21 @@ def test_sweep_points_run_in_order_and_share_an_emulation_per_topology(tmp_path)
     assert specs[-1].describe() == (
         "tuple active rep 0 [topology.clients=2, workload.bytes=4000000]"
     )
+
+
+@pytest.mark.parametrize(
+    ("signum", "raised"), [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, _Terminated)]
+)
+def test_a_stop_signal_python_swallowed_is_raised_again_at_the_next_check(signum, raised):
+    before = signal.getsignal(signum)
+    stop = _StopSignals()
+    with stop:
+        stop.check()  # nothing received yet
+        try:
+            os.kill(os.getpid(), signum)
+            time.sleep(1)
+        except raised:
+            pass  # what Python does to an exception raised in an at-fork hook or __del__
+        with pytest.raises(raised):
+            stop.check()
+    assert signal.getsignal(signum) is before
