@@ -191,10 +191,22 @@ class ReportCapture:
             (ld_h_ind, 0, 0, 0), (jge, 0, 1, EPHEMERAL_FIRST),  # UDP source port
             (ret, 0, 0, 65535), (ret, 0, 0, 0),
         ]  # fmt: skip
+        # The socket queued every packet the host sent or received between its creation and
+        # the filter (the client's first Initial, replayed as a "report", was one). So, as
+        # libpcap does: a drop-all filter, drain what is queued, then the real filter.
+        self._set_filter([(ret, 0, 0, 0)])
+        self._socket.setblocking(False)
+        try:
+            while True:
+                self._socket.recv(2048)
+        except BlockingIOError:
+            pass
+        self._set_filter(program)
+
+    def _set_filter(self, program: list[tuple[int, int, int, int]]) -> None:
         raw = b"".join(struct.pack("HBBI", *instruction) for instruction in program)
-        buffer = ctypes.create_string_buffer(raw)
+        buffer = ctypes.create_string_buffer(raw)  # the kernel copies it during the call
         fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))
-        self._filter_buffer = buffer  # must outlive the setsockopt call
         self._socket.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
 
     def _run(self) -> None:

@@ -5,7 +5,9 @@ packet the flooder (testbed/apps/flood.py) sends."""
 from __future__ import annotations
 
 import random
+import socket
 import textwrap
+import time
 
 import pytest
 
@@ -15,7 +17,7 @@ from qasm.controller.pipeline import AgentSettings, Middlebox, MiddleboxConfig, 
 from qasm.functions.nat import NatSettings
 from qasm.state.connections import ConnectionTable
 from testbed.apps.client import parse_args
-from testbed.apps.flood import AGENT_KINDS, SERVICE_KINDS, PacketFactory
+from testbed.apps.flood import AGENT_KINDS, SERVICE_KINDS, PacketFactory, ReportCapture
 from testbed.metrics import (
     flood_effect,
     nat_mappings_held,
@@ -238,3 +240,37 @@ def test_every_kind_of_forged_report_is_rejected_and_changes_nothing(kind):
         assert not decision.messages  # an unverified sender gets no answer
     stats = box.stats()
     assert stats["connections"] == 0 and "accepted" not in stats["agent"]
+
+
+# --- the flooder's capture of real reports --------------------------------------------------
+
+
+def test_capture_keeps_only_reports_even_what_was_sent_before_its_filter(monkeypatch):
+    """A packet the host sends between the capture socket's creation and its filter must not
+    become a "report" the flooder replays (a client's 1200-byte Initial once was)."""
+    agent = ("127.0.0.2", 7400)
+    stray, report = b"an Initial to the service", b"a report"
+
+    def send(payload: bytes, destination: tuple[str, int]) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            sender.bind(("127.0.0.1", 0))  # an ephemeral port, as a real client's
+            sender.sendto(payload, destination)
+
+    attach = ReportCapture._attach_filter
+
+    def stray_then_attach(capture, *address):
+        send(stray, ("127.0.0.3", 4433))
+        attach(capture, *address)
+
+    monkeypatch.setattr(ReportCapture, "_attach_filter", stray_then_attach)
+    capture = ReportCapture(agent)
+    try:
+        send(report, agent)
+        deadline = time.monotonic() + 5
+        while not capture.reports and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        capture.close()
+    assert capture.error is None
+    # Loopback shows a packet twice (sent and received); the stray never.
+    assert {payload for _, payload in capture.reports} == {report}
