@@ -19,6 +19,8 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from qasm.controller.pipeline import FROM_SERVICE_ON_RETIRED_PATH
+
 RECORD_FIELDS = (
     "variant",
     "functions",
@@ -65,7 +67,8 @@ def client_decisions(decisions: Iterable[dict], addresses: Iterable[str]) -> lis
 
 def migration_packet_ins(decisions: Iterable[dict], report: dict) -> int | None:
     """Packet-ins of this client's QUIC packets (not ARP, not agent reports, not handshake
-    copies) from the migration instant on: what the migration cost the controller."""
+    copies, not the server's packets on a path the client retired) from the migration instant
+    on: what the migration cost the controller."""
     migration = report.get("migration")
     if not migration:
         return None
@@ -75,8 +78,16 @@ def migration_packet_ins(decisions: Iterable[dict], report: dict) -> int | None:
         if d.get("event") == "packet_in"
         and d.get("flow")
         and d.get("verdict") != "observe"
+        and d.get("reason") != FROM_SERVICE_ON_RETIRED_PATH
         and d["t"] >= migration["at"]
     )
+
+
+def retired_path_packet_ins(decisions: Iterable[dict]) -> int:
+    """The server's packets on a path this client retired, dropped by the controller: what
+    a server that gave up validating the new path and went back to the old one (RFC 9000
+    §9.3.2) sent into the void; a symptom of loss on the new path, not of the middlebox."""
+    return sum(1 for d in decisions if d.get("reason") == FROM_SERVICE_ON_RETIRED_PATH)
 
 
 def leakage_bytes(report: dict, rate_kbps: int, burst_kbit: int) -> int:
@@ -246,6 +257,7 @@ def build_record(
         "flow_mods": sum(d.get("flow_mods", 0) for d in mine),
         "failure": failure,
         "migration_packet_ins": migration_packet_ins(mine, report),
+        "retired_path_packet_ins": retired_path_packet_ins(mine),
         "agent_messages": (report.get("agent") or {}).get("messages", 0),
         "agent_bytes": (report.get("agent") or {}).get("bytes", 0),
         "agent_exchanges": (report.get("agent") or {}).get("exchanges", []),

@@ -39,6 +39,7 @@ REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
 # Optional fields with a checked type when present (counters must be exact integers).
 OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
     "migration_packet_ins": (int, type(None)),
+    "retired_path_packet_ins": (int, type(None)),
     "agent_messages": (int, type(None)),
     "agent_bytes": (int, type(None)),
     "state_entries": (int, type(None)),

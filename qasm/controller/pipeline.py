@@ -86,6 +86,8 @@ FUNCTIONS = ("firewall", "ratelimit", "nat", "loadbalancer")
 # Packet-ins of a path whose rules went out less than this long ago were already queued
 # before the switch had the rules; forward them without sending the rules again.
 RULES_IN_FLIGHT_S = 1.0
+# The drop reason the metrics tell apart from a migration's packet-ins.
+FROM_SERVICE_ON_RETIRED_PATH = "from the service on a path its client retired"
 
 
 class ConfigError(ValueError):
@@ -474,6 +476,10 @@ class Middlebox:
         if connection is not None:
             return connection, "known path"
         if not to_service:
+            if self.table.retired_by(path) is not None:
+                # A server whose validation of the new path timed out goes back to the last
+                # validated one (RFC 9000 §9.3.2), which the client has left.
+                return None, FROM_SERVICE_ON_RETIRED_PATH
             return None, "from the service on a 5-tuple never admitted"
         if self.cid_aware:
             for length in self.table.cid_lengths:

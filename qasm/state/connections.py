@@ -64,6 +64,7 @@ class ConnectionTable:
         self._connections: OrderedDict[int, Connection] = OrderedDict()
         self._by_path: dict[FlowKey, int] = {}
         self._by_cid: dict[bytes, int] = {}
+        self._by_retired_path: dict[FlowKey, int] = {}
         self._ids = itertools.count(1)
 
     def __len__(self) -> int:
@@ -79,6 +80,12 @@ class ConnectionTable:
 
     def by_cid(self, cid: bytes, now: float) -> Connection | None:
         return self._live(self._by_cid.get(cid), now)
+
+    def retired_by(self, path: FlowKey) -> Connection | None:
+        """The live connection whose client retired this path (not refreshed: traffic on a
+        retired path does not keep a connection alive)."""
+        connection = self._connections.get(self._by_retired_path.get(path, -1))
+        return connection if connection is not None and path in connection.retired_paths else None
 
     def _live(self, connection_id: int | None, now: float) -> Connection | None:
         if connection_id is None:
@@ -120,6 +127,7 @@ class ConnectionTable:
                 return False
             connection.paths.add(path)
             connection.retired_paths.discard(path)
+            self._by_retired_path.pop(path, None)
             self._by_path[path] = connection.id
         connection.last_seen = now
         return True
@@ -145,6 +153,7 @@ class ConnectionTable:
         connection.paths.discard(path)
         connection.retired_paths.add(path)
         self._by_path.pop(path, None)
+        self._by_retired_path[path] = connection.id
         return True
 
     def expire(self, now: float) -> list[Connection]:
@@ -171,3 +180,6 @@ class ConnectionTable:
         for cid in connection.server_cids:
             if self._by_cid.get(cid) == connection.id:
                 del self._by_cid[cid]
+        for path in connection.retired_paths:
+            if self._by_retired_path.get(path) == connection.id:
+                del self._by_retired_path[path]

@@ -32,7 +32,11 @@ def test_retired_paths_no_longer_find_the_connection():
     connection, _ = table.put(A, 0.0)
     table.associate_path(connection, B, 0.0)
     assert table.retire_path(connection, A)
-    assert table.by_path(A, 1.0) is None and A in connection.retired_paths
+    assert table.by_path(A, 1.0) is None and table.retired_by(A) is connection
+    assert table.associate_path(connection, A, 2.0) and table.retired_by(A) is None
+    table.retire_path(connection, A)
+    table.remove(connection)
+    assert table.retired_by(A) is None
 
 
 def test_the_least_recently_used_connection_is_evicted_at_the_bound():

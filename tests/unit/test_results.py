@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from qasm.controller.pipeline import FROM_SERVICE_ON_RETIRED_PATH
 from testbed.metrics import build_record, disruption_ms
 from testbed.runner import (
     ExperimentRunner,
@@ -76,6 +77,37 @@ def test_record_counts_only_this_clients_packet_ins_and_explains_a_failure():
                   "verified", "handshake_ms", "goodput_mbps", "disruption_ms", "packet_ins",
                   "flow_mods", "failure"):  # fmt: skip
         assert field in record
+
+
+def test_the_servers_packets_on_a_retired_path_are_not_counted_as_the_migrations():
+    """A server that gave up validating the new path goes back to the old one after the
+    client retired it: a symptom of loss on the new path, counted apart."""
+    new_path = {
+        "event": "packet_in",
+        "addrs": ["10.0.0.101", "10.0.0.250"],
+        "verdict": "admit",
+        "reason": "new path of a known connection (DCID match)",
+        "flow_mods": 2,
+        "flow": "10.0.0.101:6000>10.0.0.250:4433",
+    }
+    fallback = {
+        "event": "packet_in",
+        "addrs": ["10.0.0.250", "10.0.0.1"],
+        "verdict": "drop",
+        "reason": FROM_SERVICE_ON_RETIRED_PATH,
+        "flow_mods": 0,
+        "flow": "10.0.0.250:4433>10.0.0.1:5000",
+    }
+    handshake_copy = {**fallback, "verdict": "observe", "reason": "handshake copy"}
+    decisions = [{**handshake_copy, "t": 99.0}, {**new_path, "t": 100.001},
+                 {**fallback, "t": 101.3}, {**fallback, "t": 101.4}]  # fmt: skip
+    record = build_record(
+        variant="qasm", functions=["firewall"], migration_kind="active", repetition=0,
+        addresses=("10.0.0.1", "10.0.0.101"), report=report(), server_events=SERVER_EVENTS,
+        decisions=decisions,
+    )  # fmt: skip
+    assert record["packet_ins"] == 4
+    assert (record["migration_packet_ins"], record["retired_path_packet_ins"]) == (1, 2)
 
 
 def _records(variant: str, goodputs: list[float], completed=True) -> list[dict]:

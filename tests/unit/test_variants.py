@@ -155,6 +155,12 @@ def test_qasm_retirement_removes_the_old_paths_rules(quic_pair):
     removed = {m.match for m in decision.messages if isinstance(m, RemoveFlow)}
     assert removed == {Match(flow=old), Match(flow=old.reversed())}
     assert box.table.by_path(old, now=3.0) is None
+    # The server going back to the old path (its validation of the new one timed out).
+    fallback = box.packet_in(1, SERVER_PORT, from_server(b"\x40" + bytes(40)), now=3.5)
+    assert fallback.record["verdict"] == "drop"
+    assert fallback.record["reason"] == "from the service on a path its client retired"
+    stranger = box.packet_in(1, SERVER_PORT, from_server(b"\x40" + bytes(40), dport=50001), now=3.6)
+    assert stranger.record["reason"] == "from the service on a 5-tuple never admitted"
 
 
 def test_qasm_rejects_forged_replayed_oversized_and_foreign_reports(quic_pair):
