@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import ssl
+import textwrap
+from pathlib import Path
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
@@ -8,8 +10,27 @@ from aioquic.quic.connection import QuicConnection
 from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Ether
 
+from testbed.scenario import Scenario, ScenarioError, load_scenario
+
 CLIENT_MAC, SERVER_MAC = "02:00:00:00:00:01", "02:00:00:00:00:fa"
 CLIENT_IP, SERVER_IP = "10.0.0.1", "10.0.0.250"
+
+
+def write_scenario(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "scenario.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load_scenario_text(tmp_path: Path, text: str) -> Scenario:
+    return load_scenario(write_scenario(tmp_path, text))
+
+
+def scenario_problems(tmp_path: Path, text: str) -> list[str]:
+    """What validation reports about a scenario text (it must be refused)."""
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario_text(tmp_path, text)
+    return caught.value.problems
 
 
 @pytest.fixture(scope="session")

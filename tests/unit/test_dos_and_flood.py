@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import socket
-import textwrap
 import time
 
 import pytest
@@ -25,8 +24,17 @@ from testbed.metrics import (
     nat_pool_exhausted,
     reason_category,
 )
-from testbed.scenario import ScenarioError, load_scenario
-from tests.unit.conftest import CLIENT_IP, CLIENT_MAC, SERVER_IP, SERVER_MAC, arp_frame, udp_frame
+from testbed.scenario import load_scenario
+from tests.unit.conftest import (
+    CLIENT_IP,
+    CLIENT_MAC,
+    SERVER_IP,
+    SERVER_MAC,
+    arp_frame,
+    load_scenario_text,
+    scenario_problems,
+    udp_frame,
+)
 
 KEY = derive_client_key(b"secret", "c1")
 SCENARIO = """\
@@ -44,27 +52,17 @@ timeouts: {idle_s: 5, run_s: 30}
 """
 
 
-def load(tmp_path, text: str):
-    path = tmp_path / "scenario.yaml"
-    path.write_text(textwrap.dedent(text))
-    return load_scenario(path)
-
-
-def problems(tmp_path, text: str) -> list[str]:
-    with pytest.raises(ScenarioError) as caught:
-        load(tmp_path, text)
-    return caught.value.problems
-
-
 # --- scenario syntax ------------------------------------------------------------------------
 
 
 def test_repeat_every_and_flood_are_read(tmp_path):
-    scenario = load(tmp_path, SCENARIO + "flood: {pps: 1500}\n")
+    scenario = load_scenario_text(tmp_path, SCENARIO + "flood: {pps: 1500}\n")
     assert scenario.migration.repeat_every_s == 0.3
     assert scenario.flood_pps == 1500
     assert (
-        load(tmp_path, SCENARIO.replace("  repeat_every_s: 0.3\n", "")).migration.repeat_every_s
+        load_scenario_text(
+            tmp_path, SCENARIO.replace("  repeat_every_s: 0.3\n", "")
+        ).migration.repeat_every_s
         is None
     )
 
@@ -83,7 +81,7 @@ def test_repeat_every_and_flood_are_read(tmp_path):
     ],
 )  # fmt: skip
 def test_bad_repeat_every_names_its_line(tmp_path, change, expected):
-    found = problems(tmp_path, SCENARIO.replace(*change))
+    found = scenario_problems(tmp_path, SCENARIO.replace(*change))
     assert any(expected in p for p in found), found
 
 
@@ -96,7 +94,7 @@ def test_bad_repeat_every_names_its_line(tmp_path, change, expected):
     ],
 )
 def test_bad_flood_block_names_its_line(tmp_path, flood, expected):
-    found = problems(tmp_path, SCENARIO + flood)
+    found = scenario_problems(tmp_path, SCENARIO + flood)
     assert any(expected in p for p in found), found
 
 

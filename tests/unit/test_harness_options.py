@@ -15,7 +15,8 @@ import pytest
 
 from testbed.apps.qlog import QlogDirectory
 from testbed.pinning import OvsAffinity, PinningError, pin_in_child, plan_layout
-from testbed.scenario import Artifacts, ScenarioError, load_scenario
+from testbed.scenario import Artifacts
+from tests.unit.conftest import load_scenario_text, scenario_problems
 
 BASE = """\
 variants: [baseline]
@@ -25,15 +26,11 @@ workload: {bytes: 4000}
 
 
 def load(tmp_path: Path, extra: str):
-    path = tmp_path / "scenario.yaml"
-    path.write_text(BASE + textwrap.dedent(extra))
-    return load_scenario(path)
+    return load_scenario_text(tmp_path, BASE + textwrap.dedent(extra))
 
 
 def problems(tmp_path: Path, extra: str) -> list[str]:
-    with pytest.raises(ScenarioError) as caught:
-        load(tmp_path, extra)
-    return caught.value.problems
+    return scenario_problems(tmp_path, BASE + textwrap.dedent(extra))
 
 
 def test_artifacts_and_pinning_are_off_unless_asked(tmp_path):

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from testbed.link_emulation import EmulatedLinks, LinkEnd, LinkSetupError, select_method
-from testbed.scenario import ScenarioError, load_scenario
+from testbed.scenario import load_scenario
+from tests.unit.conftest import load_scenario_text, scenario_problems
 from topologies import links
 from topologies.dualhomed import DualHomed
 from topologies.links import METHOD_NETEM, METHOD_NFQUEUE, LinkConditions
@@ -27,16 +28,16 @@ workload: {{bytes: 4000}}
 """
 
 
+def with_links(extra: str) -> str:
+    return SCENARIO.format(extra=textwrap.indent(textwrap.dedent(extra), "  "))
+
+
 def load(tmp_path: Path, extra: str):
-    path = tmp_path / "scenario.yaml"
-    path.write_text(SCENARIO.format(extra=textwrap.indent(textwrap.dedent(extra), "  ")))
-    return load_scenario(path)
+    return load_scenario_text(tmp_path, with_links(extra))
 
 
 def problems(tmp_path: Path, extra: str) -> list[str]:
-    with pytest.raises(ScenarioError) as caught:
-        load(tmp_path, extra)
-    return caught.value.problems
+    return scenario_problems(tmp_path, with_links(extra))
 
 
 # --- scenario parameters -------------------------------------------------------------------

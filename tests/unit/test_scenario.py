@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from testbed.cli import main
-from testbed.scenario import ScenarioError, load_scenario
+from testbed.scenario import load_scenario
+from tests.unit.conftest import load_scenario_text, scenario_problems, write_scenario
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 VALID = """\
@@ -24,18 +24,6 @@ migration:
 """
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "scenario.yaml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def problems(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(ScenarioError) as caught:
-        load_scenario(write(tmp_path, text))
-    return caught.value.problems
-
-
 def test_default_scenario_is_valid_and_runs_both_kinds_and_variants():
     scenario = load_scenario(REPOSITORY / "scenarios" / "default.yaml")
     assert scenario.variants == ("baseline", "tuple")
@@ -44,7 +32,7 @@ def test_default_scenario_is_valid_and_runs_both_kinds_and_variants():
 
 
 def test_minimal_scenario_gets_defaults(tmp_path):
-    scenario = load_scenario(write(tmp_path, VALID))
+    scenario = load_scenario_text(tmp_path, VALID)
     assert scenario.name == "scenario"
     assert scenario.seed == 0 and scenario.repetitions == 1
     assert scenario.functions == ("firewall",)
@@ -81,28 +69,28 @@ def test_minimal_scenario_gets_defaults(tmp_path):
     ],
 )
 def test_each_kind_of_mistake_is_reported_with_file_line_and_key(tmp_path, text, expected):
-    found = problems(tmp_path, text)
+    found = scenario_problems(tmp_path, text)
     assert any(expected in p for p in found), found
     assert all(p.startswith(str(tmp_path / "scenario.yaml") + ":") for p in found)
 
 
 def test_all_problems_are_reported_in_one_pass(tmp_path):
     text = VALID.replace("tuple]", "tupel]").replace("bytes: 4000", "bytes: 0") + "extra: 1\n"
-    assert len(problems(tmp_path, text)) == 3
+    assert len(scenario_problems(tmp_path, text)) == 3
 
 
 def test_validate_command_exit_codes(tmp_path, capsys):
-    assert main(["validate", str(write(tmp_path, VALID))]) == 0
-    bad = write(tmp_path, VALID.replace("bytes: 4000", "bytes: -1"))
+    assert main(["validate", str(write_scenario(tmp_path, VALID))]) == 0
+    bad = write_scenario(tmp_path, VALID.replace("bytes: 4000", "bytes: -1"))
     assert main(["validate", str(bad)]) == 2
     assert f"{bad}:6: workload.bytes: expected" in capsys.readouterr().err
 
 
 def test_run_rejects_bad_input_before_starting_anything(tmp_path, capsys):
-    bad = write(tmp_path, VALID.replace("kind: active", "kind: teleport"))
+    bad = write_scenario(tmp_path, VALID.replace("kind: active", "kind: teleport"))
     assert main(["run", str(bad), "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
-    good = write(tmp_path, VALID)
+    good = write_scenario(tmp_path, VALID)
     assert (
         main(["run", str(good), "--variants", "baseline,cidd", "--out", str(tmp_path / "o")]) == 2
     )
@@ -112,7 +100,7 @@ def test_run_rejects_bad_input_before_starting_anything(tmp_path, capsys):
 
 def test_sweep_runs_the_cross_product_and_records_each_points_values(tmp_path):
     text = VALID + "sweep:\n  topology.clients: [1, 20]\n  workload.bytes: [4000, 8000]\n"
-    scenario = load_scenario(write(tmp_path, text))
+    scenario = load_scenario_text(tmp_path, text)
     points = [(p.topology_params["clients"], p.bytes, p.parameters) for p in scenario.points]
     assert points == [
         (1, 4000, {"topology.clients": 1, "workload.bytes": 4000}),
@@ -123,7 +111,7 @@ def test_sweep_runs_the_cross_product_and_records_each_points_values(tmp_path):
 
 
 def test_scenario_without_sweep_is_its_own_only_point(tmp_path):
-    scenario = load_scenario(write(tmp_path, VALID))
+    scenario = load_scenario_text(tmp_path, VALID)
     assert scenario.points == (scenario,) and scenario.parameters == {}
 
 
@@ -134,7 +122,7 @@ def test_sweep_over_functions_offers_quic_lb_only_where_it_balances(tmp_path):
         )
         + "sweep:\n  functions: [[firewall], [loadbalancer]]\n"
     )
-    firewall, balancer = load_scenario(write(tmp_path, text)).points
+    firewall, balancer = load_scenario_text(tmp_path, text).points
     assert firewall.applicable(firewall.variants) == ("baseline",)
     assert balancer.applicable(balancer.variants) == ("baseline", "quic-lb")
 
@@ -160,20 +148,23 @@ def test_sweep_over_functions_offers_quic_lb_only_where_it_balances(tmp_path):
     ],
 )
 def test_bad_sweeps_name_the_line_in_the_sweep_block(tmp_path, sweep, expected):
-    found = problems(tmp_path, VALID + sweep)
+    found = scenario_problems(tmp_path, VALID + sweep)
     assert any(expected in p for p in found), found
 
 
 def test_migration_spread_gives_each_client_its_own_reproducible_trigger(tmp_path):
     text = VALID.replace("at_bytes: 1000", "at_bytes: 1000\n  spread: 2000")
-    migration = load_scenario(write(tmp_path, text)).migration
+    migration = load_scenario_text(tmp_path, text).migration
     triggers = [migration.trigger_for(client, seed=7) for client in range(1, 21)]
     assert triggers == [migration.trigger_for(client, seed=7) for client in range(1, 21)]
     values = [value for unit, value in triggers]
     assert {unit for unit, _ in triggers} == {"at_bytes"}
     assert all(1000 <= v <= 3000 for v in values) and len(set(values)) > 10
     late = VALID.replace("at_bytes: 1000", "at_bytes: 1000\n  spread: 3000")
-    assert "expected at_bytes + spread less than workload.bytes" in problems(tmp_path, late)[0]
+    assert (
+        "expected at_bytes + spread less than workload.bytes"
+        in scenario_problems(tmp_path, late)[0]
+    )
 
 
 def test_firewall_sni_lists_and_the_client_server_name(tmp_path):
@@ -181,11 +172,11 @@ def test_firewall_sni_lists_and_the_client_server_name(tmp_path):
         "firewall:\n  sni_deny: ['*.blocked.example']\n  sni_allow: [a.example, '*.b.example']\n"
     )
     text = text.replace("bytes: 4000", "bytes: 4000\n  server_name: video.blocked.example")
-    scenario = load_scenario(write(tmp_path, text))
+    scenario = load_scenario_text(tmp_path, text)
     assert scenario.server_name == "video.blocked.example"
     assert scenario.sni.deny == ("*.blocked.example",)
     assert scenario.sni.allow == ("a.example", "*.b.example")
-    assert load_scenario(write(tmp_path, VALID)).sni is None
+    assert load_scenario_text(tmp_path, VALID).sni is None
 
 
 @pytest.mark.parametrize(
@@ -204,24 +195,25 @@ def test_firewall_sni_lists_and_the_client_server_name(tmp_path):
     ],
 )
 def test_bad_firewall_blocks(tmp_path, extra, expected):
-    found = problems(tmp_path, VALID + extra)
+    found = scenario_problems(tmp_path, VALID + extra)
     assert any(expected in p for p in found), found
 
 
 def test_a_bad_server_name_is_reported(tmp_path):
     text = VALID.replace("bytes: 4000", "bytes: 4000\n  server_name: '*.wild'")
     assert (
-        "7: workload.server_name: expected a host name, got '*.wild'" in problems(tmp_path, text)[0]
+        "7: workload.server_name: expected a host name, got '*.wild'"
+        in scenario_problems(tmp_path, text)[0]
     )
 
 
 def test_middlebox_state_bounds_default_to_rfc9312_and_are_configurable(tmp_path):
-    default = load_scenario(write(tmp_path, VALID))
+    default = load_scenario_text(tmp_path, VALID)
     assert default.state_idle_timeout_s == 120.0 and default.max_connections == 100_000
     text = VALID + "middlebox: {idle_timeout_s: 300, max_connections: 5000}\n"
-    scenario = load_scenario(write(tmp_path, text))
+    scenario = load_scenario_text(tmp_path, text)
     assert (scenario.state_idle_timeout_s, scenario.max_connections) == (300.0, 5000)
     bad = VALID + "middlebox: {idle_timeout_s: 0, max_connections: 0}\n"
-    found = problems(tmp_path, bad)
+    found = scenario_problems(tmp_path, bad)
     assert any("middlebox.idle_timeout_s: expected a number in (0, 86400]" in p for p in found)
     assert any("middlebox.max_connections: expected an integer 1..10000000" in p for p in found)
