@@ -82,10 +82,10 @@ class ConnectionTable:
         return self._live(self._by_cid.get(cid), now)
 
     def retired_by(self, path: FlowKey) -> Connection | None:
-        """The live connection whose client retired this path (not refreshed: traffic on a
-        retired path does not keep a connection alive)."""
-        connection = self._connections.get(self._by_retired_path.get(path, -1))
-        return connection if connection is not None and path in connection.retired_paths else None
+        """The connection in the table whose client retired this path (not refreshed: traffic
+        on a retired path does not keep a connection alive)."""
+        connection_id = self._by_retired_path.get(path)
+        return None if connection_id is None else self._connections.get(connection_id)
 
     def _live(self, connection_id: int | None, now: float) -> Connection | None:
         if connection_id is None:
