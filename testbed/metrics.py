@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from qasm.controller.pipeline import FROM_SERVICE_ON_RETIRED_PATH
+from qasm.controller.pipeline import FROM_SERVICE_ON_RETIRED_PATH, NAT_POOL_EXHAUSTED
 
 RECORD_FIELDS = (
     "variant",
@@ -131,16 +131,13 @@ def nat_mappings_peak(decisions: Iterable[dict], addresses: Iterable[str]) -> in
     return peak
 
 
-NAT_EXHAUSTED = "NAT port pool exhausted"
-
-
 def nat_pool_exhausted(decisions: Iterable[dict]) -> int:
     """How often the NAT had no free port for this client: packets dropped for it, and
     announced paths left without a mapping."""
     return sum(
         1
         for d in decisions
-        if str(d.get("reason", "")).startswith(NAT_EXHAUSTED) or d.get("nat_exhausted")
+        if str(d.get("reason", "")).startswith(NAT_POOL_EXHAUSTED) or d.get("nat_exhausted")
     )
 
 

@@ -86,8 +86,10 @@ FUNCTIONS = ("firewall", "ratelimit", "nat", "loadbalancer")
 # Packet-ins of a path whose rules went out less than this long ago were already queued
 # before the switch had the rules; forward them without sending the rules again.
 RULES_IN_FLIGHT_S = 1.0
-# The drop reason the metrics tell apart from a migration's packet-ins.
+# Drop reasons the metrics count apart: the server on a path the client left (not a cost of
+# the migration), and a NAT without a free port (the reason goes on with the pool size).
 FROM_SERVICE_ON_RETIRED_PATH = "from the service on a path its client retired"
+NAT_POOL_EXHAUSTED = "NAT port pool exhausted"
 
 
 class ConfigError(ValueError):
@@ -414,7 +416,7 @@ class Middlebox:
             return self._decision([], **context, verdict="drop", reason=how)
         nat_allocated = self._allocate_nat(path)
         if nat_allocated is False:
-            reason = f"NAT port pool exhausted ({self.nat.settings.ports} ports)"
+            reason = f"{NAT_POOL_EXHAUSTED} ({self.nat.settings.ports} ports)"
             return self._decision([], **context, verdict="drop", reason=reason)
         if nat_allocated:
             context["nat_allocated"] = nat_allocated
