@@ -8,8 +8,9 @@ steered to the controller (above L2 rules) whenever the variant keeps middlebox 
 How each variant finds the connection of a packet on a 5-tuple it has no rule for:
 - `tuple`: it does not: every new 5-tuple is a new connection.
 - `cid`: also by the short header's DCID, among server CIDs learnt from the handshake
-  (RFC 9312 §3.5). To see the handshake, a connection's first rules forward *and* copy to the
-  controller until the server's SCID is known; then plain forwarding replaces them.
+  (RFC 9312 §3.5). To see the handshake, a connection's first rule for the service's packets
+  forwards *and* copies to the controller until the server's SCID is known; then plain
+  forwarding replaces it. The client's packets are never copied: they carry no server SCID.
 - `qasm`: as `cid`, plus the Client Agent's reports to the Tracking Agent, which associate the
   next CID and the new path before the client uses them and pre-install the new path's rules.
 
@@ -510,7 +511,7 @@ class Middlebox:
         self, connection: Connection, to_service: bool, payload: bytes, now: float
     ) -> list[SwitchMessage]:
         """RFC 9312 §3.5: the server's long-header SCIDs are the DCIDs its client will use.
-        Returns the connection's rules without copies once a server CID is known."""
+        Returns the service-side rules without copies once a server CID is known."""
         if not self.cid_aware or to_service:
             return []
         try:
@@ -527,7 +528,7 @@ class Middlebox:
         messages: list[SwitchMessage] = []
         for path, ports in connection.policy.get("ports", {}).items():
             if path in connection.paths:
-                messages += self._path_rules(connection, path, ports)
+                messages.append(self._service_side_rule(connection, path, ports))
         return messages
 
     def _observe(self, dpid: int, frame: Frame, now: float, context: dict) -> Decision:
@@ -595,7 +596,7 @@ class Middlebox:
     def _path_rules(
         self, connection: Connection, path: FlowKey, ports: _PathPorts
     ) -> list[SwitchMessage]:
-        """Both directions of one path, under the connection's meter while observing or not."""
+        """Both directions of one path; the client's under the connection's meter."""
         messages: list[SwitchMessage] = []
         meter_id = None
         if self.ratelimit:
@@ -605,21 +606,27 @@ class Middlebox:
                 messages.append(
                     MeterRule(meter_id, self.ratelimit.rate_kbps, self.ratelimit.burst_kbit)
                 )
-        idle = int(self.config.state_idle_timeout_s)
-        observing = bool(connection.policy.get("observing"))
-        messages += [
+        messages.append(
             FlowRule(
-                PRIORITY_ADMITTED_FLOW, Match(flow=path), ports.service_port, idle,
-                meter_id=meter_id, copy_to_controller=observing,
+                PRIORITY_ADMITTED_FLOW, Match(flow=path), ports.service_port,
+                int(self.config.state_idle_timeout_s), meter_id=meter_id,
                 set_fields=self._rewrite(path, to_service=True, ports=ports),
-            ),
-            FlowRule(
-                PRIORITY_ADMITTED_FLOW, self._service_side_match(path, ports.backend),
-                ports.client_port, idle, copy_to_controller=observing,
-                set_fields=self._rewrite(path, to_service=False, ports=ports),
-            ),
-        ]  # fmt: skip
+            )
+        )  # fmt: skip
+        messages.append(self._service_side_rule(connection, path, ports))
         return messages
+
+    def _service_side_rule(
+        self, connection: Connection, path: FlowKey, ports: _PathPorts
+    ) -> FlowRule:
+        """The service's packets of one path to the client, copied to the controller while
+        the connection's server CIDs are still to be learnt."""
+        return FlowRule(
+            PRIORITY_ADMITTED_FLOW, self._service_side_match(path, ports.backend),
+            ports.client_port, int(self.config.state_idle_timeout_s),
+            copy_to_controller=bool(connection.policy.get("observing")),
+            set_fields=self._rewrite(path, to_service=False, ports=ports),
+        )  # fmt: skip
 
     def _baseline_backend_reply(
         self, dpid: int, in_port: int, frame: Frame, data: bytes, context: dict
