@@ -189,6 +189,7 @@ class Emulation:
         self.net.build()
         for node in self.net.hosts + self.net.switches:
             self.record.own(node.pid, f"mininet shell {node.name}")
+        self._disable_ipv6()
         self.net.start()
         # Mininet logs a failed ovs-vsctl and carries on; a missing bridge must stop us here.
         bridge = self.topo.switch_name
@@ -252,6 +253,16 @@ class Emulation:
         except (OSError, subprocess.TimeoutExpired) as exc:
             text = f"# {argv}: {exc}\n"
         path.write_text(text)
+
+    def _disable_ipv6(self) -> None:
+        """The testbed is IPv4. A host's IPv6 sends router solicitations, MLD reports and
+        duplicate-address probes at times of its own, each a packet-in that the controller
+        floods; off before the switch starts, they never reach it and the counts stay exact."""
+        for host in self.net.hosts:
+            host.cmd(
+                "sysctl", "-qw",
+                "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+            )  # fmt: skip
 
     def _disable_offloads(self) -> None:
         for host in self.net.hosts:
