@@ -84,8 +84,8 @@ CID_AWARE_VARIANTS = ("cid", "qasm")
 STATEFUL_VARIANTS = ("tuple", *CID_AWARE_VARIANTS)
 VARIANTS = ("baseline", *STATEFUL_VARIANTS, "quic-lb")
 FUNCTIONS = ("firewall", "ratelimit", "nat", "loadbalancer")
-# Packet-ins of a path whose rules went out less than this long ago were already queued
-# before the switch had the rules; forward them without sending the rules again.
+# Packet-ins of a path (or a MAC) whose rules went out less than this long ago were already
+# queued before the switch had the rules; forward them without sending the rules again.
 RULES_IN_FLIGHT_S = 1.0
 # Drop reasons the metrics count apart: the server on a path the client left (not a cost of
 # the migration), and a NAT without a free port (the reason goes on with the pool size).
@@ -222,6 +222,9 @@ class Middlebox:
         self._port_of_mac: dict[tuple[int, str], int] = {}
         self._port_of_ip: dict[tuple[int, str], int] = {}
         self._mac_of_ip: dict[tuple[int, str], str] = {}
+        # (dpid, MAC) → (port, when) of the last L2 rule sent, so packets queued before the
+        # switch applied it are forwarded without sending the same rule again.
+        self._l2_rules_sent: dict[tuple[int, str], tuple[int, float]] = {}
         self.tracking: TrackingAgent | None = None
         if config.variant == "qasm":
             agent = config.agent
@@ -250,6 +253,8 @@ class Middlebox:
     # --- events ---------------------------------------------------------------------------
 
     def switch_connected(self, dpid: int) -> Decision:
+        for key in [key for key in self._l2_rules_sent if key[0] == dpid]:
+            del self._l2_rules_sent[key]  # ClearFlows below removes them from the switch
         messages: list[SwitchMessage] = [
             ClearFlows(),
             FlowRule(PRIORITY_TABLE_MISS, Match(), PORT_CONTROLLER),
@@ -334,7 +339,7 @@ class Middlebox:
             return self._agent_datagram(dpid, in_port, frame, now, context)
         if self.stateful and self._touches_service(frame):
             return self._service_packet(dpid, in_port, frame, data, now, context)
-        return self._l2_forward(dpid, in_port, frame, data, context)
+        return self._l2_forward(dpid, in_port, frame, data, now, context)
 
     # --- forwarding -----------------------------------------------------------------------
 
@@ -362,16 +367,19 @@ class Middlebox:
         messages = [PacketOut(PORT_CONTROLLER, in_port, reply)]
         return self._decision(messages, **context, verdict="arp_reply", reason="our address")
 
-    def _l2_forward(self, dpid: int, in_port: int, frame: Frame, data: bytes, context: dict):
+    def _l2_forward(
+        self, dpid: int, in_port: int, frame: Frame, data: bytes, now: float, context: dict
+    ) -> Decision:
         out_port = self._port_of_mac.get((dpid, frame.eth_dst))
         if out_port is None:
             return self._decision(
                 [PacketOut(in_port, PORT_FLOOD, data)], **context, verdict="flood", reason="l2"
             )
-        messages = [
-            FlowRule(PRIORITY_L2, Match(eth_dst=frame.eth_dst), out_port),
-            PacketOut(in_port, out_port, data),
-        ]
+        messages: list[SwitchMessage] = [PacketOut(in_port, out_port, data)]
+        sent = self._l2_rules_sent.get((dpid, frame.eth_dst))
+        if sent is None or sent[0] != out_port or now - sent[1] >= RULES_IN_FLIGHT_S:
+            messages.insert(0, FlowRule(PRIORITY_L2, Match(eth_dst=frame.eth_dst), out_port))
+            self._l2_rules_sent[(dpid, frame.eth_dst)] = (out_port, now)
         return self._decision(messages, **context, verdict="forward", reason="l2")
 
     def _touches_service(self, frame: Frame) -> bool:
@@ -398,7 +406,7 @@ class Middlebox:
             if self.firewall:
                 reason = f"IP protocol {frame.ip_proto} is not QUIC/UDP"
                 return self._decision([], **context, verdict="drop", reason=reason)
-            return self._l2_forward(dpid, in_port, frame, data, context)
+            return self._l2_forward(dpid, in_port, frame, data, now, context)
         path, to_service = self._client_path(flow)
         if not to_service and self.nat and flow.dst_ip == self.nat.settings.public_ip:
             path = self.nat.path_of(flow.dst_port)
@@ -409,7 +417,7 @@ class Middlebox:
             if self.firewall:
                 reason = f"UDP port {path.dst_port} not served"
                 return self._decision([], **context, verdict="drop", reason=reason)
-            return self._l2_forward(dpid, in_port, frame, data, context)
+            return self._l2_forward(dpid, in_port, frame, data, now, context)
         connection, how = self._locate(path, to_service, frame.udp_payload, now)
         if connection is not None and "client_hello" in connection.policy and to_service:
             connection, how = self._read_client_hello(connection, frame.udp_payload, how)

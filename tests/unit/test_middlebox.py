@@ -156,6 +156,22 @@ def test_baseline_forwards_by_mac_learning_and_keeps_no_middlebox_state(client_i
     assert not box.firewall and len(box.table) == 0
 
 
+def test_an_l2_rule_in_flight_is_not_sent_again_for_the_packets_queued_before_it():
+    box = Middlebox(MiddleboxConfig(variant="baseline", service_ip=SERVER_IP, service_port=4433))
+    box.switch_connected(1)
+    box.packet_in(1, SERVER_PORT, arp_frame(SERVER_MAC, SERVER_IP, CLIENT_IP), now=0.0)
+    to_server = udp_frame(b"\x40" + bytes(40), sport=1234)
+    first, queued = (box.packet_in(1, CLIENT_PORT, to_server, now=t) for t in (1.0, 1.01))
+    assert rules(first) == [FlowRule(10, Match(eth_dst=SERVER_MAC), SERVER_PORT)]
+    assert rules(queued) == [] and queued.messages == (
+        PacketOut(CLIENT_PORT, SERVER_PORT, to_server),
+    )
+    # Long after (the rule was lost) and after the switch reconnected (its table was cleared).
+    assert rules(box.packet_in(1, CLIENT_PORT, to_server, now=2.5))
+    box.switch_connected(1)
+    assert rules(box.packet_in(1, CLIENT_PORT, to_server, now=2.6))
+
+
 def test_malformed_frames_are_dropped_with_the_layer_named():
     box = middlebox("tuple")
     good = udp_frame(b"x" * 20)
