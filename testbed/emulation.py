@@ -257,7 +257,7 @@ class Emulation:
     def _disable_ipv6(self) -> None:
         """The testbed is IPv4. A host's IPv6 sends router solicitations, MLD reports and
         duplicate-address probes at times of its own, each a packet-in that the controller
-        floods; off before the switch starts, they never reach it and the counts stay exact."""
+        floods; off before the switch starts, none of them adds noise to the counts."""
         for host in self.net.hosts:
             host.cmd(
                 "sysctl", "-qw",
