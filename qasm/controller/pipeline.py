@@ -222,8 +222,7 @@ class Middlebox:
         self._port_of_mac: dict[tuple[int, str], int] = {}
         self._port_of_ip: dict[tuple[int, str], int] = {}
         self._mac_of_ip: dict[tuple[int, str], str] = {}
-        # (dpid, MAC) → (port, when) of the last L2 rule sent, so packets queued before the
-        # switch applied it are forwarded without sending the same rule again.
+        # (dpid, MAC) → the port and time of the last L2 rule sent for it (see _rules_due).
         self._l2_rules_sent: dict[tuple[int, str], tuple[int, float]] = {}
         self.tracking: TrackingAgent | None = None
         if config.variant == "qasm":
@@ -376,8 +375,8 @@ class Middlebox:
                 [PacketOut(in_port, PORT_FLOOD, data)], **context, verdict="flood", reason="l2"
             )
         messages: list[SwitchMessage] = [PacketOut(in_port, out_port, data)]
-        sent = self._l2_rules_sent.get((dpid, frame.eth_dst))
-        if sent is None or sent[0] != out_port or now - sent[1] >= RULES_IN_FLIGHT_S:
+        sent_port, sent_at = self._l2_rules_sent.get((dpid, frame.eth_dst), (None, None))
+        if sent_port != out_port or _rules_due(sent_at, now):
             messages.insert(0, FlowRule(PRIORITY_L2, Match(eth_dst=frame.eth_dst), out_port))
             self._l2_rules_sent[(dpid, frame.eth_dst)] = (out_port, now)
         return self._decision(messages, **context, verdict="forward", reason="l2")
@@ -441,7 +440,7 @@ class Middlebox:
             connection.policy.setdefault("ports", {})[path] = ports
             messages = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
             installed = connection.policy.setdefault("installed", {})
-            rules_due = now - installed.get(path, -RULES_IN_FLIGHT_S) >= RULES_IN_FLIGHT_S
+            rules_due = _rules_due(installed.get(path), now)
             if "client_hello" in connection.policy:
                 pass  # SNI not read yet: no rules, so the next Initials come here too
             elif not messages and rules_due:
@@ -750,6 +749,12 @@ class Middlebox:
         record["flow_mods"] = decision.flow_mods
         record["variant"] = self.config.variant
         return decision
+
+
+def _rules_due(sent_at: float | None, now: float) -> bool:
+    """Whether rules last sent at `sent_at` (None: never) are to be sent now: packet-ins
+    within RULES_IN_FLIGHT_S of them were queued before the switch applied them."""
+    return sent_at is None or now - sent_at >= RULES_IN_FLIGHT_S
 
 
 # quic-lb keeps no connection: its rules are built for this placeholder.

@@ -166,8 +166,13 @@ def test_an_l2_rule_in_flight_is_not_sent_again_for_the_packets_queued_before_it
     assert rules(queued) == [] and queued.messages == (
         PacketOut(CLIENT_PORT, SERVER_PORT, to_server),
     )
-    # Long after (the rule was lost) and after the switch reconnected (its table was cleared).
+    # Long after (the rule was lost), when the MAC moved, and after the switch reconnected
+    # (its table was cleared).
     assert rules(box.packet_in(1, CLIENT_PORT, to_server, now=2.5))
+    box.packet_in(1, 7, arp_frame(SERVER_MAC, SERVER_IP, CLIENT_IP), now=2.55)
+    assert rules(box.packet_in(1, CLIENT_PORT, to_server, now=2.56)) == [
+        FlowRule(10, Match(eth_dst=SERVER_MAC), 7)
+    ]
     box.switch_connected(1)
     assert rules(box.packet_in(1, CLIENT_PORT, to_server, now=2.6))
 
