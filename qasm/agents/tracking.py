@@ -1,8 +1,13 @@
 """The Tracking Agent: turns authenticated Client Agent reports into connection state.
 
-Sans-I/O: `receive(datagram, source_ip, now)` returns a `Report` saying whether it was
-accepted, why not, the signed reply to send (if any) and the paths the controller must now
-install or remove. A rejected report changes nothing but the counters.
+Sans-I/O: `receive(datagram, source_ip, now, table, apply)` checks a report, lets `apply`
+(the controller) carry an acceptable one out on the middlebox hops, and returns a `Report`
+saying whether it was accepted, why not (a `Reason` code and text) and the signed reply to
+send (if any). A rejected report changes nothing but the counters. One Tracking Agent serves
+every hop of a path; `table` is the client-facing hop's connection table, where the client's
+own addresses are the connection's (later hops see them translated), so ownership is judged
+there. With no middlebox hop (`table` None) a valid report is acknowledged and anchors
+nothing.
 
 Checks, in order (cheap and unauthenticated first, so a flood costs little):
 size bound → known client → HMAC tag → fields → counter (replay) → per-client rate →
@@ -15,12 +20,17 @@ a client (forged) or repeats one it sent (replayed) must not spend that client's
 flood of them would lock the real client out (found by testbed/apps/flood.py). What bounds the
 cost of unauthenticated reports is the controller's packet-in rate, and one HMAC over at most
 MAX_DATAGRAM bytes is cheap beside parsing the packet-in. Counters are keyed by the reason's
-category, never by text a sender chose, so they stay bounded under garbage.
+code, never by text a sender chose, so they stay bounded under garbage.
+
+Pull mode (`remember` / `announced`): the agent keeps each accepted announcement by its next
+CID, so a hop that meets that CID on a path it does not know can ask which connection it
+belongs to. Bounded: the oldest announcements are forgotten first.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from qasm.agents.messages import (
@@ -32,11 +42,14 @@ from qasm.agents.messages import (
     peek_client,
     seal,
 )
+from qasm.controller.events import Reason, Refusal
 from qasm.flow import FlowKey
 from qasm.state.connections import Connection, ConnectionTable
 
 DEFAULT_RATE_PER_S = 20.0
 DEFAULT_BURST = 20
+# Announcements kept for hops to pull: a client announces one path per migration.
+MAX_REMEMBERED = 100_000
 
 
 @dataclass
@@ -48,27 +61,32 @@ class _Bucket:
 @dataclass(frozen=True)
 class Report:
     accepted: bool
-    reason: str
+    reason: Reason
+    text: str = ""
     client: str | None = None
     reply: bytes | None = None  # signed ack to send back, None when the sender is unverified
-    connection: Connection | None = None
-    new_path: FlowKey | None = None  # to pre-install (client→service direction)
-    retired_path: FlowKey | None = None  # to remove
+    message: Announce | Retire | None = None  # the authenticated report, once it is one
+    service: tuple[str, int] = ("", 0)  # where the paths of `message` lead
 
-    def record(self) -> dict:
-        return {
-            "accepted": self.accepted,
-            "reason": self.reason,
-            "client": self.client,
-            "connection": self.connection.id if self.connection else None,
-            "new_path": str(self.new_path) if self.new_path else None,
-            "retired_path": str(self.retired_path) if self.retired_path else None,
-        }
+    @property
+    def new_path(self) -> FlowKey | None:
+        return self._path(self.message.new) if isinstance(self.message, Announce) else None
+
+    @property
+    def retired_path(self) -> FlowKey | None:
+        return self._path(self.message.path) if isinstance(self.message, Retire) else None
+
+    def _path(self, address) -> FlowKey:
+        return FlowKey(*address, *self.service)
+
+
+# What the controller does with a report the agent finds acceptable: carry it out on the
+# hops (the client-facing hop's connection, None without hops) or say why it cannot.
+Apply = Callable[[Announce | Retire, Connection | None], Refusal | None]
 
 
 @dataclass
 class TrackingAgent:
-    table: ConnectionTable
     service: tuple[str, int]
     keys: dict[str, bytes]  # client id -> key
     addresses: dict[str, frozenset[str]]  # client id -> its IPv4 addresses
@@ -80,45 +98,79 @@ class TrackingAgent:
     # lost ack) gets the same reply again instead of a replay rejection, and changes nothing.
     _last_exchange: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _announced: OrderedDict[bytes, Announce] = field(default_factory=OrderedDict)
 
-    def receive(self, datagram: bytes, source_ip: str, now: float) -> Report:
-        report = self._receive(datagram, source_ip, now)
-        self.counters["accepted" if report.accepted else f"rejected: {_category(report)}"] += 1
+    def receive(
+        self,
+        datagram: bytes,
+        source_ip: str,
+        now: float,
+        table: ConnectionTable | None,
+        apply: Apply,
+    ) -> Report:
+        report = self._receive(datagram, source_ip, now, table, apply)
+        self.counters["accepted" if report.accepted else f"rejected: {report.reason}"] += 1
         return report
 
-    def _receive(self, datagram: bytes, source_ip: str, now: float) -> Report:
+    def remember(self, announce: Announce) -> None:
+        """Pull mode: keep an accepted announcement for hops to ask about its next CID."""
+        self._announced.pop(announce.next_cid, None)
+        self._announced[announce.next_cid] = announce
+        while len(self._announced) > MAX_REMEMBERED:
+            self._announced.popitem(last=False)
+
+    def announced(self, cid: bytes) -> Announce | None:
+        """Pull mode: the accepted announcement whose next CID is `cid`, if any."""
+        return self._announced.get(cid)
+
+    def _receive(self, datagram, source_ip, now, table, apply) -> Report:
         try:
             client = peek_client(datagram)
         except AgentMessageError as exc:
-            return Report(False, f"malformed: {exc}")
+            return self._report(False, Reason.MALFORMED, str(exc))
         key = self.keys.get(client)
         if key is None:
-            return Report(False, "unknown client", client)
+            return self._report(False, Reason.UNKNOWN_CLIENT, "", client)
         try:
             message = open_sealed(datagram, key)
         except AgentMessageError as exc:
-            reason = "forged" if str(exc).startswith("tag:") else f"malformed: {exc}"
-            return Report(False, reason, client)
+            forged = str(exc).startswith("tag:")
+            return self._report(
+                False, Reason.FORGED if forged else Reason.MALFORMED, str(exc), client
+            )
         if message.client != client or isinstance(message, Ack):
-            return Report(False, "malformed: not a client report", client)
+            return self._report(False, Reason.MALFORMED, "not a client report", client)
         last = self._last_exchange.get(client)
         if last is not None and last[0] == datagram:
-            return Report(False, "duplicate (answered again)", client, last[1])
+            return self._report(False, Reason.DUPLICATE, "answered again", client, last[1])
         if message.counter <= self._last_counter.get(client, -1):
-            return self._reject(key, message, "replayed (counter not increasing)")
+            return self._reject(key, message, Refusal(Reason.REPLAYED, "counter not increasing"))
         if not self._take_token(client, now):
             # Not answered (the client retries the same datagram) and the counter not
             # consumed, so that retry can still be accepted once tokens are back.
-            return Report(False, "rate limited", client)
+            return self._report(False, Reason.RATE_LIMITED, "", client)
         self._last_counter[client] = message.counter
         if source_ip not in self.addresses[client]:
-            report = self._reject(key, message, f"source {source_ip} is not this client's")
-        elif isinstance(message, Announce):
-            report = self._announce(key, message, now)
+            refusal = Refusal(Reason.SOURCE_NOT_CLIENTS, f"source {source_ip} is not this client's")
         else:
-            report = self._retire(key, message, now)
+            connection = None
+            refusal = None
+            if table is not None:
+                connection = self._check(table, message, now)
+                if isinstance(connection, Refusal):
+                    refusal, connection = connection, None
+            refusal = refusal or apply(message, connection)
+        if refusal is not None:
+            report = self._reject(key, message, refusal)
+        else:
+            accepted = Reason.ANNOUNCED if isinstance(message, Announce) else Reason.RETIRED
+            reply = self._ack(key, message, True, "ok")
+            report = self._report(True, accepted, "", client, reply, message)
         self._last_exchange[client] = (datagram, report.reply)
         return report
+
+    def _report(self, accepted, reason, text="", client=None, reply=None, message=None) -> Report:
+        return Report(accepted, reason, text, client, reply, message, self.service)
 
     def _take_token(self, client: str, now: float) -> bool:
         bucket = self._buckets.setdefault(client, _Bucket(self.burst, now))
@@ -129,67 +181,43 @@ class TrackingAgent:
         bucket.tokens -= 1
         return True
 
-    def _owned_connection(self, message: Announce | Retire, now: float) -> Connection | str:
-        connection = self.table.by_cid(message.connection_cid, now)
+    def _check(self, table: ConnectionTable, message, now: float) -> Connection | Refusal:
+        """The client-facing hop's connection the report is about, if the client owns it and
+        the report is consistent with it (ownership: its current path is one of the
+        client's addresses)."""
+        connection = table.by_cid(message.connection_cid, now)
         if connection is None:
-            return "unknown connection"
+            return Refusal(Reason.UNKNOWN_CONNECTION, "")
         if connection.owner not in (None, message.client):
-            return "connection owned by another client"
+            return Refusal(Reason.CONNECTION_OF_ANOTHER_CLIENT, "")
         client_addresses = self.addresses[message.client]
         if not any(path.src_ip in client_addresses for path in connection.paths):
-            return "connection does not belong to this client"
-        return connection
-
-    def _announce(self, key: bytes, message: Announce, now: float) -> Report:
-        connection = self._owned_connection(message, now)
-        if isinstance(connection, str):
-            return self._reject(key, message, connection)
+            return Refusal(Reason.NOT_CLIENTS_CONNECTION, "")
+        if isinstance(message, Retire):
+            path = FlowKey(*message.path, *self.service)
+            if len(connection.paths) < 2 or path not in connection.paths:
+                return Refusal(Reason.NOT_RETIRABLE, f"{path}")
+            return connection
         old_path = FlowKey(*message.old, *self.service)
         new_path = FlowKey(*message.new, *self.service)
         if old_path not in connection.paths:
-            return self._reject(key, message, "old address is not a path of this connection")
-        if message.new[0] not in self.addresses[message.client]:
-            return self._reject(key, message, f"new address {message.new[0]} is not this client's")
-        owner = self.table.by_cid(message.next_cid, now)
-        if owner not in (None, connection):
-            return self._reject(key, message, "next CID belongs to another connection")
-        owner = self.table.by_path(new_path, now)
-        if owner not in (None, connection):
-            return self._reject(key, message, "new path belongs to another connection")
-        if not (
-            self.table.associate_cid(connection, message.next_cid, now)
-            and self.table.associate_path(connection, new_path, now)
-        ):
-            return self._reject(key, message, "connection holds its maximum of CIDs or paths")
-        connection.owner = message.client
-        connection.migrations += 1
-        return Report(
-            True, "announced", message.client, self._ack(key, message, True, "ok"),
-            connection, new_path=new_path,
-        )  # fmt: skip
+            return Refusal(Reason.OLD_ADDRESS_NOT_A_PATH, f"{old_path}")
+        if message.new[0] not in client_addresses:
+            return Refusal(Reason.NEW_ADDRESS_NOT_CLIENTS, f"new address {message.new[0]}")
+        if table.by_cid(message.next_cid, now) not in (None, connection):
+            return Refusal(Reason.NEXT_CID_OF_ANOTHER, message.next_cid.hex())
+        if table.by_path(new_path, now) not in (None, connection):
+            return Refusal(Reason.NEW_PATH_OF_ANOTHER, f"{new_path}")
+        return connection
 
-    def _retire(self, key: bytes, message: Retire, now: float) -> Report:
-        connection = self._owned_connection(message, now)
-        if isinstance(connection, str):
-            return self._reject(key, message, connection)
-        path = FlowKey(*message.path, *self.service)
-        if len(connection.paths) < 2 or not self.table.retire_path(connection, path):
-            return self._reject(key, message, "not a retirable path of this connection")
-        connection.owner = message.client
-        return Report(
-            True, "retired", message.client, self._ack(key, message, True, "ok"),
-            connection, retired_path=path,
-        )  # fmt: skip
-
-    def _reject(self, key: bytes, message: Announce | Retire, reason: str) -> Report:
-        return Report(False, reason, message.client, self._ack(key, message, False, reason))
+    def _reject(self, key: bytes, message: Announce | Retire, refusal: Refusal) -> Report:
+        reply = self._ack(key, message, False, _text(refusal))
+        return self._report(False, refusal.reason, refusal.text, message.client, reply)
 
     @staticmethod
     def _ack(key: bytes, message: Announce | Retire, accepted: bool, reason: str) -> bytes:
         return seal(Ack(message.client, message.counter, accepted, reason[:200]), key)
 
 
-def _category(report: Report) -> str:
-    """The rejection reason without sender-chosen text: a `malformed: FIELD: ...` reason
-    quotes the offending value, and unverified senders pick those freely."""
-    return report.reason.split(":")[0] if report.reason.startswith("malformed") else report.reason
+def _text(refusal: Refusal) -> str:
+    return f"{refusal.reason}: {refusal.text}" if refusal.text else str(refusal.reason)

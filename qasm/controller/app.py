@@ -1,7 +1,8 @@
-"""The os-ken (Ryu API) app: a thin shell around `Middlebox`.
+"""The os-ken (Ryu API) app: a thin shell around `Controller` (every datapath of the run).
 
 Each handler is one delegation call; `_apply` is the one place that turns decisions into
-OpenFlow 1.3 messages and writes the decision log (one JSON line per decision). An unhandled
+OpenFlow 1.3 messages, sent to the datapath each decision names, and writes the decision log
+(one typed event per line, qasm/controller/events.py). An unhandled
 exception ends the process loudly (faucet's kill_on_exception): the runner sees a dead
 controller and reports an infrastructure failure instead of measuring a half-dead middlebox.
 """
@@ -11,9 +12,12 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
+from dataclasses import replace
 
 from os_ken import cfg
 from os_ken.base import app_manager
@@ -29,8 +33,9 @@ from qasm.controller.messages import (
     MeterRule,
     PacketOut,
     RemoveFlow,
+    RemoveMeter,
 )
-from qasm.controller.pipeline import Decision, Middlebox, MiddleboxConfig
+from qasm.controller.pipeline import Controller, Decision, MiddleboxConfig
 
 CONF = cfg.CONF
 CONF.register_cli_opts(
@@ -43,6 +48,7 @@ EXIT_HANDLER_CRASHED = 70
 # At most this often, a `stats` line (table and counter sizes) joins the decision log; written
 # from the event thread, so it never reads the tables while a handler changes them.
 STATS_INTERVAL_S = 1.0
+STOP_LOCK_TIMEOUT_S = 1.0
 
 
 def kill_on_exception(handler):
@@ -64,36 +70,67 @@ class MiddleboxApp(app_manager.OSKenApp):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         with open(CONF.qasm_config, encoding="utf-8") as stream:
-            self.middlebox = Middlebox(MiddleboxConfig.from_json(stream.read()))
+            self.config = MiddleboxConfig.from_json(stream.read())
+        self.controller = Controller(self.config)
         self.decision_log = open(CONF.qasm_decision_log, "a", encoding="utf-8")  # noqa: SIM115
+        self._datapaths: dict[int, object] = {}
         self._stats_at = float("-inf")
+        # Handlers run on os-ken's threads and the stop signal on the main thread: one lock,
+        # so the final snapshot never reads a table a handler is changing.
+        self._lock = threading.Lock()
+        # The runner stops the controller with SIGTERM: the tables as they are then are the
+        # run's end state (`connection_state` events), read by the metrics.
+        signal.signal(signal.SIGTERM, self._stop)
 
     @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
     @kill_on_exception
     def switch_features(self, ev) -> None:
         datapath = ev.msg.datapath
-        self._apply(datapath, self.middlebox.switch_connected(datapath.id))
+        self._datapaths[datapath.id] = datapath
+        with self._lock:
+            self._send_and_log([self.controller.switch_connected(datapath.id)])
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     @kill_on_exception
     def packet_in(self, ev) -> None:
         msg = ev.msg
-        decision = self.middlebox.packet_in(
-            msg.datapath.id, msg.match["in_port"], bytes(msg.data), time.monotonic(), msg.cookie
-        )
-        self._apply(msg.datapath, decision)
+        self._datapaths.setdefault(msg.datapath.id, msg.datapath)
+        with self._lock:
+            decisions = self.controller.packet_in(
+                msg.datapath.id, msg.match["in_port"], bytes(msg.data), time.monotonic(), msg.cookie
+            )
+            self._send_and_log(decisions)
 
-    def _apply(self, datapath, decision: Decision) -> None:
-        for message in decision.messages:
-            for openflow_message in _to_openflow(datapath, message):
-                datapath.send_msg(openflow_message)
-        record = {"t": time.monotonic(), **decision.record}
-        self.decision_log.write(json.dumps(record) + "\n")
-        if record["t"] - self._stats_at >= STATS_INTERVAL_S:
-            self._stats_at = record["t"]
-            stats = {"t": record["t"], **self.middlebox.stats(), "rss_kib": _rss_kib()}
-            self.decision_log.write(json.dumps(stats) + "\n")
+    def _send_and_log(self, decisions: list[Decision]) -> None:
+        now = time.monotonic()
+        for decision in decisions:
+            datapath = self._datapaths.get(decision.dpid)
+            if datapath is None:
+                raise RuntimeError(f"decision for datapath {decision.dpid}, not connected")
+            for message in decision.messages:
+                for openflow_message in _to_openflow(datapath, message):
+                    datapath.send_msg(openflow_message)
+            self._log(decision.event, now)
+        if now - self._stats_at >= STATS_INTERVAL_S:
+            self._stats_at = now
+            rss = _rss_kib()
+            for stats in self.controller.stats():
+                self._log(replace(stats, rss_kib=rss), now)
         self.decision_log.flush()
+
+    def _log(self, event, now: float) -> None:
+        record = event.to_record(now, self.config.variant)
+        self.decision_log.write(json.dumps(record) + "\n")
+
+    def _stop(self, _signum, _frame) -> None:
+        # A handler may hold the lock while blocked on a dead switch: give up after a while
+        # rather than hang the runner's teardown (the end state is then missing, not wrong).
+        if self._lock.acquire(timeout=STOP_LOCK_TIMEOUT_S):
+            now = time.monotonic()
+            for state in self.controller.snapshot():
+                self._log(state, now)
+            self.decision_log.flush()
+        os._exit(0)
 
 
 def _rss_kib() -> int | None:
@@ -133,6 +170,8 @@ def _to_openflow(datapath, message) -> list:
                 bands=[band],
             )
         ]
+    if isinstance(message, RemoveMeter):
+        return [parser.OFPMeterMod(datapath, command=ofp.OFPMC_DELETE, meter_id=message.meter_id)]
     if isinstance(message, RemoveFlow):
         return [
             parser.OFPFlowMod(

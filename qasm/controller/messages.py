@@ -72,6 +72,13 @@ class MeterRule:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoveMeter:
+    """Delete a meter (and, as OpenFlow does, the flow entries that use it)."""
+
+    meter_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class PacketOut:
     in_port: int
     out_port: int
@@ -84,4 +91,4 @@ class ClearFlows:
     """Delete every flow entry and meter: a (re)connected switch may hold a previous run's."""
 
 
-SwitchMessage = FlowRule | RemoveFlow | MeterRule | PacketOut | ClearFlows
+SwitchMessage = FlowRule | RemoveFlow | MeterRule | RemoveMeter | PacketOut | ClearFlows

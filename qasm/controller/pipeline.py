@@ -1,9 +1,13 @@
-"""The middlebox as a sans-I/O state machine: packet-in in, switch messages and a log out.
+"""The middlebox as a sans-I/O state machine: packet-in in, switch messages and an event out.
 
 Data flow (../shared/DESIGN.md): packet-in → parse → look up / update connection state → each
 configured function decides → flow rules on the switch, so later packets of an admitted path
 stay in the fast path. Forwarding is MAC learning; traffic to or from the protected service is
 steered to the controller (above L2 rules) whenever the variant keeps middlebox state.
+
+One controller drives every datapath of an emulation (`Controller`): the middlebox hops, in
+path order from the clients (`Middlebox`, each with its own connection table, NAT pool and
+public address), and plain forwarding switches (`Switch`). One Tracking Agent serves all hops.
 
 How each variant finds the connection of a packet on a 5-tuple it has no rule for:
 - `tuple`: it does not: every new 5-tuple is a new connection.
@@ -11,15 +15,17 @@ How each variant finds the connection of a packet on a 5-tuple it has no rule fo
   (RFC 9312 §3.5). To see the handshake, a connection's first rule for the service's packets
   forwards *and* copies to the controller until the server's SCID is known; then plain
   forwarding replaces it. The client's packets are never copied: they carry no server SCID.
-- `qasm`: as `cid`, plus the Client Agent's reports to the Tracking Agent, which associate the
-  next CID and the new path before the client uses them and pre-install the new path's rules.
+- `qasm`: as `cid`, plus the Client Agent's reports to the Tracking Agent. In `push` mode the
+  agent associates the next CID and the new path on every hop, in path order, and installs
+  its rules before it acknowledges, so the first migrated packet is no packet-in. In `pull`
+  mode it acknowledges at once and remembers the announcement; a hop that meets the new CID
+  on an unknown path asks the agent which connection it belongs to, then installs the path
+  (the packet waits in the controller meanwhile: one packet-in per hop and migration).
 
-Functions: `firewall` admits a new connection only on a QUIC Initial (RFC 9312 §3.1.2, §4.7);
-`ratelimit` puts every path of a connection under one OpenFlow meter (one token bucket);
-`nat` gives every path its own public port (RFC 9312 §4.3) and frees a path's port when the
-Tracking Agent retires it or the connection idles out; `loadbalancer` sends each connection to
-one backend behind the service's virtual IP (qasm/functions/loadbalancer.py says how each
-variant picks it; `quic-lb` is the load balancer alone, stateless).
+What each function does is in qasm/functions/ (one class each, with its typed per-connection
+state); the hop calls their hooks in the configured order. `quic-lb` is the load balancer
+alone, stateless, and `baseline` keeps no state (a load balancer's VIP goes to the first
+backend by static rules).
 """
 
 from __future__ import annotations
@@ -27,7 +33,23 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from qasm.agents.messages import Announce, Retire
 from qasm.agents.tracking import TrackingAgent
+from qasm.controller.events import (
+    AgentReport,
+    ConnectionsEnded,
+    ConnectionState,
+    Event,
+    HopStats,
+    NatMapping,
+    PacketIn,
+    PathInstalled,
+    PathRetired,
+    Reason,
+    Refusal,
+    SwitchConnected,
+    Verdict,
+)
 from qasm.controller.frame import (
     ETH_TYPE_ARP,
     ETH_TYPE_IPV4,
@@ -51,25 +73,34 @@ from qasm.controller.messages import (
     ClearFlows,
     FlowRule,
     Match,
-    MeterRule,
     PacketOut,
     RemoveFlow,
+    RemoveMeter,
     SwitchMessage,
 )
 from qasm.flow import FlowKey
-from qasm.functions.firewall import SniPolicy, client_initial_problem
+from qasm.functions.base import Change, MiddleboxFunction
+from qasm.functions.firewall import Firewall, SniPolicy, client_initial_problem
 from qasm.functions.loadbalancer import (
     Backend,
+    LoadBalancer,
     LoadBalancerSettings,
+    LoadBalancerState,
     QuicLbSettings,
-    backend_by_hash,
     backend_by_initial_dcid,
     backend_by_server_id,
 )
-from qasm.functions.nat import NatPool, NatSettings
-from qasm.state.connections import Connection, ConnectionTable
-from qasm.state.flows import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ENTRIES
-from qasm.wire.clienthello import ClientHelloAssembler
+from qasm.functions.nat import Nat, NatSettings
+from qasm.functions.ratelimit import RateLimit, RateLimiter
+from qasm.state.connections import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    EVICTED,
+    EXPIRED,
+    Connection,
+    ConnectionTable,
+    PathEnds,
+)
 from qasm.wire.errors import WireError
 from qasm.wire.header import (
     KNOWN_VERSIONS,
@@ -84,13 +115,10 @@ CID_AWARE_VARIANTS = ("cid", "qasm")
 STATEFUL_VARIANTS = ("tuple", *CID_AWARE_VARIANTS)
 VARIANTS = ("baseline", *STATEFUL_VARIANTS, "quic-lb")
 FUNCTIONS = ("firewall", "ratelimit", "nat", "loadbalancer")
+AGENT_MODES = ("push", "pull")
 # Packet-ins of a path (or a MAC) whose rules went out less than this long ago were already
 # queued before the switch had the rules; forward them without sending the rules again.
 RULES_IN_FLIGHT_S = 1.0
-# Drop reasons the metrics count apart: the server on a path the client left (not a cost of
-# the migration), and a NAT without a free port (the reason goes on with the pool size).
-FROM_SERVICE_ON_RETIRED_PATH = "from the service on a path its client retired"
-NAT_POOL_EXHAUSTED = "NAT port pool exhausted"
 
 
 class ConfigError(ValueError):
@@ -99,20 +127,24 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AgentSettings:
-    """Where the Tracking Agent listens (a management address answered by the controller)
-    and who may report: per-client keys (hex) and each client's addresses."""
+    """Where the Tracking Agent listens (a management address answered by the controller),
+    who may report (per-client keys, hex, and each client's addresses) and how it anchors
+    announcements in the hops (`push` or `pull`)."""
 
     ip: str
     port: int
     mac: str
     keys: dict[str, str] = field(default_factory=dict)
     addresses: dict[str, list[str]] = field(default_factory=dict)
+    mode: str = "push"
 
 
 @dataclass(frozen=True)
-class RateLimit:
-    rate_kbps: int
-    burst_kbit: int
+class HopSettings:
+    """One middlebox datapath; `nat` gives it its own public address and port pool."""
+
+    dpid: int
+    nat: NatSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -121,11 +153,12 @@ class MiddleboxConfig:
     service_ip: str
     service_port: int
     functions: tuple[str, ...] = ("firewall",)
+    # Middlebox datapaths in path order from the clients; every other datapath forwards only.
+    hops: tuple[HopSettings, ...] = (HopSettings(1),)
     state_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
-    max_flows: int = DEFAULT_MAX_ENTRIES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     agent: AgentSettings | None = None
     ratelimit: RateLimit | None = None
-    nat: NatSettings | None = None
     loadbalancer: LoadBalancerSettings | None = None
     sni: SniPolicy | None = None  # the firewall's allow/deny lists for the ClientHello's SNI
 
@@ -137,14 +170,18 @@ class MiddleboxConfig:
             raise ConfigError(f"functions: {sorted(unknown)}, expected from {', '.join(FUNCTIONS)}")
         if not 0 < self.service_port < 65536:
             raise ConfigError(f"service_port: {self.service_port}, expected 1..65535")
-        if self.state_idle_timeout_s <= 0 or self.max_flows <= 0:
-            raise ConfigError("state_idle_timeout_s and max_flows: expected positive numbers")
+        if self.state_idle_timeout_s <= 0 or self.max_connections <= 0:
+            raise ConfigError("state_idle_timeout_s and max_connections: expected positive numbers")
+        if len({hop.dpid for hop in self.hops}) != len(self.hops):
+            raise ConfigError("hops: expected each dpid once")
         if self.variant == "qasm" and self.agent is None:
             raise ConfigError("agent: the qasm variant needs the Tracking Agent's settings")
+        if self.agent is not None and self.agent.mode not in AGENT_MODES:
+            raise ConfigError(f"agent.mode: {self.agent.mode!r}, expected push or pull")
         if "ratelimit" in self.functions and self.ratelimit is None:
             raise ConfigError("ratelimit: the ratelimit function needs rate_kbps and burst_kbit")
-        if "nat" in self.functions and self.nat is None:
-            raise ConfigError("nat: the nat function needs public_ip, public_mac and a port pool")
+        if "nat" in self.functions and any(hop.nat is None for hop in self.hops):
+            raise ConfigError("hops: the nat function needs every hop's public address and pool")
         if "loadbalancer" in self.functions and self.loadbalancer is None:
             raise ConfigError("loadbalancer: the loadbalancer function needs its backends")
         if self.variant == "quic-lb" and self.functions != ("loadbalancer",):
@@ -163,12 +200,15 @@ class MiddleboxConfig:
         try:
             if "functions" in values:
                 values["functions"] = tuple(values["functions"])
+            if "hops" in values:
+                values["hops"] = tuple(
+                    HopSettings(hop["dpid"], NatSettings(**hop["nat"]) if hop.get("nat") else None)
+                    for hop in values["hops"]
+                )
             if values.get("agent") is not None:
                 values["agent"] = AgentSettings(**values["agent"])
             if values.get("ratelimit") is not None:
                 values["ratelimit"] = RateLimit(**values["ratelimit"])
-            if values.get("nat") is not None:
-                values["nat"] = NatSettings(**values["nat"])
             if values.get("loadbalancer") is not None:
                 lb = values["loadbalancer"]
                 values["loadbalancer"] = LoadBalancerSettings(
@@ -189,95 +229,340 @@ class MiddleboxConfig:
 
 @dataclass(frozen=True)
 class Decision:
-    """The switch messages for one event and the JSON record the controller logs for it."""
+    """The switch messages for one datapath and the event the controller logs for them."""
 
+    dpid: int
     messages: tuple[SwitchMessage, ...]
-    record: dict
+    event: Event
 
     @property
     def flow_mods(self) -> int:
-        return sum(isinstance(m, (FlowRule, RemoveFlow)) for m in self.messages)
+        return _flow_mods(self.messages)
 
 
-@dataclass
-class _PathPorts:
-    client_port: int
-    service_port: int
-    client_mac: str
-    backend: Backend | None = None  # behind a load balancer
+def _flow_mods(messages) -> int:
+    return sum(isinstance(m, (FlowRule, RemoveFlow)) for m in messages)
 
 
-class Middlebox:
+class Controller:
+    """Every datapath of an emulation: the middlebox hops in path order, plain switches (any
+    other dpid) and the Tracking Agent that serves all hops."""
+
     def __init__(self, config: MiddleboxConfig) -> None:
         self.config = config
-        self.stateful = config.variant in STATEFUL_VARIANTS
-        self.cid_aware = config.variant in CID_AWARE_VARIANTS
-        self.firewall = self.stateful and "firewall" in config.functions
-        self.sni = config.sni if self.firewall else None
-        self.ratelimit = config.ratelimit if "ratelimit" in config.functions else None
-        self.nat = NatPool(config.nat) if self.stateful and "nat" in config.functions else None
-        self.lb = config.loadbalancer if "loadbalancer" in config.functions else None
-        self._backend_ips = {b.ip: b for b in self.lb.backends} if self.lb else {}
-        self.table = ConnectionTable(config.state_idle_timeout_s, config.max_flows)
-        self._port_of_mac: dict[tuple[int, str], int] = {}
-        self._port_of_ip: dict[tuple[int, str], int] = {}
-        self._mac_of_ip: dict[tuple[int, str], str] = {}
-        # (dpid, MAC) → the port and time of the last L2 rule sent for it (see _rules_due).
-        self._l2_rules_sent: dict[tuple[int, str], tuple[int, float]] = {}
         self.tracking: TrackingAgent | None = None
         if config.variant == "qasm":
             agent = config.agent
             self.tracking = TrackingAgent(
-                table=self.table,
                 service=(config.service_ip, config.service_port),
                 keys={client: bytes.fromhex(key) for client, key in agent.keys.items()},
                 addresses={c: frozenset(a) for c, a in agent.addresses.items()},
             )
+        pull = self.tracking.announced if self.tracking and config.agent.mode == "pull" else None
+        self.hops: list[Middlebox] = [Middlebox(config, hop, pull) for hop in config.hops]
+        self._hop_of: dict[int, Middlebox] = {hop.dpid: hop for hop in self.hops}
+        self._plain: dict[int, Switch] = {}
 
-    def stats(self) -> dict:
-        """Sizes of everything the middlebox keeps, for the decision log: what a flood
-        could grow."""
-        return {
-            "event": "stats",
-            "connections": len(self.table),
-            "max_connections": self.table.max_connections,
-            "evicted": self.table.evicted,
-            "expired": self.table.expired,
-            "locations": len(self._port_of_ip),
-            "nat_in_use": self.nat.in_use if self.nat else None,
-            "nat_exhausted": self.nat.exhausted if self.nat else None,
-            "agent": dict(self.tracking.counters) if self.tracking else None,
-        }
+    def switch(self, dpid: int) -> Switch:
+        hop = self._hop_of.get(dpid)
+        if hop is not None:
+            return hop
+        return self._plain.setdefault(dpid, Switch(dpid))
+
+    def switch_connected(self, dpid: int) -> Decision:
+        messages = self.switch(dpid).connected()
+        if self.tracking:
+            agent = Match(ipv4_dst=self.config.agent.ip)
+            messages.append(FlowRule(PRIORITY_AGENT, agent, PORT_CONTROLLER))
+        return Decision(dpid, tuple(messages), SwitchConnected(dpid, _flow_mods(messages)))
+
+    def packet_in(
+        self, dpid: int, in_port: int, data: bytes, now: float, cookie: int = 0
+    ) -> list[Decision]:
+        switch = self.switch(dpid)
+        try:
+            frame = parse_frame(data)
+        except FrameError as exc:
+            event = PacketIn(dpid, in_port, Verdict.DROP, Reason.FRAME_UNREADABLE, str(exc))
+            return [Decision(dpid, (), event)]
+        if self.tracking and frame.ip_dst == self.config.agent.ip:
+            switch.learn(in_port, frame)
+            return self._agent_datagram(switch, in_port, frame, now)
+        return switch.packet_in(in_port, frame, data, now, cookie)
+
+    def stats(self) -> list[HopStats]:
+        agent = dict(self.tracking.counters) if self.tracking else None
+        return [hop.stats(agent) for hop in self.hops]
+
+    def snapshot(self) -> list[ConnectionState]:
+        """Every connection every hop holds now (logged when the controller stops)."""
+        return [state for hop in self.hops for state in hop.snapshot()]
+
+    # --- the Tracking Agent ---------------------------------------------------------------
+
+    def _agent_datagram(
+        self, switch: Switch, in_port: int, frame: Frame, now: float
+    ) -> list[Decision]:
+        agent = self.config.agent
+        context = dict(dpid=switch.dpid, in_port=in_port, addrs=frame.addresses())
+        if frame.eth_type == ETH_TYPE_ARP:
+            return [switch.arp_reply(in_port, frame, agent.mac)]
+        flow = frame.flow
+        if flow is None or flow.dst_port != agent.port:
+            event = AgentReport(**context, verdict=Verdict.REJECT, reason=Reason.NOT_AGENT_PORT)
+            return [Decision(switch.dpid, (), event)]
+        installs: list[Decision] = []
+
+        def apply(message: Announce | Retire, connection: Connection | None) -> Refusal | None:
+            if isinstance(message, Announce):
+                return self._announce(message, connection, switch, in_port, now, installs)
+            self._retire(message, connection, now, installs)
+            return None
+
+        first_hop = self.hops[0].table if self.hops else None
+        report = self.tracking.receive(frame.udp_payload, flow.src_ip, now, first_hop, apply)
+        messages: list[SwitchMessage] = []
+        if report.reply is not None:
+            answer = build_udp_frame(agent.mac, frame.eth_src, flow.reversed(), report.reply)
+            messages.append(PacketOut(PORT_CONTROLLER, in_port, answer))
+        event = AgentReport(
+            **context,
+            verdict=Verdict.ACCEPT if report.accepted else Verdict.REJECT,
+            reason=report.reason,
+            text=report.text,
+            bytes=len(frame.udp_payload),
+            client=report.client,
+            new_path=report.new_path if report.accepted else None,
+            retired_path=report.retired_path if report.accepted else None,
+        )
+        ended = [d for hop in self.hops if (d := hop.ended_decision()) is not None]
+        # The installs first: push mode promises the paths are on the switches before the
+        # client hears the ack (the app sends messages in this order).
+        return [*ended, *installs, Decision(switch.dpid, tuple(messages), event)]
+
+    def _announce(
+        self,
+        message: Announce,
+        connection: Connection | None,
+        switch: Switch,
+        in_port: int,
+        now: float,
+        installs: list[Decision],
+    ) -> Refusal | None:
+        if connection is None:
+            return None  # no middlebox hop: nothing to anchor
+        if self.config.agent.mode == "pull":
+            self.tracking.remember(message)
+            return None
+        old_path = FlowKey(*message.old, self.config.service_ip, self.config.service_port)
+        new_path = FlowKey(*message.new, self.config.service_ip, self.config.service_port)
+        first = self.hops[0]
+        # Where the new address is on the client-facing hop: the report came from it.
+        client_port = first.located_port(message.new[0])
+        if client_port is None and switch is first:
+            client_port = in_port
+        done: list[Installed] = []
+        for index, hop in enumerate(self.hops):
+            if index > 0:
+                connection = hop.connection_of(old_path, message.connection_cid, now)
+                if connection is None:
+                    continue  # this hop lost the connection (evicted): nothing to anchor
+            installed = hop.install_announced(
+                connection, message, old_path, new_path, client_port if index == 0 else None, now
+            )
+            if installed is None:
+                # All hops or none: what the hops before did is undone and never sent, so a
+                # refused report changes nothing.
+                for earlier in reversed(done):
+                    earlier.undo()
+                return Refusal(
+                    Reason.CONNECTION_FULL,
+                    f"hop {hop.dpid}: connection holds its maximum of CIDs or paths",
+                )
+            done.append(installed)
+            old_path = hop.service_flow(connection, old_path)
+            new_path = installed.next_hop_path
+        installs += [installed.decision for installed in done]
+        return None
+
+    def _retire(
+        self, message: Retire, connection: Connection | None, now: float, installs: list
+    ) -> None:
+        if connection is None:
+            return
+        path = FlowKey(*message.path, self.config.service_ip, self.config.service_port)
+        for index, hop in enumerate(self.hops):
+            if index > 0:
+                connection = hop.connection_of(path, message.connection_cid, now)
+                if connection is None:
+                    continue
+            next_path = hop.service_flow(connection, path)
+            decision = hop.retire(connection, path, message.client)
+            if decision is not None:
+                installs.append(decision)
+            path = next_path
+
+
+class Switch:
+    """A datapath that forwards by MAC learning and answers ARP for addresses the controller
+    owns. Locations (port per MAC and per IPv4 address) are learnt from packet-ins."""
+
+    def __init__(self, dpid: int) -> None:
+        self.dpid = dpid
+        self.arp_answers: dict[str, str] = {}  # IPv4 → MAC this datapath answers for
+        self._port_of_mac: dict[str, int] = {}
+        self._port_of_ip: dict[str, int] = {}
+        self._mac_of_ip: dict[str, str] = {}
+        # MAC → the port and time of the last L2 rule sent for it (see _rules_due).
+        self._l2_rules_sent: dict[str, tuple[int, float]] = {}
+
+    def connected(self) -> list[SwitchMessage]:
+        self._l2_rules_sent.clear()  # ClearFlows removes them from the switch
+        return [ClearFlows(), FlowRule(PRIORITY_TABLE_MISS, Match(), PORT_CONTROLLER)]
+
+    def located_port(self, ip: str) -> int | None:
+        return self._port_of_ip.get(ip)
+
+    def learn(self, in_port: int, frame: Frame) -> None:
+        if not int(frame.eth_src[:2], 16) & 0x01:  # not a multicast source
+            self._port_of_mac[frame.eth_src] = in_port
+        if frame.ip_src and (frame.eth_type == ETH_TYPE_ARP or frame.flow is not None):
+            self._port_of_ip[frame.ip_src] = in_port
+            self._mac_of_ip[frame.ip_src] = frame.eth_src
+
+    def packet_in(
+        self, in_port: int, frame: Frame, data: bytes, now: float, cookie: int = 0
+    ) -> list[Decision]:
+        self.learn(in_port, frame)
+        answer = self._arp_answer(frame)
+        if answer is not None:
+            return [self.arp_reply(in_port, frame, answer)]
+        return [self.l2_forward(in_port, frame, data, now, self._context(in_port, frame))]
+
+    def _context(self, in_port: int, frame: Frame) -> dict:
+        return dict(dpid=self.dpid, in_port=in_port, addrs=frame.addresses(), flow=frame.flow)
+
+    def _arp_answer(self, frame: Frame) -> str | None:
+        if frame.eth_type != ETH_TYPE_ARP:
+            return None
+        return self.arp_answers.get(frame.ip_dst)
+
+    def decide(self, messages: list[SwitchMessage], **event) -> Decision:
+        """A packet-in decision; `event` holds PacketIn's fields but dpid and flow_mods."""
+        packet_in = PacketIn(**event, flow_mods=_flow_mods(messages))
+        return Decision(self.dpid, tuple(messages), packet_in)
+
+    def arp_reply(self, in_port: int, frame: Frame, mac: str) -> Decision:
+        context = self._context(in_port, frame)
+        if not frame.arp_request:
+            return self.decide([], **context, verdict=Verdict.DROP, reason=Reason.ARP_REPLY_TO_US)
+        reply = build_arp_reply(mac, frame.ip_dst, frame.eth_src, frame.ip_src)
+        messages = [PacketOut(PORT_CONTROLLER, in_port, reply)]
+        return self.decide(
+            messages, **context, verdict=Verdict.ARP_REPLY, reason=Reason.OUR_ADDRESS
+        )
+
+    def l2_forward(
+        self, in_port: int, frame: Frame, data: bytes, now: float, context: dict
+    ) -> Decision:
+        out_port = self._port_of_mac.get(frame.eth_dst)
+        if out_port is None:
+            messages = [PacketOut(in_port, PORT_FLOOD, data)]
+            return self.decide(messages, **context, verdict=Verdict.FLOOD, reason=Reason.L2)
+        messages: list[SwitchMessage] = [PacketOut(in_port, out_port, data)]
+        sent_port, sent_at = self._l2_rules_sent.get(frame.eth_dst, (None, None))
+        if sent_port != out_port or _rules_due(sent_at, now):
+            messages.insert(0, FlowRule(PRIORITY_L2, Match(eth_dst=frame.eth_dst), out_port))
+            self._l2_rules_sent[frame.eth_dst] = (out_port, now)
+        return self.decide(messages, **context, verdict=Verdict.FORWARD, reason=Reason.L2)
+
+
+class Middlebox(Switch):
+    """One middlebox hop: its own connection table and its own instance of every configured
+    function (so its own NAT pool and public address)."""
+
+    def __init__(self, config: MiddleboxConfig, hop: HopSettings, pull=None) -> None:
+        super().__init__(hop.dpid)
+        self.config = config
+        self.variant = config.variant
+        self.stateful = config.variant in STATEFUL_VARIANTS
+        self.cid_aware = config.variant in CID_AWARE_VARIANTS
+        # pull mode: next CID → the announcement the Tracking Agent accepted, or None.
+        self._pull = pull
+        self.table = ConnectionTable(config.state_idle_timeout_s, config.max_connections)
+        self.lb = config.loadbalancer if "loadbalancer" in config.functions else None
+        self._backend_ips = {b.ip: b for b in self.lb.backends} if self.lb else {}
+        self.functions: list[MiddleboxFunction] = []
+        if self.stateful:
+            self.functions = [self._function(name, hop) for name in config.functions]
+        for function in self.functions:
+            self.arp_answers.update(function.arp_addresses())
+        if self.lb:
+            self.arp_answers[config.service_ip] = self.lb.vip_mac
+        self.nat = next((f for f in self.functions if isinstance(f, Nat)), None)
+        self._ended: dict[str, list[int]] = {EXPIRED: [], EVICTED: []}
+        self._ended_change = Change()
+        self.firewall = next((f for f in self.functions if isinstance(f, Firewall)), None)
+        self._state_types = {f.name: f.State for f in self.functions if f.State}
+
+    def _function(self, name: str, hop: HopSettings) -> MiddleboxFunction:
+        config = self.config
+        if name == "firewall":
+            return Firewall(config.sni)
+        if name == "ratelimit":
+            return RateLimiter(config.ratelimit)
+        if name == "nat":
+            return Nat(hop.nat)
+        return LoadBalancer(config.loadbalancer, config.service_ip)
+
+    def stats(self, agent: dict | None = None) -> HopStats:
+        return HopStats(
+            dpid=self.dpid,
+            connections=len(self.table),
+            max_connections=self.table.max_connections,
+            evicted=self.table.evicted,
+            expired=self.table.expired,
+            locations=len(self._port_of_ip),
+            nat_in_use=self.nat.pool.in_use if self.nat else None,
+            nat_exhausted=self.nat.pool.exhausted if self.nat else None,
+            agent=agent,
+        )
+
+    def snapshot(self) -> list[ConnectionState]:
+        return [
+            ConnectionState(
+                dpid=self.dpid,
+                connection=c.id,
+                owner=c.owner,
+                paths=tuple(sorted(c.paths, key=str)),
+                retired_paths=tuple(sorted(c.retired_paths, key=str)),
+                server_cids=tuple(sorted(c.server_cids)),
+                nat_mappings=tuple(self.nat.mappings(c)) if self.nat else (),
+            )
+            for c in self.table.connections()
+        ]
 
     # --- events ---------------------------------------------------------------------------
 
-    def switch_connected(self, dpid: int) -> Decision:
-        for key in [key for key in self._l2_rules_sent if key[0] == dpid]:
-            del self._l2_rules_sent[key]  # ClearFlows below removes them from the switch
-        messages: list[SwitchMessage] = [
-            ClearFlows(),
-            FlowRule(PRIORITY_TABLE_MISS, Match(), PORT_CONTROLLER),
-        ]
+    def connected(self) -> list[SwitchMessage]:
+        messages = super().connected()
         if self.stateful:
             service = self.config.service_ip
             messages += [
                 FlowRule(PRIORITY_PROTECTED, Match(ipv4_dst=service), PORT_CONTROLLER),
                 FlowRule(PRIORITY_PROTECTED, Match(ipv4_src=service), PORT_CONTROLLER),
             ]
-        if self.tracking:
-            agent = Match(ipv4_dst=self.config.agent.ip)
-            messages.append(FlowRule(PRIORITY_AGENT, agent, PORT_CONTROLLER))
-        if self.nat:
-            public = Match(ipv4_dst=self.nat.settings.public_ip)
-            messages.append(FlowRule(PRIORITY_PROTECTED, public, PORT_CONTROLLER))
-        if self.lb:
-            messages += self._load_balancer_rules()
-        return self._decision(messages, event="switch_connected", dpid=dpid)
+        for function in self.functions:
+            messages += function.switch_rules()
+        if self.lb and not self.stateful:
+            messages += self._stateless_balancer_rules()
+        return messages
 
-    def _load_balancer_rules(self) -> list[SwitchMessage]:
-        """Backends' traffic to the controller; baseline's static first-backend forwarding."""
+    def _stateless_balancer_rules(self) -> list[SwitchMessage]:
+        """baseline: the VIP to the first backend by static rules, its replies to the
+        controller; quic-lb: everything to and from the service to the controller."""
         vip = self.config.service_ip
-        if self.config.variant == "baseline":
+        if self.variant == "baseline":
             first = self.lb.backends[0]
             return [
                 FlowRule(
@@ -286,233 +571,288 @@ class Middlebox:
                 ),
                 FlowRule(PRIORITY_PROTECTED, Match(ipv4_src=first.ip), PORT_CONTROLLER),
             ]  # fmt: skip
-        messages: list[SwitchMessage] = [
-            FlowRule(PRIORITY_PROTECTED, Match(ipv4_src=b.ip), PORT_CONTROLLER)
-            for b in self.lb.backends
+        return [
+            *(
+                FlowRule(PRIORITY_PROTECTED, Match(ipv4_src=b.ip), PORT_CONTROLLER)
+                for b in self.lb.backends
+            ),
+            FlowRule(PRIORITY_PROTECTED, Match(ipv4_dst=vip), PORT_CONTROLLER),
         ]
-        if self.config.variant == "quic-lb":
-            messages.append(FlowRule(PRIORITY_PROTECTED, Match(ipv4_dst=vip), PORT_CONTROLLER))
-        return messages
 
     def packet_in(
-        self, dpid: int, in_port: int, data: bytes, now: float, cookie: int = 0
-    ) -> Decision:
-        try:
-            frame = parse_frame(data)
-        except FrameError as exc:
-            return self._decision(
-                [], event="packet_in", dpid=dpid, in_port=in_port, verdict="drop", reason=str(exc)
-            )
-        self._learn_location(dpid, in_port, frame)
-        context = {
-            "event": "packet_in",
-            "dpid": dpid,
-            "in_port": in_port,
-            "addrs": list(frame.addresses()),
-            "flow": str(frame.flow) if frame.flow else None,
-        }
-        released = self._expire(now)
-        if released:
-            context["nat_released"] = released
+        self, in_port: int, frame: Frame, data: bytes, now: float, cookie: int = 0
+    ) -> list[Decision]:
+        self.learn(in_port, frame)
+        context = self._context(in_port, frame)
+        self.table.expire(now)
+        self._release_ended()
         if cookie == COOKIE_OBSERVE:
             # Already forwarded by the switch; this copy only feeds CID learning.
-            return self._observe(dpid, frame, now, context)
-        if (
-            self.nat
-            and frame.eth_type == ETH_TYPE_ARP
-            and frame.ip_dst == self.nat.settings.public_ip
-        ):
-            return self._arp_reply(in_port, frame, self.nat.settings.public_mac, context)
-        if self.lb and frame.eth_type == ETH_TYPE_ARP and frame.ip_dst == self.config.service_ip:
-            return self._arp_reply(in_port, frame, self.lb.vip_mac, context)
-        if self.config.variant == "quic-lb" and self._touches_service(frame):
-            return self._quic_lb_packet(dpid, in_port, frame, data, context)
-        if (
+            decision = self._observe(frame, now, context)
+        elif (answer := self._arp_answer(frame)) is not None:
+            decision = self.arp_reply(in_port, frame, answer)
+        elif self.variant == "quic-lb" and self._touches_service(frame):
+            decision = self._quic_lb_packet(in_port, frame, data, context)
+        elif (
             self.lb
-            and self.config.variant == "baseline"
+            and self.variant == "baseline"
             and frame.eth_type == ETH_TYPE_IPV4
             and frame.ip_src in self._backend_ips
         ):
-            return self._baseline_backend_reply(dpid, in_port, frame, data, context)
-        if self.tracking and frame.ip_dst == self.config.agent.ip:
-            return self._agent_datagram(dpid, in_port, frame, now, context)
-        if self.stateful and self._touches_service(frame):
-            return self._service_packet(dpid, in_port, frame, data, now, context)
-        return self._l2_forward(dpid, in_port, frame, data, now, context)
+            decision = self._baseline_backend_reply(in_port, frame, data, context)
+        elif self.stateful and self._touches_service(frame):
+            decision = self._service_packet(in_port, frame, data, now, context)
+        else:
+            decision = self.l2_forward(in_port, frame, data, now, context)
+        # What ended connections held goes first: a rule removed after the new ones could
+        # take a rule of a new path with it (a reused NAT port gives the same match).
+        ended = self.ended_decision()
+        return [ended, decision] if ended else [decision]
 
-    # --- forwarding -----------------------------------------------------------------------
+    def _release_ended(self) -> None:
+        """Connections that ended in the table (idle timeout, eviction, found expired on a
+        lookup) give back everything at once, so a port they held is free for the packet
+        being decided; `ended_decision` then reports it."""
+        for connection, cause in self.table.take_ended():
+            self._ended[cause].append(connection.id)
+            for path in connection.paths | connection.retired_paths:
+                self._ended_change.messages += self._remove_path_rules(connection, path)
+            for function in self.functions:
+                self._ended_change.merge(function.connection_ended(connection))
 
-    def _learn_location(self, dpid: int, in_port: int, frame: Frame) -> None:
-        if not int(frame.eth_src[:2], 16) & 0x01:  # not a multicast source
-            self._port_of_mac[(dpid, frame.eth_src)] = in_port
-        if frame.ip_src and (frame.eth_type == ETH_TYPE_ARP or frame.flow is not None):
-            self._port_of_ip[(dpid, frame.ip_src)] = in_port
-            self._mac_of_ip[(dpid, frame.ip_src)] = frame.eth_src
+    def ended_decision(self) -> Decision | None:
+        """The messages and event for connections ended since the last call, if any."""
+        self._release_ended()
+        if not any(self._ended.values()):
+            return None
+        change, ended = self._ended_change, self._ended
+        self._ended_change, self._ended = Change(), {EXPIRED: [], EVICTED: []}
+        event = ConnectionsEnded(
+            dpid=self.dpid,
+            expired=tuple(ended[EXPIRED]),
+            evicted=tuple(ended[EVICTED]),
+            nat_released=tuple(change.nat_released),
+            flow_mods=_flow_mods(change.messages),
+        )
+        return Decision(self.dpid, tuple(change.messages), event)
 
-    def _expire(self, now: float) -> list[str]:
-        """Idle connections leave the table; their NAT ports go back to the pool."""
-        released = []
-        for connection in self.table.expire(now):
-            if self.nat:
-                for path in connection.paths | connection.retired_paths:
-                    if self.nat.release(path) is not None:
-                        released.append(str(path))
-        return released
-
-    def _arp_reply(self, in_port: int, frame: Frame, mac: str, context: dict) -> Decision:
-        if not frame.arp_request:
-            return self._decision([], **context, verdict="drop", reason="ARP reply to our address")
-        reply = build_arp_reply(mac, frame.ip_dst, frame.eth_src, frame.ip_src)
-        messages = [PacketOut(PORT_CONTROLLER, in_port, reply)]
-        return self._decision(messages, **context, verdict="arp_reply", reason="our address")
-
-    def _l2_forward(
-        self, dpid: int, in_port: int, frame: Frame, data: bytes, now: float, context: dict
-    ) -> Decision:
-        out_port = self._port_of_mac.get((dpid, frame.eth_dst))
-        if out_port is None:
-            return self._decision(
-                [PacketOut(in_port, PORT_FLOOD, data)], **context, verdict="flood", reason="l2"
-            )
-        messages: list[SwitchMessage] = [PacketOut(in_port, out_port, data)]
-        sent_port, sent_at = self._l2_rules_sent.get((dpid, frame.eth_dst), (None, None))
-        if sent_port != out_port or _rules_due(sent_at, now):
-            messages.insert(0, FlowRule(PRIORITY_L2, Match(eth_dst=frame.eth_dst), out_port))
-            self._l2_rules_sent[(dpid, frame.eth_dst)] = (out_port, now)
-        return self._decision(messages, **context, verdict="forward", reason="l2")
+    # --- service traffic ------------------------------------------------------------------
 
     def _touches_service(self, frame: Frame) -> bool:
         if frame.eth_type != ETH_TYPE_IPV4:
             return False
         return self.config.service_ip in frame.addresses() or frame.ip_src in self._backend_ips
 
-    def _client_path(self, flow: FlowKey) -> tuple[FlowKey, bool]:
-        """The client→service 5-tuple a packet belongs to, and whether it travels that way;
-        behind a load balancer the service's end is the virtual IP, whichever backend."""
+    def _client_path(self, flow: FlowKey) -> tuple[FlowKey | Refusal, bool]:
+        """The client→service 5-tuple a packet belongs to and whether it travels that way;
+        a function that rewrote the service side's addresses (NAT, load balancer) says."""
         if flow.dst_ip == self.config.service_ip:
             return flow, True
-        if flow.src_ip in self._backend_ips:
-            return FlowKey(flow.dst_ip, flow.dst_port, self.config.service_ip, flow.src_port), False
+        for function in self.functions:
+            path = function.service_path(flow)
+            if path is not None:
+                return path, False
         return flow.reversed(), False
 
-    # --- service traffic ------------------------------------------------------------------
-
     def _service_packet(
-        self, dpid: int, in_port: int, frame: Frame, data: bytes, now: float, context: dict
+        self, in_port: int, frame: Frame, data: bytes, now: float, context: dict
     ) -> Decision:
         flow = frame.flow
         if frame.ip_proto != IP_PROTO_UDP or flow is None:
             if self.firewall:
-                reason = f"IP protocol {frame.ip_proto} is not QUIC/UDP"
-                return self._decision([], **context, verdict="drop", reason=reason)
-            return self._l2_forward(dpid, in_port, frame, data, now, context)
+                text = f"IP protocol {frame.ip_proto} is not QUIC/UDP"
+                return self.decide(
+                    [], **context, verdict=Verdict.DROP, reason=Reason.NOT_UDP, text=text
+                )
+            return self.l2_forward(in_port, frame, data, now, context)
         path, to_service = self._client_path(flow)
-        if not to_service and self.nat and flow.dst_ip == self.nat.settings.public_ip:
-            path = self.nat.path_of(flow.dst_port)
-            if path is None:
-                reason = f"no NAT mapping for public port {flow.dst_port}"
-                return self._decision([], **context, verdict="drop", reason=reason)
+        if isinstance(path, Refusal):
+            return self._drop(context, path)
         if path.dst_port != self.config.service_port:
             if self.firewall:
-                reason = f"UDP port {path.dst_port} not served"
-                return self._decision([], **context, verdict="drop", reason=reason)
-            return self._l2_forward(dpid, in_port, frame, data, now, context)
-        connection, how = self._locate(path, to_service, frame.udp_payload, now)
-        if connection is not None and "client_hello" in connection.policy and to_service:
-            connection, how = self._read_client_hello(connection, frame.udp_payload, how)
-        if connection is None:
-            return self._decision([], **context, verdict="drop", reason=how)
-        nat_allocated = self._allocate_nat(path)
-        if nat_allocated is False:
-            reason = f"{NAT_POOL_EXHAUSTED} ({self.nat.settings.ports} ports)"
-            return self._decision([], **context, verdict="drop", reason=reason)
-        if nat_allocated:
-            context["nat_allocated"] = nat_allocated
-        backend = None
-        if self.lb:
-            backend = connection.policy.setdefault("backend", backend_by_hash(self.lb, path))
-            context["backend"] = backend.ip
-        ports = self._path_ports(dpid, path, backend)
-        if ports is None:
+                text = f"UDP port {path.dst_port} not served"
+                return self._drop(context, Refusal(Reason.PORT_NOT_SERVED, text))
+            return self.l2_forward(in_port, frame, data, now, context)
+        located = self._locate(path, to_service, frame.udp_payload, now)
+        if isinstance(located, Refusal):
+            return self._drop(context, located)
+        connection, reason = located
+        if to_service:
+            for function in self.functions:
+                outcome = function.inspect(connection, frame.udp_payload)
+                if isinstance(outcome, Refusal):
+                    self.table.remove(connection)
+                    return self._drop(context, outcome, connection=connection.id)
+                if outcome is not None:
+                    reason = outcome
+        pending = any(function.pending(connection) for function in self.functions)
+        change = self._path_added(connection, path, now)
+        if change.refusal is not None:
+            return self._drop(context, change.refusal, connection=connection.id)
+        fields = dict(connection=connection.id, backend=change.backend)
+        fields["nat_allocated"] = tuple(change.nat_allocated)
+        messages = list(change.messages)
+        rules = self._rules(connection, path)
+        if rules is None:
             # A side's location not learnt yet: deliver this packet, install rules later.
-            messages = [PacketOut(in_port, PORT_FLOOD, data, self._rewrite(path, to_service))]
+            forward, backward, _ = self._rewrites(connection, path)
+            rewrite = forward if to_service else backward
+            messages.append(PacketOut(in_port, PORT_FLOOD, data, rewrite))
         else:
-            connection.policy.setdefault("ports", {})[path] = ports
-            messages = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
-            installed = connection.policy.setdefault("installed", {})
-            rules_due = _rules_due(installed.get(path), now)
-            if "client_hello" in connection.policy:
+            ends, path_rules, forward, backward = rules
+            learnt = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
+            messages += learnt
+            if pending:
                 pass  # SNI not read yet: no rules, so the next Initials come here too
-            elif not messages and rules_due:
-                messages = self._path_rules(connection, path, ports)
-                installed[path] = now
-            out_port = ports.service_port if to_service else ports.client_port
-            rewrite = self._rewrite(path, to_service, ports)
-            messages.append(PacketOut(in_port, out_port, data, rewrite))
-        verdict = "forward" if how == "known path" else "admit"
-        return self._decision(
-            messages, **context, verdict=verdict, reason=how, connection=connection.id
-        )
+            elif not learnt and _rules_due(connection.rules_sent_at.get(path), now):
+                messages += path_rules
+                connection.rules_sent_at[path] = now
+            out_port = ends.service_port if to_service else ends.client_port
+            messages.append(PacketOut(in_port, out_port, data, forward if to_service else backward))
+        verdict = Verdict.FORWARD if reason is Reason.KNOWN_PATH else Verdict.ADMIT
+        return self.decide(messages, **context, verdict=verdict, reason=reason, **fields)
 
-    def _read_client_hello(
-        self, connection: Connection, payload: bytes, how: str
-    ) -> tuple[Connection | None, str]:
-        """Adds a client datagram's Initials to the connection's ClientHello; once complete,
-        the SNI policy decides. A refused or unreadable connection is forgotten at once."""
-        assembler: ClientHelloAssembler = connection.policy["client_hello"]
-        hello = None
-        try:
-            for header in parse_datagram(payload, short_dcid_length=0):
-                if header.packet_type is PacketType.INITIAL:
-                    # Initial keys come from the client's first DCID (RFC 9001 §5.2).
-                    original = connection.policy.setdefault("original_dcid", header.dcid)
-                    hello = assembler.add_packet(payload, header, original_dcid=original)
-        except WireError as exc:
-            self.table.remove(connection)
-            return None, f"new 5-tuple: ClientHello unreadable ({exc})"
-        if hello is None:
-            return connection, f"{how}; ClientHello incomplete, SNI pending"
-        del connection.policy["client_hello"]
-        problem = self.sni.problem(hello.sni)
-        if problem:
-            self.table.remove(connection)
-            return None, f"new 5-tuple: {problem}"
-        return connection, f"{how}; SNI {hello.sni!r} allowed"
+    def _drop(self, context: dict, refusal: Refusal, **fields) -> Decision:
+        return self.decide(
+            [], **context, verdict=Verdict.DROP, reason=refusal.reason, text=refusal.text, **fields
+        )
 
     def _locate(
         self, path: FlowKey, to_service: bool, payload: bytes, now: float
-    ) -> tuple[Connection | None, str]:
+    ) -> tuple[Connection, Reason] | Refusal:
         connection = self.table.by_path(path, now)
         if connection is not None:
-            return connection, "known path"
+            return connection, Reason.KNOWN_PATH
         if not to_service:
             if self.table.retired_by(path) is not None:
                 # A server whose validation of the new path timed out goes back to the last
                 # validated one (RFC 9000 §9.3.2), which the client has left.
-                return None, FROM_SERVICE_ON_RETIRED_PATH
-            return None, "from the service on a 5-tuple never admitted"
+                return Refusal(Reason.RETIRED_PATH, "from the service on a path its client retired")
+            return Refusal(Reason.NEVER_ADMITTED, "from the service on a 5-tuple never admitted")
         if self.cid_aware:
-            for length in self.table.cid_lengths:
-                try:
-                    dcid = short_header_dcid(payload, length)
-                except WireError:
-                    break  # a long header: not a migrated packet
-                connection = self.table.by_cid(dcid, now)
-                if connection and self.table.associate_path(connection, path, now):
-                    connection.migrations += 1
-                    return connection, "new path of a known connection (DCID match)"
-        problem = client_initial_problem(payload)
-        if problem and self.firewall:
-            return None, f"new 5-tuple: {problem}"
-        connection, _ = self.table.put(path, now)
+            found = self._locate_by_dcid(path, payload, now)
+            if found is not None:
+                return found
+        refusals = [r for f in self.functions if (r := f.admit(payload)) is not None]
+        if refusals:
+            return refusals[0]
+        initial = client_initial_problem(payload) is None
+        connection = self.table.put(path, now)
+        self._release_ended()  # what the bound evicted, before this connection allocates
         # Only a connection that starts with its handshake has server SCIDs to observe; one
         # first seen mid-flight would be copied to the controller packet by packet for nothing.
-        connection.policy["observing"] = self.cid_aware and problem is None
-        if self.sni and problem is None:
-            connection.policy["client_hello"] = ClientHelloAssembler()
-        if problem is None:
-            return connection, "new connection opened by a QUIC Initial"
-        return connection, f"new 5-tuple, not linkable: {problem}"
+        connection.observing = self.cid_aware and initial
+        if initial:
+            for function in self.functions:
+                function.opened(connection, payload)
+            return connection, Reason.OPENED_BY_INITIAL
+        return connection, Reason.NOT_LINKABLE
+
+    def _locate_by_dcid(
+        self, path: FlowKey, payload: bytes, now: float
+    ) -> tuple[Connection, Reason] | None:
+        for length in sorted(self.table.cid_lengths):
+            try:
+                dcid = short_header_dcid(payload, length)
+            except WireError:
+                return None  # a long header: not a migrated packet
+            connection = self.table.by_cid(dcid, now)
+            reason = Reason.DCID_MATCH
+            if connection is None and self._pull is not None:
+                announcement = self._pull(dcid)
+                if announcement is not None:
+                    connection = self.table.by_cid(announcement.connection_cid, now)
+                    if connection is not None and not self.table.associate_cid(
+                        connection, dcid, now
+                    ):
+                        connection = None
+                    if connection is not None:
+                        connection.owner = announcement.client
+                    reason = Reason.PULLED_FROM_AGENT
+            if connection and self.table.associate_path(connection, path, now):
+                connection.migrations += 1
+                return connection, reason
+        return None
+
+    def connection_of(self, path: FlowKey, cid: bytes, now: float) -> Connection | None:
+        """The connection a path (as this hop sees it) or a server CID belongs to."""
+        return self.table.by_path(path, now) or self.table.by_cid(cid, now)
+
+    def service_flow(self, connection: Connection, path: FlowKey) -> FlowKey:
+        """A path as the next hop sees it (after this hop's rewriting)."""
+        return self._translations(connection, path)[0]
+
+    def _path_added(self, connection: Connection, path: FlowKey, now: float) -> Change:
+        change = Change()
+        for function in self.functions:
+            change.merge(function.path_added(connection, path, now))
+            if change.refusal is not None:
+                break
+        return change
+
+    # --- rules ----------------------------------------------------------------------------
+
+    def _translations(self, connection: Connection, path: FlowKey, functions=None):
+        """The path as the service sees it, the fields to set each way, and the switch port
+        of the service side if a function decides it."""
+        flow, forward, backward, service_port = path, (), (), None
+        for function in self.functions if functions is None else functions:
+            translation = function.translate(connection, path, flow)
+            flow = translation.service_flow
+            forward += translation.to_service
+            backward += translation.to_client
+            service_port = translation.service_port or service_port
+        return flow, forward, backward, service_port
+
+    def _rewrites(self, connection: Connection, path: FlowKey):
+        flow, forward, backward, _ = self._translations(connection, path)
+        return forward, backward, flow
+
+    def _ends(self, connection: Connection, path: FlowKey, functions=None):
+        """The path's two ends on this switch, or None while one is not located."""
+        flow, _, _, service_port = self._translations(connection, path, functions)
+        client_port = self._port_of_ip.get(path.src_ip)
+        service_port = service_port or self._port_of_ip.get(flow.dst_ip)
+        client_mac = self._mac_of_ip.get(path.src_ip)
+        if client_port is None or service_port is None or client_mac is None:
+            return None
+        return PathEnds(client_port, client_mac, service_port)
+
+    def _rules(
+        self, connection: Connection, path: FlowKey, ends: PathEnds | None = None, functions=None
+    ):
+        """(ends, both directions' rules, forward and backward rewrites), or None while an
+        end is not located. The client's direction goes under the connection's meter."""
+        functions = self.functions if functions is None else functions
+        ends = ends or connection.ends.get(path) or self._ends(connection, path, functions)
+        if ends is None:
+            return None
+        connection.ends[path] = ends
+        flow, forward, backward, _ = self._translations(connection, path, functions)
+        if backward:
+            backward += (("eth_dst", ends.client_mac),)
+        meter = next((m for f in functions if (m := f.meter(connection)) is not None), None)
+        idle = int(self.config.state_idle_timeout_s)
+        rules = [
+            FlowRule(
+                PRIORITY_ADMITTED_FLOW, Match(flow=path), ends.service_port, idle,
+                meter_id=meter, set_fields=forward,
+            ),
+            FlowRule(
+                PRIORITY_ADMITTED_FLOW, Match(flow=flow.reversed()), ends.client_port, idle,
+                copy_to_controller=connection.observing, set_fields=backward,
+            ),
+        ]  # fmt: skip
+        return ends, rules, forward, backward
+
+    def _remove_path_rules(self, connection: Connection, path: FlowKey) -> list[SwitchMessage]:
+        if path not in connection.ends:
+            return []
+        flow = self._translations(connection, path)[0]
+        return [
+            RemoveFlow(PRIORITY_ADMITTED_FLOW, Match(flow=path)),
+            RemoveFlow(PRIORITY_ADMITTED_FLOW, Match(flow=flow.reversed())),
+        ]
 
     def _learn_server_cids(
         self, connection: Connection, to_service: bool, payload: bytes, now: float
@@ -529,226 +869,190 @@ class Middlebox:
         for header in headers:
             if header.form is HeaderForm.LONG and header.version in KNOWN_VERSIONS and header.scid:
                 learnt |= self.table.associate_cid(connection, header.scid, now)
-        if not (learnt and connection.policy.get("observing")):
+        if not (learnt and connection.observing):
             return []
-        connection.policy["observing"] = False
+        connection.observing = False
         messages: list[SwitchMessage] = []
-        for path, ports in connection.policy.get("ports", {}).items():
+        for path, ends in connection.ends.items():
             if path in connection.paths:
-                messages.append(self._service_side_rule(connection, path, ports))
+                messages.append(self._rules(connection, path, ends)[1][1])
         return messages
 
-    def _observe(self, dpid: int, frame: Frame, now: float, context: dict) -> Decision:
+    def _observe(self, frame: Frame, now: float, context: dict) -> Decision:
         messages: list[SwitchMessage] = []
         flow = frame.flow
-        if flow is not None and self.config.service_ip in (flow.src_ip, flow.dst_ip):
-            to_service = flow.dst_ip == self.config.service_ip
-            path = flow if to_service else flow.reversed()
-            connection = self.table.by_path(path, now)
-            if connection is not None:
-                messages = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
-        return self._decision(messages, **context, verdict="observe", reason="handshake copy")
+        if flow is not None and frame.ip_proto == IP_PROTO_UDP:
+            path, to_service = self._client_path(flow)
+            if not to_service and isinstance(path, FlowKey):
+                connection = self.table.by_path(path, now)
+                if connection is not None:
+                    messages = self._learn_server_cids(connection, False, frame.udp_payload, now)
+        return self.decide(
+            messages, **context, verdict=Verdict.OBSERVE, reason=Reason.HANDSHAKE_COPY
+        )
 
-    def _path_ports(
-        self, dpid: int, path: FlowKey, backend: Backend | None = None
-    ) -> _PathPorts | None:
-        client_port = self._port_of_ip.get((dpid, path.src_ip))
-        if backend is not None:
-            service_port = backend.switch_port
-        else:
-            service_port = self._port_of_ip.get((dpid, path.dst_ip))
-        if client_port is None or service_port is None:
+    # --- what the Tracking Agent asks of a hop ----------------------------------------------
+
+    def install_announced(
+        self,
+        connection: Connection,
+        message: Announce,
+        old_path: FlowKey,
+        new_path: FlowKey,
+        client_port: int | None,
+        now: float,
+    ) -> Installed | None:
+        """Push mode: the announced next CID and new path (as this hop sees it) join the
+        connection and get their rules now. None, changing nothing, if the connection
+        holds its maximum of CIDs or paths, or the path is another connection's."""
+        added_cid = message.next_cid not in connection.server_cids
+        if not self.table.associate_cid(connection, message.next_cid, now):
             return None
-        client_mac = self._mac_of_ip[(dpid, path.src_ip)]
-        return _PathPorts(client_port, service_port, client_mac, backend)
-
-    def _allocate_nat(self, path: FlowKey) -> str | bool | None:
-        """The new mapping's description, None if none was needed, False if none is free."""
-        if not self.nat or self.nat.public_flow(path) is not None:
+        if not self.table.associate_path(connection, new_path, now):
+            if added_cid:
+                self.table.forget_cid(connection, message.next_cid)
             return None
-        port = self.nat.allocate(path)
-        if port is None:
-            return False
-        return f"{path} as {self.nat.settings.public_ip}:{port}"
-
-    def _rewrite(
-        self, path: FlowKey, to_service: bool, ports: _PathPorts | None = None
-    ) -> tuple[tuple[str, str | int], ...]:
-        """NAT and load-balancer rewriting for one direction of a path (none without them)."""
-        rewrite: tuple[tuple[str, str | int], ...] = ()
-        public = self.nat.public_flow(path) if self.nat else None
-        backend = ports.backend if ports else None
-        if to_service:
-            if public is not None:
-                rewrite += (("ipv4_src", public.src_ip), ("udp_src", public.src_port))
-            if backend is not None:
-                rewrite += (("ipv4_dst", backend.ip), ("eth_dst", backend.mac))
-            return rewrite
-        if public is not None:
-            rewrite += (("ipv4_dst", path.src_ip), ("udp_dst", path.src_port))
-        if backend is not None:
-            rewrite += (("ipv4_src", self.config.service_ip), ("eth_src", self.lb.vip_mac))
-        if rewrite and ports:
-            rewrite += (("eth_dst", ports.client_mac),)
-        return rewrite
-
-    def _service_side_match(self, path: FlowKey, backend: Backend | None = None) -> Match:
-        """How the service's packets of a path look on the wire (after NAT, from a backend)."""
-        public = self.nat.public_flow(path) if self.nat else None
-        flow = (public or path).reversed()
-        if backend is not None:
-            flow = FlowKey(backend.ip, flow.src_port, flow.dst_ip, flow.dst_port)
-        return Match(flow=flow)
-
-    def _path_rules(
-        self, connection: Connection, path: FlowKey, ports: _PathPorts
-    ) -> list[SwitchMessage]:
-        """Both directions of one path; the client's under the connection's meter."""
-        messages: list[SwitchMessage] = []
-        meter_id = None
-        if self.ratelimit:
-            meter_id = connection.policy.get("meter")
-            if meter_id is None:
-                meter_id = connection.policy["meter"] = connection.id
-                messages.append(
-                    MeterRule(meter_id, self.ratelimit.rate_kbps, self.ratelimit.burst_kbit)
-                )
-        messages.append(
-            FlowRule(
-                PRIORITY_ADMITTED_FLOW, Match(flow=path), ports.service_port,
-                int(self.config.state_idle_timeout_s), meter_id=meter_id,
-                set_fields=self._rewrite(path, to_service=True, ports=ports),
+        connection.migrations += 1
+        change = self._path_added(connection, new_path, now)
+        fields = dict(
+            dpid=self.dpid, client=message.client, connection=connection.id, path=new_path,
+            nat_allocated=tuple(change.nat_allocated), backend=change.backend,
+        )  # fmt: skip
+        installed = Installed(self, connection, new_path, message.next_cid if added_cid else None)
+        if change.refusal is not None:
+            # Announced, but the path has no public port: its packets will be dropped.
+            installed.decision = Decision(
+                self.dpid, (), PathInstalled(**fields, nat_exhausted=True)
             )
-        )  # fmt: skip
-        messages.append(self._service_side_rule(connection, path, ports))
-        return messages
+            installed.next_hop_path = new_path
+            return installed
+        connection.owner = message.client
+        messages = list(change.messages)
+        ends = None
+        old_ends = connection.ends.get(old_path)
+        if old_ends is not None:
+            # Past the first hop a path's ends are where the old path's are; on the first
+            # hop the client may have moved to another interface.
+            client_mac = old_ends.client_mac
+            if client_port is not None:
+                client_mac = self._mac_of_ip.get(new_path.src_ip, client_mac)
+            ends = PathEnds(client_port or old_ends.client_port, client_mac, old_ends.service_port)
+        rules = self._rules(connection, new_path, ends)
+        if rules is not None:
+            messages += rules[1]
+            connection.rules_sent_at[new_path] = now
+        event = PathInstalled(**fields, flow_mods=_flow_mods(messages))
+        installed.decision = Decision(self.dpid, tuple(messages), event)
+        installed.next_hop_path = self.service_flow(connection, new_path)
+        return installed
 
-    def _service_side_rule(
-        self, connection: Connection, path: FlowKey, ports: _PathPorts
-    ) -> FlowRule:
-        """The service's packets of one path to the client, copied to the controller while
-        the connection's server CIDs are still to be learnt."""
-        return FlowRule(
-            PRIORITY_ADMITTED_FLOW, self._service_side_match(path, ports.backend),
-            ports.client_port, int(self.config.state_idle_timeout_s),
-            copy_to_controller=bool(connection.policy.get("observing")),
-            set_fields=self._rewrite(path, to_service=False, ports=ports),
+    def undo_install(self, installed: Installed) -> None:
+        """Forgets a path `install_announced` added (its decision was never sent)."""
+        connection, path = installed.connection, installed.path
+        for function in self.functions:
+            function.path_retired(connection, path)  # gives back its NAT port
+        self.table.forget_path(connection, path)
+        if installed.added_cid is not None:
+            self.table.forget_cid(connection, installed.added_cid)
+        connection.ends.pop(path, None)
+        connection.rules_sent_at.pop(path, None)
+        connection.migrations -= 1
+
+    def retire(self, connection: Connection, path: FlowKey, client: str) -> Decision | None:
+        """A path the client stopped using: its rules go, its NAT port goes back."""
+        messages = self._remove_path_rules(connection, path)
+        if not self.table.retire_path(connection, path):
+            return None
+        connection.owner = client
+        change = Change(messages)
+        for function in self.functions:
+            change.merge(function.path_retired(connection, path))
+        connection.ends.pop(path, None)
+        connection.rules_sent_at.pop(path, None)
+        event = PathRetired(
+            dpid=self.dpid, client=client, connection=connection.id, path=path,
+            nat_released=tuple(change.nat_released), flow_mods=_flow_mods(change.messages),
         )  # fmt: skip
+        return Decision(self.dpid, tuple(change.messages), event)
+
+    # --- stateless load balancing: baseline's static VIP, quic-lb ---------------------------
 
     def _baseline_backend_reply(
-        self, dpid: int, in_port: int, frame: Frame, data: bytes, context: dict
+        self, in_port: int, frame: Frame, data: bytes, context: dict
     ) -> Decision:
         """baseline behind a virtual IP: the first backend's replies leave as the VIP, by
         destination MAC like L2 learning (no per-connection state)."""
-        out_port = self._port_of_mac.get((dpid, frame.eth_dst))
+        out_port = self._port_of_mac.get(frame.eth_dst)
         rewrite = (("ipv4_src", self.config.service_ip), ("eth_src", self.lb.vip_mac))
         if out_port is None:
             messages = [PacketOut(in_port, PORT_FLOOD, data, rewrite)]
-            return self._decision(messages, **context, verdict="flood", reason="vip reply")
+            return self.decide(messages, **context, verdict=Verdict.FLOOD, reason=Reason.VIP_REPLY)
         match = Match(eth_dst=frame.eth_dst, ipv4_src=frame.ip_src)
         messages = [
             FlowRule(PRIORITY_VIP_REPLY, match, out_port, set_fields=rewrite),
             PacketOut(in_port, out_port, data, rewrite),
         ]
-        return self._decision(messages, **context, verdict="forward", reason="vip reply")
+        return self.decide(messages, **context, verdict=Verdict.FORWARD, reason=Reason.VIP_REPLY)
 
-    # --- quic-lb: stateless routing by the server ID in the DCID ---------------------------
-
-    def _quic_lb_packet(
-        self, dpid: int, in_port: int, frame: Frame, data: bytes, context: dict
-    ) -> Decision:
+    def _quic_lb_packet(self, in_port: int, frame: Frame, data: bytes, context: dict) -> Decision:
         flow = frame.flow
         if flow is None:
-            return self._decision([], **context, verdict="drop", reason="not UDP")
-        path, to_service = self._client_path(flow)
+            return self._drop(context, Refusal(Reason.NOT_UDP, "not UDP"))
+        balancer = LoadBalancer(self.lb, self.config.service_ip)
+        path = balancer.service_path(flow)
+        to_service = path is None
         if not to_service:
             # The reverse rule is installed with the forward one; a backend's packet without
             # it (rule expired) goes back to the client that the 5-tuple names.
             backend = self._backend_ips[flow.src_ip]
-            how = "backend reply"
+            reason = Reason.BACKEND_REPLY
         else:
-            payload = frame.udp_payload
+            path = flow
             try:
                 first = parse_datagram(
-                    payload, short_dcid_length=self.lb.quic_lb.config().cid_length
+                    frame.udp_payload, short_dcid_length=self.lb.quic_lb.config().cid_length
                 )[0]
             except WireError as exc:
-                return self._decision([], **context, verdict="drop", reason=f"not QUIC: {exc}")
+                return self._drop(context, Refusal(Reason.NOT_QUIC, f"not QUIC: {exc}"))
             backend = None
             if first.form is HeaderForm.SHORT or first.packet_type is not PacketType.INITIAL:
                 backend = backend_by_server_id(self.lb, first.dcid)
-                how = "server ID in the DCID"
+                reason = Reason.SERVER_ID
             if backend is None:
                 # A client Initial's DCID is the client's own choice: hash it (every Initial of
                 # the connection repeats it); an undecodable DCID falls back the same way.
                 backend = backend_by_initial_dcid(self.lb, first.dcid)
-                how = (
-                    "hash of an Initial's DCID"
-                    if first.form is HeaderForm.LONG
-                    else "hash (undecodable DCID)"
-                )
-        context["backend"] = backend.ip
-        ports = self._path_ports(dpid, path, backend)
-        if ports is None:
-            return self._decision([], **context, verdict="drop", reason="client location unknown")
-        messages = self._path_rules(_STATELESS, path, ports)
-        out_port = ports.service_port if to_service else ports.client_port
-        messages.append(PacketOut(in_port, out_port, data, self._rewrite(path, to_service, ports)))
-        return self._decision(messages, **context, verdict="admit", reason=how)
+                long_header = first.form is HeaderForm.LONG
+                reason = Reason.INITIAL_DCID_HASH if long_header else Reason.UNDECODABLE_DCID_HASH
+        # quic-lb keeps no connection: its rules are built for a placeholder that names the
+        # backend (the pipeline's one rule builder, with the balancer as the only function).
+        placeholder = Connection(id=0, created_at=0.0, last_seen=0.0)
+        placeholder.functions[balancer.name] = LoadBalancerState(backend.ip)
+        rules = self._rules(placeholder, path, functions=[balancer])
+        if rules is None:
+            refusal = Refusal(Reason.LOCATION_UNKNOWN, "client location unknown")
+            return self._drop(context, refusal, backend=backend.ip)
+        ends, messages, forward, backward = rules
+        out_port = ends.service_port if to_service else ends.client_port
+        messages.append(PacketOut(in_port, out_port, data, forward if to_service else backward))
+        return self.decide(
+            messages, **context, verdict=Verdict.ADMIT, reason=reason, backend=backend.ip
+        )
 
-    # --- the Tracking Agent ---------------------------------------------------------------
 
-    def _agent_datagram(
-        self, dpid: int, in_port: int, frame: Frame, now: float, context: dict
-    ) -> Decision:
-        agent = self.config.agent
-        if frame.eth_type == ETH_TYPE_ARP:
-            return self._arp_reply(in_port, frame, agent.mac, context)
-        flow = frame.flow
-        if flow is None or flow.dst_port != agent.port:
-            reason = "not a report to the Tracking Agent's port"
-            return self._decision([], **context, verdict="drop", reason=reason)
-        report = self.tracking.receive(frame.udp_payload, flow.src_ip, now)
-        messages: list[SwitchMessage] = []
-        nat: dict[str, object] = {}
-        if report.new_path is not None:
-            backend = report.connection.policy.get("backend")
-            if backend is not None:
-                service_port = backend.switch_port
-                nat["backend"] = backend.ip
-            else:
-                service_port = self._port_of_ip.get((dpid, self.config.service_ip))
-            allocated = self._allocate_nat(report.new_path)
-            if allocated:
-                nat["nat_allocated"] = allocated
-            elif allocated is False:
-                # Announced, but the path has no public port: its packets will be dropped.
-                nat["nat_exhausted"] = True
-            if service_port is not None and allocated is not False:
-                ports = _PathPorts(in_port, service_port, frame.eth_src, backend)
-                report.connection.policy.setdefault("ports", {})[report.new_path] = ports
-                report.connection.policy.setdefault("installed", {})[report.new_path] = now
-                messages += self._path_rules(report.connection, report.new_path, ports)
-        if report.retired_path is not None:
-            retired = report.retired_path
-            backend = report.connection.policy.get("backend")
-            for match in (Match(flow=retired), self._service_side_match(retired, backend)):
-                messages.append(RemoveFlow(PRIORITY_ADMITTED_FLOW, match))
-            if self.nat and self.nat.release(retired) is not None:
-                nat["nat_released"] = [str(retired)]
-        if report.reply is not None:
-            answer = build_udp_frame(agent.mac, frame.eth_src, flow.reversed(), report.reply)
-            messages.append(PacketOut(PORT_CONTROLLER, in_port, answer))
-        return self._decision(
-            messages, **{**context, "event": "agent_report"}, bytes=len(frame.udp_payload),
-            verdict="accept" if report.accepted else "reject", **report.record(), **nat,
-        )  # fmt: skip
+@dataclass
+class Installed:
+    """What a hop's `install_announced` did, to send or, if a later hop refuses, undo."""
 
-    def _decision(self, messages: list[SwitchMessage], **record) -> Decision:
-        decision = Decision(tuple(messages), record)
-        record["flow_mods"] = decision.flow_mods
-        record["variant"] = self.config.variant
-        return decision
+    hop: Middlebox
+    connection: Connection
+    path: FlowKey
+    added_cid: bytes | None  # the next CID, if the connection did not hold it before
+    decision: Decision | None = None
+    next_hop_path: FlowKey | None = None  # the new path as the next hop sees it
+
+    def undo(self) -> None:
+        self.hop.undo_install(self)
 
 
 def _rules_due(sent_at: float | None, now: float) -> bool:
@@ -757,5 +1061,18 @@ def _rules_due(sent_at: float | None, now: float) -> bool:
     return sent_at is None or now - sent_at >= RULES_IN_FLIGHT_S
 
 
-# quic-lb keeps no connection: its rules are built for this placeholder.
-_STATELESS = Connection(id=0, created_at=0.0, last_seen=0.0)
+__all__ = [
+    "AGENT_MODES",
+    "FUNCTIONS",
+    "VARIANTS",
+    "AgentSettings",
+    "ConfigError",
+    "Controller",
+    "Decision",
+    "HopSettings",
+    "Middlebox",
+    "MiddleboxConfig",
+    "NatMapping",
+    "RemoveMeter",
+    "Switch",
+]

@@ -14,8 +14,11 @@ Optionally the firewall also decides on the server name (SNI) of the decrypted C
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from qasm.controller.events import Reason
+from qasm.functions.base import MiddleboxFunction, Refusal
+from qasm.wire.clienthello import ClientHelloAssembler
 from qasm.wire.errors import WireError
 from qasm.wire.header import HeaderForm, PacketType, parse_datagram
 
@@ -70,3 +73,64 @@ def sni_matches(pattern: str, name: str) -> bool:
     if pattern.startswith("*."):
         return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
     return name == pattern
+
+
+@dataclass
+class FirewallState:
+    """A connection whose SNI is still to be read: the ClientHello's crypto stream so far
+    (contiguous prefix and out-of-order fragments) and the DCID its Initial keys derive from
+    (RFC 9001 §5.2). Empty once the name is decided."""
+
+    sni_pending: bool = False
+    original_dcid: bytes | None = None
+    hello_prefix: bytes = b""
+    hello_pending: dict[int, bytes] = field(default_factory=dict)
+
+
+class Firewall(MiddleboxFunction):
+    """Admits a new connection only on a QUIC Initial; with an SniPolicy, only once the
+    ClientHello's server name is allowed (no fast path until then, so every Initial of the
+    connection comes to the controller)."""
+
+    name = "firewall"
+    State = FirewallState
+
+    def __init__(self, sni: SniPolicy | None = None) -> None:
+        self.sni = sni
+
+    def admit(self, payload: bytes) -> Refusal | None:
+        problem = client_initial_problem(payload)
+        return Refusal(Reason.NOT_AN_INITIAL, problem) if problem else None
+
+    def opened(self, connection, payload: bytes) -> None:
+        if self.sni is not None:
+            self.state(connection).sni_pending = True
+
+    def pending(self, connection) -> bool:
+        state = connection.functions.get(self.name)
+        return bool(state and state.sni_pending)
+
+    def inspect(self, connection, payload: bytes) -> Refusal | Reason | None:
+        """Adds a client datagram's Initials to the ClientHello; once complete, the SNI
+        policy decides."""
+        if not self.pending(connection):
+            return None
+        state: FirewallState = self.state(connection)
+        hello = None
+        try:
+            assembler = ClientHelloAssembler.resume(state.hello_prefix, state.hello_pending)
+            for header in parse_datagram(payload, short_dcid_length=0):
+                if header.packet_type is PacketType.INITIAL:
+                    if state.original_dcid is None:
+                        state.original_dcid = header.dcid
+                    hello = assembler.add_packet(payload, header, original_dcid=state.original_dcid)
+        except WireError as exc:
+            return Refusal(Reason.CLIENT_HELLO_UNREADABLE, f"ClientHello unreadable ({exc})")
+        if hello is None:
+            state.hello_prefix, state.hello_pending = assembler.saved()
+            return Reason.SNI_PENDING
+        connection.functions[self.name] = FirewallState()  # decided: drop the buffered bytes
+        problem = self.sni.problem(hello.sni)
+        if problem:
+            return Refusal(Reason.SNI_REFUSED, problem)
+        return Reason.SNI_ALLOWED

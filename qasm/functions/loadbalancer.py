@@ -9,7 +9,9 @@ How a packet on a 5-tuple without a rule finds its backend:
   carries a DCID the client chose, so Initials are routed by a hash of that DCID, which every
   Initial of the connection repeats.
 `baseline` keeps no state: it forwards the virtual IP to the first backend with static rules.
-Pure: the pipeline turns a Backend into rewriting flow rules.
+Pure: `LoadBalancer` (the stateful variants' function) returns rewrites and rules; the
+pipeline sends them. The stateless modes (baseline, quic-lb) are the pipeline's, as they
+keep no connection.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from qasm.controller.messages import PORT_CONTROLLER, PRIORITY_PROTECTED, FlowRule, Match
 from qasm.flow import FlowKey
+from qasm.functions.base import Change, MiddleboxFunction, Translation
 from qasm.wire.errors import WireError
 from qasm.wire.quic_lb import QuicLbConfig, decode_cid
 
@@ -74,3 +78,57 @@ def backend_by_server_id(settings: LoadBalancerSettings, dcid: bytes) -> Backend
     except WireError:
         return None
     return next((b for b in settings.backends if b.server_id == server_id), None)
+
+
+@dataclass
+class LoadBalancerState:
+    backend: str | None = None  # the backend's IP, chosen when the connection's first path came
+
+
+class LoadBalancer(MiddleboxFunction):
+    """The stateful variants' balancer: a connection's first path picks a backend by a hash
+    of its 5-tuple and every later path of the connection goes to the same one. Under
+    `tuple` every 5-tuple is its own connection, so a migrated one is hashed afresh."""
+
+    name = "loadbalancer"
+    State = LoadBalancerState
+
+    def __init__(self, settings: LoadBalancerSettings, vip: str) -> None:
+        self.settings = settings
+        self.vip = vip
+        self.backends = {b.ip: b for b in settings.backends}
+
+    def arp_addresses(self) -> dict[str, str]:
+        return {self.vip: self.settings.vip_mac}
+
+    def switch_rules(self) -> list:
+        return [
+            FlowRule(PRIORITY_PROTECTED, Match(ipv4_src=ip), PORT_CONTROLLER)
+            for ip in self.backends
+        ]
+
+    def service_path(self, flow: FlowKey) -> FlowKey | None:
+        if flow.src_ip not in self.backends:
+            return None
+        return FlowKey(flow.dst_ip, flow.dst_port, self.vip, flow.src_port)
+
+    def backend(self, connection) -> Backend | None:
+        state = connection.functions.get(self.name)
+        return self.backends.get(state.backend) if state and state.backend else None
+
+    def path_added(self, connection, path: FlowKey, now: float) -> Change:
+        state: LoadBalancerState = self.state(connection)
+        if state.backend is None:
+            state.backend = backend_by_hash(self.settings, path).ip
+        return Change(backend=state.backend)
+
+    def translate(self, connection, path: FlowKey, flow: FlowKey) -> Translation:
+        backend = self.backend(connection)
+        if backend is None:
+            return Translation(flow)
+        return Translation(
+            FlowKey(flow.src_ip, flow.src_port, backend.ip, flow.dst_port),
+            to_service=(("ipv4_dst", backend.ip), ("eth_dst", backend.mac)),
+            to_client=(("ipv4_src", self.vip), ("eth_src", self.settings.vip_mac)),
+            service_port=backend.switch_port,
+        )

@@ -2,15 +2,28 @@
 
 RFC 9312 §4.3: a NAT should not hide a client's address change from the server, so every
 path of a connection gets its own public port; what a middlebox can do is give the port of a
-retired path back as soon as it knows, instead of holding it for the idle timeout. Pure:
-the pipeline asks for and releases mappings; rules rewrite the packets.
+retired path back as soon as it knows, instead of holding it for the idle timeout.
+
+The pool (`NatPool`) is the hop's, shared by its connections; which ports a connection holds
+is the connection's own typed state (`NatState`), so a connection that ends by any route
+(idle timeout, eviction at the table's bound) gives back exactly what it holds. Pure: `Nat`
+returns the mappings it made or released; rules rewrite the packets.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from qasm.controller.events import NatMapping, Reason
+from qasm.controller.messages import (
+    PORT_CONTROLLER,
+    PRIORITY_PROTECTED,
+    FlowRule,
+    Match,
+    SwitchMessage,
+)
 from qasm.flow import FlowKey
+from qasm.functions.base import Change, MiddleboxFunction, Refusal, Translation
 
 
 @dataclass(frozen=True)
@@ -69,3 +82,86 @@ class NatPool:
         if port is None:
             return None
         return FlowKey(self.settings.public_ip, port, path.dst_ip, path.dst_port)
+
+
+@dataclass
+class NatState:
+    """The public port of each path of the connection (retired ones until released)."""
+
+    ports: dict[FlowKey, int] = field(default_factory=dict)
+
+
+class Nat(MiddleboxFunction):
+    name = "nat"
+    State = NatState
+
+    def __init__(self, settings: NatSettings) -> None:
+        self.pool = NatPool(settings)
+
+    @property
+    def settings(self) -> NatSettings:
+        return self.pool.settings
+
+    def _mapping(self, path: FlowKey, port: int) -> NatMapping:
+        return NatMapping(path, self.settings.public_ip, port)
+
+    def arp_addresses(self) -> dict[str, str]:
+        return {self.settings.public_ip: self.settings.public_mac}
+
+    def switch_rules(self) -> list[SwitchMessage]:
+        public = Match(ipv4_dst=self.settings.public_ip)
+        return [FlowRule(PRIORITY_PROTECTED, public, PORT_CONTROLLER)]
+
+    def service_path(self, flow: FlowKey) -> FlowKey | Refusal | None:
+        if flow.dst_ip != self.settings.public_ip:
+            return None
+        path = self.pool.path_of(flow.dst_port)
+        if path is None:
+            return Refusal(Reason.NO_NAT_MAPPING, f"no NAT mapping for public port {flow.dst_port}")
+        return path
+
+    def path_added(self, connection, path: FlowKey, now: float) -> Change:
+        state: NatState = self.state(connection)
+        if path in state.ports:
+            return Change()
+        port = self.pool.allocate(path)
+        if port is None:
+            text = f"NAT port pool exhausted ({self.settings.ports} ports)"
+            return Change(refusal=Refusal(Reason.NAT_POOL_EXHAUSTED, text))
+        state.ports[path] = port
+        return Change(nat_allocated=[self._mapping(path, port)])
+
+    def path_retired(self, connection, path: FlowKey) -> Change:
+        state: NatState = self.state(connection)
+        port = state.ports.pop(path, None)
+        if port is None:
+            return Change()
+        self.pool.release(path)
+        return Change(nat_released=[self._mapping(path, port)])
+
+    def connection_ended(self, connection) -> Change:
+        change = Change()
+        state = connection.functions.get(self.name)
+        for path in list(state.ports) if state else ():
+            change.merge(self.path_retired(connection, path))
+        return change
+
+    def translate(self, connection, path: FlowKey, flow: FlowKey) -> Translation:
+        state = connection.functions.get(self.name)
+        port = state.ports.get(path) if state else None
+        if port is None:
+            return Translation(flow)
+        public = self.settings
+        return Translation(
+            FlowKey(public.public_ip, port, flow.dst_ip, flow.dst_port),
+            to_service=(
+                ("ipv4_src", public.public_ip),
+                ("udp_src", port),
+                ("eth_src", public.public_mac),
+            ),
+            to_client=(("ipv4_dst", path.src_ip), ("udp_dst", path.src_port)),
+        )
+
+    def mappings(self, connection) -> list[NatMapping]:
+        state = connection.functions.get(self.name)
+        return [self._mapping(p, port) for p, port in (state.ports.items() if state else ())]

@@ -13,6 +13,7 @@ import time
 import tracemalloc
 
 from qasm.flow import FlowKey
+from qasm.functions.nat import NatState
 from qasm.state.connections import ConnectionTable
 
 Figure = tuple[str, str]
@@ -26,13 +27,14 @@ def _fill(table: ConnectionTable, connections: int) -> list[bytes]:
     cids = []
     for i in range(connections):
         host = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
-        connection, _ = table.put(FlowKey(host, 40000, "10.0.0.250", 4433), now=0.0)
+        first = FlowKey(host, 40000, "10.0.0.250", 4433)
+        connection = table.put(first, now=0.0)
         table.associate_path(connection, FlowKey(host, 40001, "10.0.0.250", 4433), now=0.0)
         for _ in range(CIDS_PER_CONNECTION):
             cid = os.urandom(8)
             table.associate_cid(connection, cid, now=0.0)
             cids.append(cid)
-        connection.policy["nat"] = {"ports": [20000 + i % 30000]}
+        connection.functions["nat"] = NatState({first: 20000 + i % 30000})
     return cids
 
 

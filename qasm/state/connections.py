@@ -7,21 +7,42 @@ mapping or a backend follows the connection, not the address.
 
 Paths are keyed in the client→service direction. Every method takes `now`; nothing here
 reads a clock. State ends by idle timeout (RFC 9312 §4.2: at least two minutes recommended)
-or least-recently-used eviction at a hard bound.
+or least-recently-used eviction at a hard bound; both return the connections that ended, so
+the caller gives back what they held (qasm/functions/base.py: `connection_ended`).
+
+A `Connection` is plain typed data (the functions' shares included), so it serialises with
+`to_json_value` / `from_json_value` and can live in a store shared by middlebox replicas.
 """
 
 from __future__ import annotations
 
 import itertools
+import typing
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from qasm.codec import from_json_value, to_json_value
 from qasm.flow import FlowKey
-from qasm.state.flows import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_ENTRIES
+
+# RFC 9312 §4.2: "a state timeout of at least two minutes is recommended for QUIC traffic".
+DEFAULT_IDLE_TIMEOUT_S = 120.0
+DEFAULT_MAX_CONNECTIONS = 100_000
+# Why a connection left the table (ConnectionTable.take_ended).
+EXPIRED = "expired"
+EVICTED = "evicted"
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, slots=True)
+class PathEnds:
+    """Where a path's two ends are on the hop's switch, once both are located."""
+
+    client_port: int
+    client_mac: str
+    service_port: int
+
+
+@dataclass(eq=False, slots=True)
 class Connection:
     id: int
     created_at: float
@@ -31,15 +52,38 @@ class Connection:
     server_cids: set[bytes] = field(default_factory=set)  # DCIDs the client sends to
     owner: str | None = None  # the client agent that reported this connection, if any
     migrations: int = 0
-    policy: dict[str, Any] = field(default_factory=dict)  # per-function state
+    # cid/qasm: the service's packets are copied to the controller until a server CID is
+    # learnt from a long header (RFC 9312 §3.5).
+    observing: bool = False
+    ends: dict[FlowKey, PathEnds] = field(default_factory=dict)
+    rules_sent_at: dict[FlowKey, float] = field(default_factory=dict)  # per path
+    functions: dict[str, Any] = field(default_factory=dict)  # function name → its typed state
 
-    def summary(self) -> dict:
-        return {
-            "connection": self.id,
-            "paths": sorted(str(p) for p in self.paths),
-            "server_cids": sorted(c.hex() for c in self.server_cids),
-            "migrations": self.migrations,
+    def to_json_value(self) -> dict:
+        value = {
+            name: to_json_value(getattr(self, name))
+            for name in self.__dataclass_fields__
+            if name != "functions"
         }
+        value["functions"] = {name: to_json_value(s) for name, s in self.functions.items()}
+        return value
+
+    @classmethod
+    def from_json_value(cls, value: dict, state_types: dict[str, type]) -> Connection:
+        """The inverse of `to_json_value`; `state_types` maps function names to their state
+        dataclass."""
+        hints = typing.get_type_hints(cls)
+        return cls(
+            **{
+                name: from_json_value(hints[name], value[name], f"connection.{name}")
+                for name in cls.__dataclass_fields__
+                if name != "functions"
+            },
+            functions={
+                name: from_json_value(state_types[name], state, f"connection.functions.{name}")
+                for name, state in value.get("functions", {}).items()
+            },
+        )
 
 
 class ConnectionTable:
@@ -48,7 +92,7 @@ class ConnectionTable:
     def __init__(
         self,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
-        max_connections: int = DEFAULT_MAX_ENTRIES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_cids_per_connection: int = 16,
         max_paths_per_connection: int = 16,
     ) -> None:
@@ -66,6 +110,7 @@ class ConnectionTable:
         self._by_cid: dict[bytes, int] = {}
         self._by_retired_path: dict[FlowKey, int] = {}
         self._ids = itertools.count(1)
+        self._ended: list[tuple[Connection, str]] = []
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -94,8 +139,7 @@ class ConnectionTable:
         if connection is None:
             return None
         if now - connection.last_seen > self.idle_timeout_s:
-            self._remove(connection)
-            self.expired += 1
+            self._end(connection, EXPIRED)
             return None
         connection.last_seen = now
         self._connections.move_to_end(connection.id)
@@ -103,18 +147,15 @@ class ConnectionTable:
 
     # --- updates --------------------------------------------------------------------------
 
-    def put(self, path: FlowKey, now: float) -> tuple[Connection, list[Connection]]:
-        """A new connection first seen on `path`; returns it and any connection evicted."""
+    def put(self, path: FlowKey, now: float) -> Connection:
+        """A new connection first seen on `path`; the least recently used ones beyond the
+        bound are evicted (see `take_ended`)."""
         connection = Connection(next(self._ids), created_at=now, last_seen=now)
         self._connections[connection.id] = connection
         self.associate_path(connection, path, now)
-        evicted = []
         while len(self._connections) > self.max_connections:
-            _, oldest = self._connections.popitem(last=False)
-            self._remove(oldest)
-            self.evicted += 1
-            evicted.append(oldest)
-        return connection, evicted
+            self._end(next(iter(self._connections.values())), EVICTED)
+        return connection
 
     def associate_path(self, connection: Connection, path: FlowKey, now: float) -> bool:
         """Adds a 5-tuple to the connection; False when the path belongs to another one or
@@ -147,6 +188,18 @@ class ConnectionTable:
         connection.last_seen = now
         return True
 
+    def forget_path(self, connection: Connection, path: FlowKey) -> None:
+        """Undoes `associate_path` (not a retirement: the path was never used)."""
+        if path in connection.paths:
+            connection.paths.discard(path)
+            self._by_path.pop(path, None)
+
+    def forget_cid(self, connection: Connection, cid: bytes) -> None:
+        """Undoes `associate_cid`."""
+        if cid in connection.server_cids:
+            connection.server_cids.discard(cid)
+            self._by_cid.pop(cid, None)
+
     def retire_path(self, connection: Connection, path: FlowKey) -> bool:
         if path not in connection.paths:
             return False
@@ -156,21 +209,35 @@ class ConnectionTable:
         self._by_retired_path[path] = connection.id
         return True
 
-    def expire(self, now: float) -> list[Connection]:
-        """Removes and returns the connections idle for longer than the timeout."""
-        expired = []
+    def expire(self, now: float) -> None:
+        """Ends the connections idle for longer than the timeout (see `take_ended`)."""
         while self._connections:
             connection = next(iter(self._connections.values()))
             if now - connection.last_seen <= self.idle_timeout_s:
                 break
-            self._remove(connection)
-            expired.append(connection)
-        self.expired += len(expired)
-        return expired
+            self._end(connection, EXPIRED)
+
+    def take_ended(self) -> list[tuple[Connection, str]]:
+        """Connections that ended since the last call, by idle timeout (`expired`, also found
+        on a lookup) or at the bound (`evicted`): whoever holds resources for them (NAT
+        ports, meters, rules) gives them back."""
+        ended, self._ended = self._ended, []
+        return ended
+
+    def _end(self, connection: Connection, cause: str) -> None:
+        self._remove(connection)
+        if cause == EXPIRED:
+            self.expired += 1
+        else:
+            self.evicted += 1
+        self._ended.append((connection, cause))
 
     def remove(self, connection: Connection) -> None:
         """Forgets a connection at once (a policy refused it)."""
         self._remove(connection)
+
+    def is_live(self, connection: Connection) -> bool:
+        return self._connections.get(connection.id) is connection
 
     def _remove(self, connection: Connection) -> None:
         self._connections.pop(connection.id, None)

@@ -92,6 +92,19 @@ class CryptoStreamReassembly:
         return bytes(self._prefix)
 
     @property
+    def pending(self) -> dict[int, bytes]:
+        """Out-of-order fragments waiting for the gap before them, by offset."""
+        return dict(self._pending or {})
+
+    def resume(self, prefix: bytes, pending: dict[int, bytes]) -> CryptoStreamReassembly:
+        """Carries on from a `prefix` and `pending` saved earlier (state kept as plain data,
+        e.g. by a middlebox replica); the limits apply to it as if it had been added here."""
+        self.add(0, prefix)
+        for offset, data in sorted(pending.items()):
+            self.add(offset, data)
+        return self
+
+    @property
     def contiguous_length(self) -> int:
         return len(self._prefix)
 
@@ -158,6 +171,22 @@ class ClientHelloAssembler:
     ) -> None:
         self._stream = CryptoStreamReassembly(max_bytes, max_fragments)
         self.client_hello: ClientHelloInfo | None = None
+
+    @classmethod
+    def resume(
+        cls,
+        prefix: bytes,
+        pending: dict[int, bytes],
+        max_bytes: int = DEFAULT_MAX_CLIENT_HELLO_BYTES,
+    ) -> ClientHelloAssembler:
+        """An assembler that carries on from the crypto stream saved by `saved()`."""
+        assembler = cls(max_bytes)
+        assembler._stream.resume(prefix, pending)
+        return assembler
+
+    def saved(self) -> tuple[bytes, dict[int, bytes]]:
+        """The crypto stream so far as plain data: contiguous prefix and pending fragments."""
+        return self._stream.prefix, self._stream.pending
 
     def add_packet(
         self, datagram: bytes, header: PacketHeader, *, original_dcid: bytes | None = None

@@ -19,6 +19,7 @@ from qasm.agents.messages import (
     seal,
 )
 from qasm.agents.tracking import TrackingAgent
+from qasm.controller.events import Reason
 from qasm.state.connections import ConnectionTable
 
 KEY = derive_client_key(b"secret", "c1")
@@ -89,20 +90,35 @@ def test_garbage_raises_only_the_declared_error(data):
         open_sealed(data, KEY)
 
 
+def never_applied(message, connection):
+    raise AssertionError(f"a report was applied: {message}")
+
+
+def tracking_agent(**kwargs) -> TrackingAgent:
+    return TrackingAgent(
+        ("10.0.0.250", 4433), {"c1": KEY}, {"c1": frozenset({"10.0.1.1"})}, **kwargs
+    )
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=700), st.floats(0, 1e6))
 def test_tracking_agent_rejects_garbage_and_changes_nothing(data, now):
     table = ConnectionTable()
-    agent = TrackingAgent(table, ("10.0.0.250", 4433), {"c1": KEY}, {"c1": frozenset({"10.0.1.1"})})
-    report = agent.receive(data, "10.0.1.1", now)
-    assert not report.accepted and len(table) == 0
+    agent = tracking_agent()
+    report = agent.receive(data, "10.0.1.1", now, table, never_applied)
+    assert not report.accepted and isinstance(report.reason, Reason)
+    assert report.reply is None and report.message is None  # no answer to the unverified
+    assert len(table) == 0 and "accepted" not in agent.counters
 
 
 def test_tracking_agent_rate_limits_each_client():
-    agent = TrackingAgent(ConnectionTable(), ("10.0.0.250", 4433), {"c1": KEY},
-                          {"c1": frozenset({"10.0.1.1"})}, rate_per_s=1, burst=3)  # fmt: skip
+    agent = tracking_agent(rate_per_s=1, burst=3)
+    table = ConnectionTable()
     reasons = [
-        agent.receive(seal(Retire("c1", n, b"\x01", ("10.0.1.1", 5)), KEY), "10.0.1.1", 0.0).reason
+        agent.receive(
+            seal(Retire("c1", n, b"\x01", ("10.0.1.1", 5)), KEY), "10.0.1.1", 0.0, table,
+            never_applied,
+        ).reason
         for n in range(5)
-    ]
-    assert reasons == ["unknown connection"] * 3 + ["rate limited"] * 2
+    ]  # fmt: skip
+    assert reasons == [Reason.UNKNOWN_CONNECTION] * 3 + [Reason.RATE_LIMITED] * 2

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from qasm.flow import FlowKey
-from qasm.state.connections import ConnectionTable
+from qasm.state.connections import EVICTED, EXPIRED, ConnectionTable
 
 A = FlowKey("10.0.1.1", 5000, "10.0.0.250", 4433)
 B = FlowKey("10.0.2.1", 6000, "10.0.0.250", 4433)
@@ -9,27 +9,31 @@ B = FlowKey("10.0.2.1", 6000, "10.0.0.250", 4433)
 
 def test_a_connection_is_found_by_every_path_and_cid_until_idle():
     table = ConnectionTable(idle_timeout_s=120)
-    connection, evicted = table.put(A, now=0.0)
-    assert evicted == [] and table.associate_cid(connection, b"\x01" * 8, now=1.0)
+    connection = table.put(A, now=0.0)
+    assert table.take_ended() == [] and table.associate_cid(connection, b"\x01" * 8, now=1.0)
     assert table.associate_path(connection, B, now=2.0)
     assert table.by_path(B, 50.0) is table.by_cid(b"\x01" * 8, 60.0) is connection
     assert table.cid_lengths == {8}
     assert table.by_path(A, now=181.0) is None  # idle since 60 s
     assert len(table) == 0 and table.by_cid(b"\x01" * 8, 181.0) is None
+    # Found expired on a lookup: queued for whoever holds its resources, once.
+    assert table.take_ended() == [(connection, EXPIRED)] and table.expired == 1
+    assert table.take_ended() == []
 
 
 def test_paths_and_cids_cannot_be_stolen_by_another_connection():
     table = ConnectionTable()
-    first, _ = table.put(A, 0.0)
-    second, _ = table.put(B, 0.0)
-    table.associate_cid(first, b"\x01", 0.0)
+    first = table.put(A, 0.0)
+    second = table.put(B, 0.0)
+    assert table.associate_cid(first, b"\x01", 0.0)
     assert not table.associate_cid(second, b"\x01", 0.0)
     assert not table.associate_path(second, A, 0.0)
+    assert table.by_cid(b"\x01", 0.0) is first and table.by_path(A, 0.0) is first
 
 
 def test_retired_paths_no_longer_find_the_connection():
     table = ConnectionTable()
-    connection, _ = table.put(A, 0.0)
+    connection = table.put(A, 0.0)
     table.associate_path(connection, B, 0.0)
     assert table.retire_path(connection, A)
     assert table.by_path(A, 1.0) is None and table.retired_by(A) is connection
@@ -37,14 +41,15 @@ def test_retired_paths_no_longer_find_the_connection():
     table.retire_path(connection, A)
     table.remove(connection)
     assert table.retired_by(A) is None
+    assert table.take_ended() == []  # removed on purpose: not ended by the table
 
 
 def test_the_least_recently_used_connection_is_evicted_at_the_bound():
     table = ConnectionTable(max_connections=1, max_cids_per_connection=2)
-    first, _ = table.put(A, 0.0)
+    first = table.put(A, 0.0)
     table.associate_cid(first, b"\x01", 0.0)
-    second, evicted = table.put(B, 1.0)
-    assert evicted == [first] and table.evicted == 1
+    second = table.put(B, 1.0)
+    assert table.take_ended() == [(first, EVICTED)] and table.evicted == 1
     assert table.by_cid(b"\x01", 1.0) is None
     assert table.associate_cid(second, b"\x02", 1.0) and table.associate_cid(second, b"\x03", 1.0)
     assert not table.associate_cid(second, b"\x04", 1.0)  # bounded per connection

@@ -1,4 +1,4 @@
-"""The controller's sans-I/O core: frames in, switch messages and a log record out."""
+"""The controller's sans-I/O core: frames in, switch messages and a typed event out."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qasm.controller.events import (
+    ConnectionsEnded,
+    PacketIn,
+    Reason,
+    SwitchConnected,
+    Verdict,
+)
 from qasm.controller.frame import FrameError, parse_frame
 from qasm.controller.messages import (
     PORT_CONTROLLER,
@@ -15,10 +22,20 @@ from qasm.controller.messages import (
     FlowRule,
     Match,
     PacketOut,
+    RemoveFlow,
 )
-from qasm.controller.pipeline import ConfigError, Middlebox, MiddleboxConfig
+from qasm.controller.pipeline import (
+    ConfigError,
+    Controller,
+    Decision,
+    HopSettings,
+    MiddleboxConfig,
+    Switch,
+)
 from qasm.flow import FlowKey
 from qasm.functions.firewall import client_initial_problem
+from qasm.functions.nat import NatSettings
+from qasm.functions.ratelimit import RateLimit
 from tests.unit.conftest import (
     CLIENT_IP,
     CLIENT_MAC,
@@ -32,8 +49,8 @@ from tests.unit.conftest import (
 CLIENT_PORT, SERVER_PORT = 2, 1
 
 
-def middlebox(variant: str) -> Middlebox:
-    box = Middlebox(MiddleboxConfig(variant=variant, service_ip=SERVER_IP, service_port=4433))
+def controller(variant: str) -> Controller:
+    box = Controller(MiddleboxConfig(variant=variant, service_ip=SERVER_IP, service_port=4433))
     box.switch_connected(dpid=1)
     # Both MACs learnt, as after the ARP exchange that precedes any QUIC packet.
     box.packet_in(1, SERVER_PORT, arp_frame(SERVER_MAC, SERVER_IP, CLIENT_IP), now=0.0)
@@ -41,28 +58,47 @@ def middlebox(variant: str) -> Middlebox:
     return box
 
 
+def one(decisions: list[Decision]) -> Decision:
+    """The only decision of a packet-in (nothing ended meanwhile)."""
+    (decision,) = decisions
+    assert decision.dpid == 1 and isinstance(decision.event, PacketIn)
+    return decision
+
+
 def rules(decision) -> list[FlowRule]:
     return [m for m in decision.messages if isinstance(m, FlowRule)]
 
 
 def test_switch_connect_clears_stale_rules_and_steers_service_traffic_to_the_controller():
-    tuple_box = Middlebox(MiddleboxConfig(variant="tuple", service_ip=SERVER_IP, service_port=4433))
-    messages = tuple_box.switch_connected(1).messages
+    tuple_box = Controller(
+        MiddleboxConfig(variant="tuple", service_ip=SERVER_IP, service_port=4433)
+    )
+    connected = tuple_box.switch_connected(1)
+    messages = connected.messages
     assert isinstance(messages[0], ClearFlows)
     steered = {
         m.match for m in messages if isinstance(m, FlowRule) and m.out_port == PORT_CONTROLLER
     }
     assert Match(ipv4_dst=SERVER_IP) in steered and Match(ipv4_src=SERVER_IP) in steered
-    baseline = Middlebox(
+    assert connected.event == SwitchConnected(1, flow_mods=connected.flow_mods)
+    assert connected.flow_mods == len(rules(connected)) == 3  # table miss + both directions
+    baseline = Controller(
         MiddleboxConfig(variant="baseline", service_ip=SERVER_IP, service_port=4433)
     )
     assert [type(m) for m in baseline.switch_connected(1).messages] == [ClearFlows, FlowRule]
+    # A datapath that is no hop only forwards, whatever the variant.
+    assert isinstance(tuple_box.switch(7), Switch) and tuple_box.switch(7) not in tuple_box.hops
+    assert [type(m) for m in tuple_box.switch_connected(7).messages] == [ClearFlows, FlowRule]
 
 
 def test_tuple_admits_a_new_5tuple_on_a_quic_initial_and_installs_both_directions(client_initial):
-    decision = middlebox("tuple").packet_in(1, CLIENT_PORT, udp_frame(client_initial), now=1.0)
-    assert decision.record["verdict"] == "admit"
+    decision = one(
+        controller("tuple").packet_in(1, CLIENT_PORT, udp_frame(client_initial), now=1.0)
+    )
+    assert decision.event.verdict is Verdict.ADMIT
+    assert decision.event.reason is Reason.OPENED_BY_INITIAL
     forward = FlowKey(CLIENT_IP, 50000, SERVER_IP, 4433)
+    assert decision.event.flow == forward and decision.event.connection == 1
     assert {(r.match.flow, r.out_port) for r in rules(decision)} == {
         (forward, SERVER_PORT),
         (forward.reversed(), CLIENT_PORT),
@@ -71,21 +107,24 @@ def test_tuple_admits_a_new_5tuple_on_a_quic_initial_and_installs_both_direction
         r.priority == PRIORITY_ADMITTED_FLOW and r.idle_timeout_s >= 120 for r in rules(decision)
     )
     assert PacketOut(CLIENT_PORT, SERVER_PORT, udp_frame(client_initial)) in decision.messages
-    assert decision.flow_mods == 2 and decision.record["flow_mods"] == 2
+    assert decision.flow_mods == 2 and decision.event.flow_mods == 2
 
 
 def test_tuple_drops_a_migrated_5tuple_that_starts_with_a_short_header(client_initial):
-    box = middlebox("tuple")
+    box = controller("tuple")
     box.packet_in(1, CLIENT_PORT, udp_frame(client_initial), now=1.0)
     short_header = bytes([0x40]) + bytes(8) + b"\x00" * 40
-    decision = box.packet_in(1, CLIENT_PORT, udp_frame(short_header, sport=50001), now=2.0)
-    assert decision.record["verdict"] == "drop"
-    assert "short header" in decision.record["reason"]
-    assert decision.messages == ()
+    decision = one(box.packet_in(1, CLIENT_PORT, udp_frame(short_header, sport=50001), now=2.0))
+    assert decision.event.verdict is Verdict.DROP
+    assert decision.event.reason is Reason.NOT_AN_INITIAL
+    # The text is the firewall's own account of the datagram (a short header).
+    assert decision.event.text == client_initial_problem(short_header)
+    assert decision.messages == () and decision.event.connection is None
+    assert len(box.hops[0].table) == 1
 
 
 def test_tuple_forwards_replies_only_on_admitted_5tuples(client_initial):
-    box = middlebox("tuple")
+    box = controller("tuple")
     reply = udp_frame(
         b"\x40" + bytes(30),
         sport=4433,
@@ -95,17 +134,29 @@ def test_tuple_forwards_replies_only_on_admitted_5tuples(client_initial):
         eth_src=SERVER_MAC,
         eth_dst=CLIENT_MAC,
     )
-    assert box.packet_in(1, SERVER_PORT, reply, now=0.5).record["verdict"] == "drop"
+    dropped = one(box.packet_in(1, SERVER_PORT, reply, now=0.5)).event
+    assert (dropped.verdict, dropped.reason) == (Verdict.DROP, Reason.NEVER_ADMITTED)
     box.packet_in(1, CLIENT_PORT, udp_frame(client_initial), now=1.0)
-    assert box.packet_in(1, SERVER_PORT, reply, now=1.5).record["verdict"] == "forward"
+    forwarded = one(box.packet_in(1, SERVER_PORT, reply, now=1.5)).event
+    assert (forwarded.verdict, forwarded.reason) == (Verdict.FORWARD, Reason.KNOWN_PATH)
 
 
 def test_tuple_state_expires_after_the_idle_timeout(client_initial):
-    box = middlebox("tuple")
+    box = controller("tuple")
     box.packet_in(1, CLIENT_PORT, udp_frame(client_initial), now=0.0)
     later = udp_frame(b"\x40" + bytes(30))
-    assert box.packet_in(1, CLIENT_PORT, later, now=100.0).record["verdict"] == "forward"
-    assert box.packet_in(1, CLIENT_PORT, later, now=221.0).record["verdict"] == "drop"
+    forwarded = one(box.packet_in(1, CLIENT_PORT, later, now=100.0)).event
+    assert (forwarded.verdict, forwarded.reason) == (Verdict.FORWARD, Reason.KNOWN_PATH)
+    ended, dropped = box.packet_in(1, CLIENT_PORT, later, now=221.0)
+    # The expired connection's rules go first, then the packet is judged as a new 5-tuple.
+    assert ended.event == ConnectionsEnded(dpid=1, expired=(1,), flow_mods=2)
+    path = FlowKey(CLIENT_IP, 50000, SERVER_IP, 4433)
+    assert set(ended.messages) == {
+        RemoveFlow(PRIORITY_ADMITTED_FLOW, Match(flow=path)),
+        RemoveFlow(PRIORITY_ADMITTED_FLOW, Match(flow=path.reversed())),
+    }
+    assert (dropped.event.verdict, dropped.event.reason) == (Verdict.DROP, Reason.NOT_AN_INITIAL)
+    assert len(box.hops[0].table) == 0
 
 
 def long_packet(first_byte: int, version: int, size: int, token: bool = True) -> bytes:
@@ -136,57 +187,62 @@ def test_first_packet_rules(payload, reason):
 
 
 def test_tuple_drops_non_quic_traffic_to_the_service():
-    decision = middlebox("tuple").packet_in(1, CLIENT_PORT, icmp_frame(), now=0.0)
-    assert decision.record["verdict"] == "drop" and "IP protocol 1" in decision.record["reason"]
+    icmp = one(controller("tuple").packet_in(1, CLIENT_PORT, icmp_frame(), now=0.0))
+    assert (icmp.event.verdict, icmp.event.reason) == (Verdict.DROP, Reason.NOT_UDP)
+    assert icmp.event.flow is None and icmp.messages == ()
     other_port = udp_frame(b"\xc0" + bytes(1300), dport=53)
-    assert (
-        "port 53"
-        in middlebox("tuple").packet_in(1, CLIENT_PORT, other_port, now=0).record["reason"]
-    )
+    dns = one(controller("tuple").packet_in(1, CLIENT_PORT, other_port, now=0)).event
+    assert (dns.verdict, dns.reason) == (Verdict.DROP, Reason.PORT_NOT_SERVED)
+    assert dns.flow.dst_port == 53
 
 
 def test_baseline_forwards_by_mac_learning_and_keeps_no_middlebox_state(client_initial):
-    box = Middlebox(MiddleboxConfig(variant="baseline", service_ip=SERVER_IP, service_port=4433))
-    first = box.packet_in(1, CLIENT_PORT, udp_frame(client_initial), now=0.0)
+    box = Controller(MiddleboxConfig(variant="baseline", service_ip=SERVER_IP, service_port=4433))
+    first = one(box.packet_in(1, CLIENT_PORT, udp_frame(client_initial), now=0.0))
     assert first.messages == (PacketOut(CLIENT_PORT, PORT_FLOOD, udp_frame(client_initial)),)
+    assert (first.event.verdict, first.event.reason) == (Verdict.FLOOD, Reason.L2)
     box.packet_in(1, SERVER_PORT, arp_frame(SERVER_MAC, SERVER_IP, CLIENT_IP), now=0.0)
-    short = box.packet_in(1, CLIENT_PORT, udp_frame(b"\x40" + bytes(40), sport=1234), now=1.0)
-    assert short.record["verdict"] == "forward"
+    short = one(box.packet_in(1, CLIENT_PORT, udp_frame(b"\x40" + bytes(40), sport=1234), now=1.0))
+    assert (short.event.verdict, short.event.reason) == (Verdict.FORWARD, Reason.L2)
     assert rules(short) == [FlowRule(10, Match(eth_dst=SERVER_MAC), SERVER_PORT)]
-    assert not box.firewall and len(box.table) == 0
+    (hop,) = box.hops
+    assert hop.firewall is None and hop.functions == [] and len(hop.table) == 0
 
 
 def test_an_l2_rule_in_flight_is_not_sent_again_for_the_packets_queued_before_it():
-    box = Middlebox(MiddleboxConfig(variant="baseline", service_ip=SERVER_IP, service_port=4433))
+    box = Controller(MiddleboxConfig(variant="baseline", service_ip=SERVER_IP, service_port=4433))
     box.switch_connected(1)
     box.packet_in(1, SERVER_PORT, arp_frame(SERVER_MAC, SERVER_IP, CLIENT_IP), now=0.0)
     to_server = udp_frame(b"\x40" + bytes(40), sport=1234)
-    first, queued = (box.packet_in(1, CLIENT_PORT, to_server, now=t) for t in (1.0, 1.01))
+    first, queued = (one(box.packet_in(1, CLIENT_PORT, to_server, now=t)) for t in (1.0, 1.01))
     assert rules(first) == [FlowRule(10, Match(eth_dst=SERVER_MAC), SERVER_PORT)]
     assert rules(queued) == [] and queued.messages == (
         PacketOut(CLIENT_PORT, SERVER_PORT, to_server),
     )
     # Long after (the rule was lost), when the MAC moved, and after the switch reconnected
     # (its table was cleared).
-    assert rules(box.packet_in(1, CLIENT_PORT, to_server, now=2.5))
+    assert rules(one(box.packet_in(1, CLIENT_PORT, to_server, now=2.5)))
     box.packet_in(1, 7, arp_frame(SERVER_MAC, SERVER_IP, CLIENT_IP), now=2.55)
-    assert rules(box.packet_in(1, CLIENT_PORT, to_server, now=2.56)) == [
+    assert rules(one(box.packet_in(1, CLIENT_PORT, to_server, now=2.56))) == [
         FlowRule(10, Match(eth_dst=SERVER_MAC), 7)
     ]
     box.switch_connected(1)
-    assert rules(box.packet_in(1, CLIENT_PORT, to_server, now=2.6))
+    assert rules(one(box.packet_in(1, CLIENT_PORT, to_server, now=2.6)))
 
 
 def test_malformed_frames_are_dropped_with_the_layer_named():
-    box = middlebox("tuple")
+    box = controller("tuple")
     good = udp_frame(b"x" * 20)
     for data, layer in [
         (good[:10], "ethernet"),
         (good[:20], "ipv4"),
         (good[:36], "ipv4: total length"),
     ]:
-        decision = box.packet_in(1, CLIENT_PORT, data, now=0.0)
-        assert decision.record["verdict"] == "drop" and layer in decision.record["reason"]
+        decision = one(box.packet_in(1, CLIENT_PORT, data, now=0.0))
+        assert decision.event.verdict is Verdict.DROP
+        assert decision.event.reason is Reason.FRAME_UNREADABLE
+        assert decision.event.text.startswith(layer), decision.event.text  # the layer at fault
+        assert decision.messages == ()
     with pytest.raises(FrameError, match="udp: length field"):
         lying = bytearray(good)
         lying[38:40] = (500).to_bytes(2, "big")
@@ -196,17 +252,18 @@ def test_malformed_frames_are_dropped_with_the_layer_named():
 @settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=1600), st.integers(1, 8))
 def test_packet_in_never_raises_on_arbitrary_bytes(data, port):
-    box = middlebox("tuple")
-    assert box.packet_in(1, port, data, now=0.0).record["event"] == "packet_in"
+    box = controller("tuple")
+    decision = one(box.packet_in(1, port, data, now=0.0))
+    assert isinstance(decision.event.verdict, Verdict) and isinstance(decision.event.reason, Reason)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=1400), st.integers(0, 65535))
 def test_packet_in_never_raises_on_arbitrary_udp_payloads_to_the_service(payload, sport):
-    decision = middlebox("tuple").packet_in(
-        1, CLIENT_PORT, udp_frame(payload, sport=sport), now=0.0
+    decision = one(
+        controller("tuple").packet_in(1, CLIENT_PORT, udp_frame(payload, sport=sport), now=0.0)
     )
-    assert decision.record["verdict"] in {"admit", "drop"}
+    assert decision.event.verdict in {Verdict.ADMIT, Verdict.DROP}
 
 
 def test_config_rejects_unknown_variants_and_keys():
@@ -216,5 +273,24 @@ def test_config_rejects_unknown_variants_and_keys():
         MiddleboxConfig.from_json(
             '{"variant": "tuple", "service_ip": "x", "service_port": 1, "x": 1}'
         )
+    with pytest.raises(ConfigError, match="hops"):
+        MiddleboxConfig(
+            variant="tuple", service_ip=SERVER_IP, service_port=4433,
+            hops=(HopSettings(1), HopSettings(1)),
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="hops"):
+        MiddleboxConfig(
+            variant="tuple", service_ip=SERVER_IP, service_port=4433, functions=("nat",)
+        )
     config = MiddleboxConfig(variant="tuple", service_ip=SERVER_IP, service_port=4433)
     assert MiddleboxConfig.from_json(config.to_json()) == config
+    nat = MiddleboxConfig(
+        variant="cid", service_ip=SERVER_IP, service_port=4433,
+        functions=("firewall", "ratelimit", "nat"), max_connections=7,
+        ratelimit=RateLimit(8000, 800),
+        hops=(
+            HopSettings(1, NatSettings("10.0.100.1", "02:00:00:00:00:fd", ports=8)),
+            HopSettings(2, NatSettings("10.0.100.2", "02:00:00:00:00:fc", first_port=30000)),
+        ),
+    )  # fmt: skip
+    assert MiddleboxConfig.from_json(nat.to_json()) == nat

@@ -6,9 +6,11 @@ import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
+from qasm.controller.events import PacketIn, Reason, Verdict
 from qasm.controller.messages import FlowRule, PacketOut
-from qasm.controller.pipeline import Middlebox, MiddleboxConfig
-from qasm.functions.firewall import SniPolicy
+from qasm.controller.pipeline import Controller, Decision, MiddleboxConfig
+from qasm.functions import firewall as firewall_module
+from qasm.functions.firewall import FirewallState, SniPolicy
 from tests.unit.conftest import (
     CLIENT_IP,
     CLIENT_MAC,
@@ -68,8 +70,8 @@ def client_datagrams(server_name: str, alpn_count: int = 1) -> list[bytes]:
     return [datagram for datagram, _ in connection.datagrams_to_send(now=0.0)]
 
 
-def firewall(variant: str, policy: SniPolicy) -> Middlebox:
-    box = Middlebox(
+def firewall(variant: str, policy: SniPolicy | None) -> Controller:
+    box = Controller(
         MiddleboxConfig(variant=variant, service_ip=SERVER_IP, service_port=4433, sni=policy)
     )
     box.switch_connected(dpid=1)
@@ -78,45 +80,70 @@ def firewall(variant: str, policy: SniPolicy) -> Middlebox:
     return box
 
 
+def one(decisions: list[Decision]) -> Decision:
+    """The only decision of a packet-in (nothing ended meanwhile)."""
+    (decision,) = decisions
+    assert isinstance(decision.event, PacketIn)
+    return decision
+
+
 @pytest.mark.parametrize("variant", ["tuple", "cid"])  # qasm's firewall path is cid's
 def test_a_denied_server_name_is_dropped_and_forgotten(variant):
-    box = firewall(variant, SniPolicy(deny=("*.blocked.example",)))
+    policy = SniPolicy(deny=("*.blocked.example",))
+    box = firewall(variant, policy)
     (datagram,) = client_datagrams("video.blocked.example")
-    decision = box.packet_in(1, CLIENT_PORT, udp_frame(datagram), now=1.0)
-    assert decision.record["verdict"] == "drop"
-    assert (
-        "SNI 'video.blocked.example' matches sni_deny '*.blocked.example'"
-        in (decision.record["reason"])
-    )
-    assert not decision.messages and len(box.table) == 0
+    decision = one(box.packet_in(1, CLIENT_PORT, udp_frame(datagram), now=1.0))
+    assert (decision.event.verdict, decision.event.reason) == (Verdict.DROP, Reason.SNI_REFUSED)
+    # The text is the policy's own account: which name matched which pattern.
+    assert decision.event.text == policy.problem("video.blocked.example")
+    assert not decision.messages and len(box.hops[0].table) == 0
 
 
 def test_an_allowed_server_name_is_admitted_with_its_rules():
     box = firewall("tuple", SniPolicy(allow=("*.example",)))
     (datagram,) = client_datagrams("video.example")
-    decision = box.packet_in(1, CLIENT_PORT, udp_frame(datagram), now=1.0)
-    assert decision.record["verdict"] == "admit"
-    assert "SNI 'video.example' allowed" in decision.record["reason"]
-    assert [m for m in decision.messages if isinstance(m, FlowRule)]
+    decision = one(box.packet_in(1, CLIENT_PORT, udp_frame(datagram), now=1.0))
+    assert (decision.event.verdict, decision.event.reason) == (Verdict.ADMIT, Reason.SNI_ALLOWED)
+    assert len([m for m in decision.messages if isinstance(m, FlowRule)]) == 2
+    (connection,) = box.hops[0].table.connections()
+    # Decided: nothing of the ClientHello is kept.
+    assert connection.functions["firewall"] == FirewallState()
 
 
 def test_a_clienthello_over_several_initials_is_decided_when_complete():
-    box = firewall("tuple", SniPolicy(deny=("blocked.example",)))
+    policy = SniPolicy(deny=("blocked.example",))
+    box = firewall("tuple", policy)
     datagrams = client_datagrams("blocked.example", alpn_count=8)
     assert len(datagrams) >= 2
-    first = box.packet_in(1, CLIENT_PORT, udp_frame(datagrams[0]), now=1.0)
-    assert "SNI pending" in first.record["reason"]
+    first = one(box.packet_in(1, CLIENT_PORT, udp_frame(datagrams[0]), now=1.0))
+    assert (first.event.verdict, first.event.reason) == (Verdict.ADMIT, Reason.SNI_PENDING)
     # Forwarded, but no rules yet: the rest of the ClientHello must reach the controller.
     assert [type(m) for m in first.messages] == [PacketOut]
-    decisions = [box.packet_in(1, CLIENT_PORT, udp_frame(d), now=1.0) for d in datagrams[1:]]
-    assert decisions[-1].record["verdict"] == "drop"
-    assert "matches sni_deny 'blocked.example'" in decisions[-1].record["reason"]
-    assert len(box.table) == 0
+    (connection,) = box.hops[0].table.connections()
+    state = connection.functions["firewall"]
+    assert state.sni_pending and state.hello_prefix and state.original_dcid
+    decisions = [one(box.packet_in(1, CLIENT_PORT, udp_frame(d), now=1.0)) for d in datagrams[1:]]
+    last = decisions[-1].event
+    assert (last.verdict, last.reason) == (Verdict.DROP, Reason.SNI_REFUSED)
+    assert last.text == policy.problem("blocked.example")
+    assert len(box.hops[0].table) == 0
 
 
-def test_without_a_policy_no_clienthello_is_decrypted():
-    box = Middlebox(MiddleboxConfig(variant="tuple", service_ip=SERVER_IP, service_port=4433))
-    assert box.sni is None
+def test_without_a_policy_no_clienthello_is_decrypted(monkeypatch, client_initial):
+    box = firewall("tuple", None)
+    assert box.hops[0].firewall.sni is None
+
+    def decrypt(*args, **kwargs):
+        raise AssertionError("a ClientHello was decrypted without an SNI policy")
+
+    monkeypatch.setattr(firewall_module.ClientHelloAssembler, "resume", decrypt)
+    decision = one(box.packet_in(1, CLIENT_PORT, udp_frame(client_initial), now=1.0))
+    assert (decision.event.verdict, decision.event.reason) == (
+        Verdict.ADMIT,
+        Reason.OPENED_BY_INITIAL,
+    )
+    (connection,) = box.hops[0].table.connections()
+    assert not box.hops[0].firewall.pending(connection)
 
 
 def test_the_policy_survives_the_controllers_json_config():

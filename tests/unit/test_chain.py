@@ -1,0 +1,230 @@
+"""Chains of middlebox hops, sans-I/O: a real aioquic connection crosses K hops of a fake
+OpenFlow network (tests/unit/fakenet.py) driven by the real controller; each hop has its own
+table and NAT. What each variant does with a rebinding and an active migration, in push and
+pull mode, and what every hop holds at the end."""
+
+from __future__ import annotations
+
+import pytest
+
+from qasm.agents.client import ClientAgent
+from qasm.agents.messages import derive_client_key
+from qasm.controller.events import PacketIn, PathInstalled, Reason, Verdict
+from qasm.controller.pipeline import AgentSettings, Controller, HopSettings, MiddleboxConfig
+from qasm.flow import FlowKey
+from qasm.functions.nat import NatSettings
+from tests.unit.conftest import QuicPair, arp_frame, udp_frame
+from tests.unit.fakenet import FakeNetwork
+
+SERVER_IP, SERVER_MAC = "10.0.0.250", "02:00:00:00:04:00"
+WIFI_IP, WIFI_MAC, WIFI_PORT = "10.0.1.1", "02:00:00:00:01:01", 2
+LTE_IP, LTE_MAC, LTE_PORT = "10.0.2.1", "02:00:00:00:02:01", 3
+AGENT_IP, AGENT_MAC = "10.0.0.254", "02:00:00:00:00:fe"
+SECRET = b"chain secret"
+PLAIN_DPID = 0x100
+
+
+def public_address(hop: int) -> tuple[str, str]:
+    return f"10.0.100.{hop}", f"02:00:00:00:01:{hop:02x}"
+
+
+class ChainBench:
+    """Client (wifi, lte) → hops 1..K → server, one QUIC connection between them."""
+
+    def __init__(self, variant: str, hops: int, functions=("nat",), mode="push", ports=16):
+        self.hops = hops
+        agent = AgentSettings(
+            ip=AGENT_IP, port=7400, mac=AGENT_MAC,
+            keys={"c1": derive_client_key(SECRET, "c1").hex()},
+            addresses={"c1": [WIFI_IP, LTE_IP]}, mode=mode,
+        )  # fmt: skip
+        config = MiddleboxConfig(
+            variant=variant, service_ip=SERVER_IP, service_port=4433, functions=functions,
+            hops=tuple(
+                HopSettings(i, NatSettings(*public_address(i), ports=ports))
+                for i in range(1, hops + 1)
+            ),
+            agent=agent if variant == "qasm" else None,
+        )  # fmt: skip
+        self.controller = Controller(config)
+        self.net = FakeNetwork(self.controller)
+        dpids = list(range(1, hops + 1)) or [PLAIN_DPID]
+        for dpid in dpids:
+            self.net.add_switch(dpid)
+        for near, far in zip(dpids, dpids[1:], strict=False):
+            self.net.link(near, 1, far, 2)
+        self.first, self.last = dpids[0], dpids[-1]
+        self.net.attach_host(self.first, WIFI_PORT, "wifi")
+        self.net.attach_host(self.first, LTE_PORT, "lte")
+        self.net.attach_host(self.last, 1, "server")
+        self.pair = QuicPair()
+        self.agent = ClientAgent("c1", derive_client_key(SECRET, "c1"))
+        self.server_macs: dict[tuple[str, int], str] = {}  # the server's neighbour cache
+        # ARP, as hosts do before any QUIC packet: every hop learns where they are.
+        self.net.send(self.last, 1, arp_frame(SERVER_MAC, SERVER_IP, WIFI_IP))
+        self.net.send(self.first, WIFI_PORT, arp_frame(WIFI_MAC, WIFI_IP, SERVER_IP))
+        self.net.send(self.first, LTE_PORT, arp_frame(LTE_MAC, LTE_IP, SERVER_IP))
+        for host in ("wifi", "lte", "server"):
+            self.net.received(host)
+        self.net.packet_ins.clear()
+
+    def client_sends(self, datagrams, via="wifi", sport=50000) -> None:
+        ip, mac, port = (
+            (WIFI_IP, WIFI_MAC, WIFI_PORT) if via == "wifi" else (LTE_IP, LTE_MAC, LTE_PORT)
+        )
+        for datagram in datagrams:
+            frame = udp_frame(
+                datagram, sport=sport, src=ip, dst=SERVER_IP, eth_src=mac, eth_dst=SERVER_MAC
+            )
+            self.net.send(self.first, port, frame, now=self.pair.now)
+
+    def server_receives(self) -> list[tuple[str, int]]:
+        """Feeds what reached the server into it; returns the addresses it came from."""
+        sources = []
+        for frame in self.net.received("server"):
+            source = (frame.flow.src_ip, frame.flow.src_port)
+            self.server_macs[source] = frame.eth_src
+            self.pair.server.receive_datagram(frame.udp_payload, source, now=self.pair.now)
+            sources.append(source)
+        return sources
+
+    def server_replies(self) -> None:
+        self.pair.now += 0.001
+        for datagram, address in self.pair.server.datagrams_to_send(now=self.pair.now):
+            flow = FlowKey(SERVER_IP, 4433, *address)
+            frame = udp_frame(datagram, sport=4433, dport=address[1], src=SERVER_IP, dst=address[0],
+                              eth_src=SERVER_MAC, eth_dst=self.server_macs[address])  # fmt: skip
+            assert flow.src_ip == SERVER_IP
+            self.net.send(self.last, 1, frame, now=self.pair.now)
+
+    def client_receives(self) -> int:
+        frames = self.net.received("wifi") + self.net.received("lte")
+        for frame in frames:
+            assert (frame.flow.src_ip, frame.flow.src_port) == (SERVER_IP, 4433)
+            self.pair.client.receive_datagram(
+                frame.udp_payload, (SERVER_IP, 4433), now=self.pair.now
+            )
+        return len(frames)
+
+    def round_trip(self, via="wifi", sport=50000) -> tuple[list[tuple[str, int]], int]:
+        self.pair.now += 0.001
+        self.client_sends(
+            [d for d, _ in self.pair.client.datagrams_to_send(now=self.pair.now)], via, sport
+        )
+        sources = self.server_receives()
+        self.server_replies()
+        return sources, self.client_receives()
+
+    def handshake(self) -> None:
+        self.pair.client.connect((SERVER_IP, 4433), now=self.pair.now)
+        for _ in range(6):
+            self.round_trip()
+        assert self.pair.client._handshake_confirmed
+
+    def report(self, datagram: bytes, via="lte") -> None:
+        ip, mac, port = (
+            (LTE_IP, LTE_MAC, LTE_PORT) if via == "lte" else (WIFI_IP, WIFI_MAC, WIFI_PORT)
+        )
+        frame = udp_frame(
+            datagram, sport=7777, dport=7400, src=ip, dst=AGENT_IP, eth_src=mac, eth_dst=AGENT_MAC
+        )
+        self.net.send(self.first, port, frame, now=self.pair.now)
+        self.net.received(via)  # the ack
+
+    def migrate(self, kind: str, sport: int, announce: bool) -> None:
+        via = "lte" if kind == "active" else "wifi"
+        new_ip = LTE_IP if via == "lte" else WIFI_IP
+        if announce:
+            _, datagram = self.agent.announce(
+                self.pair.client, (WIFI_IP, 50000), (new_ip, sport), kind == "active"
+            )
+            self.report(datagram, via)
+        if kind == "active":
+            self.pair.client.change_connection_id()
+        self.net.packet_ins.clear()
+        self.pair.client.send_ping(7)
+        self.migrated = self.round_trip(via, sport)
+
+    def hop_mappings(self) -> list[int]:
+        return [len(state.nat_mappings) for state in self.controller.snapshot()]
+
+
+@pytest.mark.parametrize("hops", [1, 3])
+def test_a_nat_chain_translates_at_every_hop_and_the_connection_completes_its_handshake(hops):
+    bench = ChainBench("tuple", hops)
+    bench.handshake()
+    bench.pair.client.send_ping(1)
+    (source, *_), received = bench.round_trip()
+    # The server sees the last hop's public address; the client gets the server's packets back.
+    assert source[0] == public_address(hops)[0] and received
+    assert bench.hop_mappings() == [1] * hops
+
+
+@pytest.mark.parametrize("hops", [1, 3])
+def test_qasm_push_installs_the_announced_path_on_every_hop_before_the_first_packet(hops):
+    bench = ChainBench("qasm", hops)
+    bench.handshake()
+    bench.migrate("active", sport=6000, announce=True)
+    sources, received = bench.migrated
+    assert sources and sources[0] != (public_address(hops)[0], 20000) and received
+    assert sum(bench.net.packet_ins.values()) == 0  # the whole path was pre-installed
+    installs = [e for e in bench.net.events if isinstance(e, PathInstalled)]
+    assert [e.dpid for e in installs] == list(range(1, hops + 1))
+    # Each hop's install is the path as that hop sees it: the previous hop's public address.
+    assert [e.path.src_ip for e in installs] == [LTE_IP] + [
+        public_address(i)[0] for i in range(1, hops)
+    ]
+    assert bench.hop_mappings() == [2] * hops
+    _, retire = bench.agent.retire(bench.pair.client, (WIFI_IP, 50000))
+    bench.report(retire)
+    assert bench.hop_mappings() == [1] * hops  # the old path's port went back at every hop
+    assert [hop.nat.pool.in_use for hop in bench.controller.hops] == [1] * hops
+
+
+def test_qasm_pull_asks_the_agent_once_per_hop_and_then_forwards_in_the_fast_path():
+    bench = ChainBench("qasm", 3, mode="pull")
+    bench.handshake()
+    bench.migrate("active", sport=6000, announce=True)
+    sources, received = bench.migrated
+    assert sources and received
+    assert dict(bench.net.packet_ins) == {1: 1, 2: 1, 3: 1}
+    pulled = [
+        e
+        for e in bench.net.events
+        if isinstance(e, PacketIn) and e.reason is Reason.PULLED_FROM_AGENT
+    ]
+    assert [e.dpid for e in pulled] == [1, 2, 3]
+    bench.net.packet_ins.clear()
+    bench.pair.client.send_ping(8)
+    assert bench.round_trip("lte", 6000)[1] and not bench.net.packet_ins
+
+
+@pytest.mark.parametrize(("variant", "kind", "survives"), [
+    ("tuple", "nat-rebind", False),
+    ("tuple", "active", False),
+    ("cid", "nat-rebind", True),
+    ("cid", "active", False),
+    ("qasm", "nat-rebind", True),
+    ("qasm", "active", True),
+])  # fmt: skip
+def test_with_a_firewall_on_every_hop_only_cid_awareness_follows_the_migration(
+    variant, kind, survives
+):
+    bench = ChainBench(variant, 2, functions=("firewall", "nat"))
+    bench.handshake()
+    bench.migrate(kind, sport=6000, announce=variant == "qasm")
+    sources, received = bench.migrated
+    assert bool(sources and received) is survives
+    if not survives:
+        drops = [
+            e for e in bench.net.events if isinstance(e, PacketIn) and e.verdict is Verdict.DROP
+        ]
+        assert drops and drops[-1].dpid == 1 and drops[-1].reason is Reason.NOT_AN_INITIAL
+
+
+def test_with_no_hop_every_variant_only_forwards_and_the_agent_still_answers():
+    bench = ChainBench("qasm", 0, functions=("firewall", "nat"))
+    bench.handshake()
+    bench.migrate("active", sport=6000, announce=True)
+    assert all(bench.migrated)
+    assert bench.controller.snapshot() == []
