@@ -40,11 +40,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from testbed.rundir import read_json_object
-from testbed.summary import COMPARISONS, COUNTERS
+from testbed.analysis.summary import COMPARISONS, COUNTERS
+from testbed.records.rundir import read_json_object
 
 REFERENCE_SCHEMA_VERSION = 1
 FAMILIES = ("survival", "counters", "comparison")
@@ -196,64 +198,81 @@ def pattern_problem(pattern: str, variants: tuple[str, ...], kinds: tuple[str, .
     return None
 
 
-def check_block(checker, node, variants, kinds) -> tuple[tuple[str, Tolerance], ...]:
-    """Validates a `regression:` YAML node with scenario._Checker; returns (pattern, tolerance)."""
-    import yaml  # the YAML node types; scenario.py already depends on PyYAML
+def check_block(
+    block: Any, variants: Sequence[str], kinds: Sequence[str]
+) -> tuple[tuple[tuple[str, Tolerance], ...], list[tuple[tuple[str, ...], str]]]:
+    """Checks a scenario's `regression:` mapping (plain YAML data, None when absent).
 
-    if node is None:
-        return ()
-    if not isinstance(node, yaml.MappingNode):
-        checker.problem(node, "regression", "expected a mapping of metric patterns to tolerances")
-        return ()
-    rules = []
+    Returns its (pattern, tolerance) rules and its problems, each ((pattern,), "expected ...")
+    or ((), ...) for the block itself; testbed/scenario/models.py reports them with the line.
+    """
+    if block is None:
+        return (), []
+    if not isinstance(block, dict):
+        return (), [((), "expected a mapping of metric patterns to tolerances")]
+    rules, located = [], []
     kinds = tuple(str(k) for k in kinds)
-    for key_node, value_node in node.value:
-        pattern = str(key_node.value)
-        key = f"regression.{pattern}"
-        problem = pattern_problem(pattern, tuple(variants or ()), kinds)
-        if problem:
-            checker.problem(key_node, key, problem)
-            continue
-        tolerance = _tolerance(checker, value_node, key, pattern)
-        if tolerance is not None:
-            rules.append((pattern, tolerance))
-    return tuple(rules)
+    for pattern, value in block.items():
+        problem = pattern_problem(str(pattern), tuple(variants or ()), kinds)
+        if problem is None:
+            tolerance, problem = _tolerance(value, str(pattern))
+        if problem is not None:
+            located.append(((pattern,), problem))
+        else:
+            rules.append((str(pattern), tolerance))
+    return tuple(rules), located
 
 
-def _tolerance(checker, node, key: str, pattern: str) -> Tolerance | None:
-    import yaml
+TOLERANCE_EXPECTED = "expected exact, ignore, {relative: F} (0 < F <= 10) or {absolute: X} (X >= 0)"
+# The JSON Schema of the `regression:` block (scenarios/schema.json), for editors.
+BLOCK_JSON_SCHEMA = {
+    "type": "object",
+    "propertyNames": {"pattern": rf"^({'|'.join(FAMILIES)})\."},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string", "enum": ["exact", "ignore"]},
+            {
+                "type": "object",
+                "properties": {
+                    "relative": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_RELATIVE}
+                },
+                "required": ["relative"],
+                "additionalProperties": False,
+            },
+            {
+                "type": "object",
+                "properties": {"absolute": {"type": "number", "minimum": 0}},
+                "required": ["absolute"],
+                "additionalProperties": False,
+            },
+        ]
+    },
+}
 
-    expected = "expected exact, ignore, {relative: F} (0 < F <= 10) or {absolute: X} (X >= 0)"
+
+def _tolerance(value: Any, pattern: str) -> tuple[Tolerance | None, str | None]:
+    """(tolerance, None), or (None, what was expected)."""
     comparison = pattern.startswith("comparison.")
-    if isinstance(node, yaml.ScalarNode):
-        if node.value == "ignore":
-            return Tolerance("ignore")
-        if node.value == "exact" and not comparison:
-            return Tolerance("exact")
-        if node.value == "exact":
-            checker.problem(node, key, "expected {relative: F} or {absolute: X}: a comparison is "
-                            "a bootstrap estimate, never exact")  # fmt: skip
-            return None
-        checker.problem(node, key, f"{expected}, got {node.value!r}")
-        return None
-    if not isinstance(node, yaml.MappingNode) or len(node.value) != 1:
-        checker.problem(node, key, expected)
-        return None
-    ((mode_node, value_node),) = node.value
-    mode = mode_node.value
-    value = (
-        yaml.safe_load(yaml.serialize(value_node))
-        if isinstance(value_node, yaml.ScalarNode)
-        else None
-    )
-    number = type(value) in (int, float)
-    if mode == "relative" and number and 0 < value <= MAX_RELATIVE:
-        return Tolerance("relative", float(value))
-    if mode == "absolute" and number and value >= 0:
-        return Tolerance("absolute", float(value))
-    checker.problem(value_node if mode in ("relative", "absolute") else mode_node, key,
-                    f"{expected}, got {{{mode}: {value!r}}}")  # fmt: skip
-    return None
+    if not isinstance(value, dict | list):
+        if value == "ignore":
+            return Tolerance("ignore"), None
+        if value == "exact" and not comparison:
+            return Tolerance("exact"), None
+        if value == "exact":
+            return None, ("expected {relative: F} or {absolute: X}: a comparison is a bootstrap "
+                          "estimate, never exact")  # fmt: skip
+        return None, f"{TOLERANCE_EXPECTED}, got {value!r}"
+    if not isinstance(value, dict) or len(value) != 1:
+        return None, TOLERANCE_EXPECTED
+    ((mode, number),) = value.items()
+    if isinstance(number, dict | list):
+        number = None
+    numeric = type(number) in (int, float)
+    if mode == "relative" and numeric and 0 < number <= MAX_RELATIVE:
+        return Tolerance("relative", float(number)), None
+    if mode == "absolute" and numeric and number >= 0:
+        return Tolerance("absolute", float(number)), None
+    return None, f"{TOLERANCE_EXPECTED}, got {{{mode}: {number!r}}}"
 
 
 def _matches(pattern: str, name: str) -> bool:
@@ -279,7 +298,7 @@ def tolerance_for(name: str, rules) -> Tolerance:
 
 
 def build_reference(run, summary: dict) -> dict:
-    """The reference JSON for a run (a testbed.rundir.RunDir) and its recomputed summary."""
+    """The reference JSON for a run (a testbed.records.rundir.RunDir) and its recomputed summary."""
     metadata = run.metadata
     return {
         "schema_version": REFERENCE_SCHEMA_VERSION,

@@ -1,0 +1,768 @@
+"""Every key of a scenario file: its type, range, default and meaning, as pydantic models.
+
+One model per section of the file, named after it (`topology:` is `DualhomedTopology` or
+`ChainTopology`, picked by `topology.name`); `Scenario` is the whole file. Each default is
+defined once, here or in the module that owns it (imported below). Range checks are done by the
+scalar types of this module (`Integer`, `Number`, `Flag`, `Text`, `HostName`, `Choices`), whose
+failures already read `expected ...`; rules between keys are validators on the model whose key
+they report, rules between sections are validators of `Scenario` on the later field (pydantic
+validates fields in order and `info.data` holds the earlier ones that were valid).
+
+testbed/scenario/loading.py reads the YAML (keeping line numbers), expands `sweep:` into points
+and turns each validation error into `FILE:LINE: KEY: expected ...`; schema.py writes the JSON
+Schema of `Scenario` to scenarios/schema.json for editors.
+"""
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import WithJsonSchema
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from qasm.controller.pipeline import AGENT_MODES, FUNCTIONS, VARIANTS
+from qasm.functions.firewall import SniPolicy
+from qasm.functions.ratelimit import RateLimit
+from qasm.state.connections import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
+from testbed.analysis.regression import BLOCK_JSON_SCHEMA, Tolerance, check_block
+from testbed.apps.transfer import SERVER_NAME
+from testbed.emulation.links import IMPAIRMENTS, LIMITS, LINK_KINDS, LinkConditions, link_conditions
+from testbed.migration import MIGRATION_KINDS
+
+MAX_CLIENTS = 100
+MAX_BACKENDS = 8
+MAX_HOPS = 8
+MAX_REPETITIONS = 1000
+MAX_BYTES = 10**10
+MAX_SECONDS = 3600.0  # timeouts, migration instants, spreads and repeat intervals
+MAX_STATE_IDLE_TIMEOUT_S = 86400.0
+MAX_CONNECTIONS = 10**7
+MAX_RATE_MBIT = 1000.0
+MAX_BURST_KBIT = 10**7
+MAX_NAT_PORTS = 30000
+# A Python flooder on a 2-core machine sustains a few thousand packets per second.
+MAX_FLOOD_PPS = 20000
+MAX_SWEEP_POINTS = 256
+DEFAULT_IDLE_S = 5.0
+DEFAULT_RUN_S = 60.0
+DEFAULT_FUNCTIONS = ("firewall",)
+DEFAULT_AGENT_MODES = ("push",)
+# Client Agent keys derive from this unless the scenario sets `agent.secret`; an emulation
+# needs reproducibility more than secrecy.
+DEFAULT_AGENT_SECRET = "qasm-testbed"
+# Top-level sections a sweep may vary; the rest define the experiment, not a point of it.
+SWEEPABLE_SECTIONS = (
+    "firewall",
+    "functions",
+    "middlebox",
+    "topology",
+    "workload",
+    "migration",
+    "timeouts",
+    "ratelimit",
+    "nat",
+    "agent",
+)
+# `migration.kind` values a `regression:` pattern may name; "None" is a run without migration.
+REGRESSION_KINDS = (*MIGRATION_KINDS, "None")
+
+
+# --- problems ------------------------------------------------------------------------------------
+
+
+def problem(expected: str) -> PydanticCustomError:
+    """A problem with the value being validated; `expected` reads `expected ...`."""
+    return PydanticCustomError("scenario", expected)
+
+
+def problems(*located: tuple[tuple[str | int, ...], str]) -> ValidationError:
+    """Problems at keys below the value being validated: ((key, ...), "expected ...") each."""
+    return ValidationError.from_exception_data(
+        "scenario",
+        [
+            InitErrorDetails(type=problem(expected), loc=loc, input=None)
+            for loc, expected in located
+        ],
+    )
+
+
+def _again(error: dict) -> InitErrorDetails:
+    """An error of a caught ValidationError, to raise again with more."""
+    if error["type"] == "scenario":
+        return InitErrorDetails(type=problem(error["msg"]), loc=error["loc"], input=None)
+    details = InitErrorDetails(type=error["type"], loc=error["loc"], input=error.get("input"))
+    if "ctx" in error:
+        details["ctx"] = error["ctx"]
+    return details
+
+
+# --- scalar types: each checks itself and says what it expected --------------------------------
+
+
+def _scalar(kind: type, check: Callable[[Any], Any], schema: dict) -> Any:
+    return Annotated[kind, PlainValidator(check), WithJsonSchema(schema)]
+
+
+def _integer_check(minimum: int, maximum: int | None) -> Callable[[Any], int]:
+    bound = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+
+    def check(value: Any) -> int:
+        # YAML's true and 1.0 are no integers here (a bool is an int to Python).
+        if type(value) is not int or value < minimum or (maximum is not None and value > maximum):
+            raise problem(f"expected an integer {bound}, got {value!r}")
+        return value
+
+    return check
+
+
+def Integer(minimum: int, maximum: int | None = None) -> Any:
+    """An integer in minimum..maximum (inclusive), or >= minimum without a maximum."""
+    schema = {"type": "integer", "minimum": minimum}
+    if maximum is not None:
+        schema["maximum"] = maximum
+    return _scalar(int, _integer_check(minimum, maximum), schema)
+
+
+def _number_check(minimum: float, maximum: float, inclusive: bool) -> Callable[[Any], float]:
+    low = "[" if inclusive else "("
+
+    def check(value: Any) -> float:
+        number = type(value) in (int, float)
+        above = number and (minimum <= value if inclusive else minimum < value)
+        if not above or not value <= maximum:  # NaN is neither
+            raise problem(f"expected a number in {low}{minimum:g}, {maximum:g}], got {value!r}")
+        return float(value)
+
+    return check
+
+
+def Number(minimum: float, maximum: float, *, inclusive: bool = False) -> Any:
+    """A number in (minimum, maximum], or [minimum, maximum] when `inclusive`."""
+    schema = {"type": "number", "minimum" if inclusive else "exclusiveMinimum": minimum}
+    schema["maximum"] = maximum
+    return _scalar(float, _number_check(minimum, maximum, inclusive), schema)
+
+
+def _flag(value: Any) -> bool:
+    if type(value) is not bool:
+        raise problem(f"expected true or false, got {value!r}")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise problem(f"expected a string, got {value!r}")
+    return value
+
+
+Flag = _scalar(bool, _flag, {"type": "boolean"})
+Text = _scalar(str, _text, {"type": "string"})
+
+# A DNS name (RFC 1123 labels), lowercase or not; patterns may start with "*." (subdomains).
+HOST_NAME = (r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+             r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")  # fmt: skip
+_HOST_NAME = re.compile(HOST_NAME)
+
+
+def HostName(*, wildcard: bool = False) -> Any:
+    """A host name; with `wildcard` also `*.domain` (that domain's subdomains)."""
+    what = "a host name or *.domain" if wildcard else "a host name"
+
+    def check(value: Any) -> str:
+        bare = (
+            value[2:] if wildcard and isinstance(value, str) and value.startswith("*.") else value
+        )
+        if not isinstance(bare, str) or not _HOST_NAME.fullmatch(bare):
+            raise problem(f"expected {what}, got {value!r}")
+        return value
+
+    pattern = "^" + (r"(\*\.)?" if wildcard else "") + HOST_NAME + "$"
+    return _scalar(str, check, {"type": "string", "pattern": pattern})
+
+
+def _require_list(value: Any) -> Any:
+    if not isinstance(value, list | tuple):
+        raise problem("expected a list of host names")
+    return value
+
+
+# The firewall's SNI lists: host names or `*.domain` patterns.
+HostNames = Annotated[tuple[HostName(wildcard=True), ...], BeforeValidator(_require_list)]
+
+
+def Choices(allowed: Sequence[str]) -> Any:
+    """A name from `allowed`, or a non-empty list of them, each once; always a tuple."""
+    names = ", ".join(allowed)
+
+    def one(value: Any) -> str:
+        if value not in allowed:
+            raise problem(f"expected one of {names}, got {value!r}")
+        return value
+
+    def one_or_list(value: Any) -> Any:
+        if isinstance(value, dict):
+            raise problem(f"expected one of {names}, or a list of them, got {value!r}")
+        return value if isinstance(value, list | tuple) else (value,)
+
+    def each_once(value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise problem(f"expected at least one of {names}")
+        repeated = [i for i, name in enumerate(value) if name in value[:i]]
+        if repeated:
+            raise problems(*(((i,), f"expected each of {names} once") for i in repeated))
+        return value
+
+    item = {"type": "string", "enum": list(allowed)}
+    schema = {"anyOf": [item, {"type": "array", "items": item, "minItems": 1, "uniqueItems": True}]}
+    return Annotated[
+        tuple[Annotated[str, PlainValidator(one)], ...],
+        BeforeValidator(one_or_list),
+        AfterValidator(each_once),
+        WithJsonSchema(schema),
+    ]
+
+
+Seconds = Number(0, MAX_SECONDS)
+Bandwidth = Number(0, LIMITS["bw_mbit"].maximum)  # Mininet's TCIntf shapes up to 1000 Mbit/s
+Delay = Number(0, LIMITS["delay_ms"].maximum, inclusive=True)
+Jitter = Number(0, LIMITS["jitter_ms"].maximum, inclusive=True)
+Loss = Number(0, LIMITS["loss_pct"].maximum, inclusive=True)
+
+
+# --- sections ------------------------------------------------------------------------------------
+
+
+class Section(BaseModel):
+    """A mapping of the file: unknown keys are problems, and nothing changes after loading."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def yaml_keys(cls) -> tuple[str, ...]:
+        """The keys this section accepts, as written in the file."""
+        return tuple(field.alias or name for name, field in cls.model_fields.items())
+
+
+def _link(kind: str, parameter: str) -> Any:
+    limit = LIMITS[parameter]
+    return Field(None, description=f"{kind} link: {limit.description}")
+
+
+class Topology(Section):
+    """What every topology has: its clients and the conditions of each link kind, per
+    direction (testbed/emulation/links.py); none means unshaped or unimpaired."""
+
+    name: str
+    clients: Integer(1, MAX_CLIENTS) = Field(1, description="dual-homed client hosts")
+    wifi_bw_mbit: Bandwidth | None = _link("wifi", "bw_mbit")
+    lte_bw_mbit: Bandwidth | None = _link("lte", "bw_mbit")
+    server_bw_mbit: Bandwidth | None = _link("server", "bw_mbit")
+    wifi_delay_ms: Delay | None = _link("wifi", "delay_ms")
+    wifi_jitter_ms: Jitter | None = _link("wifi", "jitter_ms")
+    wifi_loss_pct: Loss | None = _link("wifi", "loss_pct")
+    lte_delay_ms: Delay | None = _link("lte", "delay_ms")
+    lte_jitter_ms: Jitter | None = _link("lte", "jitter_ms")
+    lte_loss_pct: Loss | None = _link("lte", "loss_pct")
+    server_delay_ms: Delay | None = _link("server", "delay_ms")
+    server_jitter_ms: Jitter | None = _link("server", "jitter_ms")
+    server_loss_pct: Loss | None = _link("server", "loss_pct")
+
+    @model_validator(mode="after")
+    def _jitter_at_most_delay(self) -> "Topology":
+        # netem would clamp negative delays to 0, shifting the mean above the delay.
+        located = []
+        for kind in LINK_KINDS:
+            delay = getattr(self, f"{kind}_delay_ms") or 0
+            if (getattr(self, f"{kind}_jitter_ms") or 0) > delay:
+                located.append(
+                    ((f"{kind}_jitter_ms",), f"expected at most {kind}_delay_ms ({delay:g})")
+                )
+        if located:
+            raise problems(*located)
+        return self
+
+    def bandwidths(self) -> dict[str, float | None]:
+        """Mbit/s per link kind (None: unshaped)."""
+        return {kind: getattr(self, f"{kind}_bw_mbit") for kind in LINK_KINDS}
+
+    def impairments(self) -> dict[str, float]:
+        """The delay, jitter and loss keys that are set ({"wifi_delay_ms": 25.0, ...})."""
+        keys = (f"{kind}_{name}" for kind in LINK_KINDS for name in IMPAIRMENTS)
+        return {key: getattr(self, key) for key in keys if getattr(self, key) is not None}
+
+    def link_conditions(self) -> dict[str, LinkConditions]:
+        """LinkConditions per link kind ("wifi", "lte", "server")."""
+        return link_conditions(self.bandwidths(), self.impairments())
+
+    def topo_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the topology's Topo: its own keys, plus `bandwidths`."""
+        own = [key for key in type(self).model_fields if key not in Topology.model_fields]
+        kwargs = {"clients": self.clients, **{key: getattr(self, key) for key in own}}
+        return {**kwargs, "bandwidths": self.bandwidths()}
+
+
+class DualhomedTopology(Topology):
+    """One middlebox switch between dual-homed clients (wifi and lte) and one server."""
+
+    name: Literal["dualhomed"] = Field(description="topologies/dualhomed.py: one switch")
+    backends: Integer(2, MAX_BACKENDS) | None = Field(
+        None, description="servers behind the load balancer's virtual IP (functions: loadbalancer)"
+    )
+
+
+class ChainTopology(Topology):
+    """`hops` middleboxes in series between the clients and the server."""
+
+    name: Literal["chain"] = Field(description="topologies/chain.py: hops in series")
+    hops: Integer(0, MAX_HOPS) = Field(1, description="middlebox hops in series")
+
+
+AnyTopology = Annotated[DualhomedTopology | ChainTopology, Field(discriminator="name")]
+
+
+class Workload(Section):
+    """What each client transfers."""
+
+    bytes: Integer(1, MAX_BYTES) = Field(
+        description="payload per client, verified by SHA-256 at both ends"
+    )
+    server_name: HostName() = Field(SERVER_NAME, description="the SNI every client asks for")
+
+
+def _spread_in_the_trigger_unit(value: Any, info: ValidationInfo) -> int | float:
+    if info.data.get("at_bytes") is not None:
+        return _integer_check(0, None)(value)
+    return _number_check(0, MAX_SECONDS, inclusive=True)(value)
+
+
+# Bytes (an integer) with `at_bytes`, seconds with `at_seconds`: the field after both.
+Spread = Annotated[
+    int | float,
+    PlainValidator(_spread_in_the_trigger_unit),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
+
+
+class Migration(Section):
+    """When and how each client moves its connection (testbed/migration.py)."""
+
+    kinds: Choices(MIGRATION_KINDS) = Field(
+        alias="kind", description="a migration kind or a list of them: each kind is its own run"
+    )
+    at_bytes: Integer(1) | None = Field(
+        None, description="migrate once the server acknowledged this many bytes"
+    )
+    at_seconds: Number(0, MAX_SECONDS) | None = Field(
+        None, description="migrate this many seconds after the first stream byte"
+    )
+    spread: Spread = Field(
+        0,
+        description="each client migrates at its trigger plus a seeded uniform draw from "
+        "[0, spread]: bytes (an integer) with at_bytes, seconds (at most 3600) with at_seconds",
+    )
+    repeat_every_s: Number(0, MAX_SECONDS) | None = Field(
+        None,
+        description="after the first migration, migrate again this often while sending "
+        "(less than timeouts.run_s)",
+    )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_trigger(cls, data: Any, handler: Callable) -> "Migration":
+        # Checked on the keys given, so that it is reported with the keys' own problems.
+        if not isinstance(data, dict):
+            return handler(data)
+        at_bytes, at_seconds = (data.get(key) is not None for key in ("at_bytes", "at_seconds"))
+        if at_bytes != at_seconds:
+            return handler(data)
+        rule = problem("expected exactly one of at_bytes, at_seconds")
+        errors = [InitErrorDetails(type=rule, loc=(), input=None)]
+        try:
+            handler(data)
+        except ValidationError as exc:
+            errors += [_again(error) for error in exc.errors(include_url=False)]
+        raise ValidationError.from_exception_data(cls.__name__, errors)
+
+    def trigger_for(self, client_index: int, seed: int) -> tuple[str, float]:
+        """("at_bytes" | "at_seconds", value) of one client: its own, reproducible schedule."""
+        offset = (
+            random.Random(f"{seed}:{client_index}").uniform(0, self.spread) if self.spread else 0
+        )
+        if self.at_bytes is not None:
+            return "at_bytes", self.at_bytes + int(offset)
+        return "at_seconds", self.at_seconds + offset
+
+
+class Timeouts(Section):
+    """The endpoints' QUIC idle timeout and the bound on each transfer, in seconds."""
+
+    idle_s: Seconds = Field(DEFAULT_IDLE_S, description="QUIC idle timeout of both endpoints")
+    run_s: Seconds = Field(DEFAULT_RUN_S, description="bound on each client's transfer")
+
+
+class Agent(Section):
+    """The Client Agents and the Tracking Agent (variant qasm)."""
+
+    secret: Text = Field(DEFAULT_AGENT_SECRET, description="the Client Agents' keys derive from it")
+    modes: Choices(AGENT_MODES) = Field(
+        DEFAULT_AGENT_MODES,
+        alias="mode",
+        description="how announcements reach the middlebox hops: push (the Tracking Agent "
+        "installs them) or pull (a hop looks them up); a list runs qasm in each",
+    )
+
+
+class Ratelimit(Section):
+    """One token bucket per connection, an OpenFlow meter (functions: ratelimit)."""
+
+    rate_mbit: Number(0, MAX_RATE_MBIT) = Field(description="the bucket's rate, Mbit/s")
+    burst_kbit: Integer(1, MAX_BURST_KBIT) = Field(description="the bucket's size, kbit")
+
+    def limit(self) -> RateLimit:
+        return RateLimit(rate_kbps=int(self.rate_mbit * 1000), burst_kbit=self.burst_kbit)
+
+
+class Nat(Section):
+    """Source NAT (functions: nat)."""
+
+    ports: Integer(1, MAX_NAT_PORTS) = Field(description="the NAT's public port pool")
+
+
+class Firewall(Section):
+    """The firewall's SNI policy (qasm/functions/firewall.py): the deny list wins; a
+    non-empty allow list admits only what it matches."""
+
+    sni_allow: HostNames = Field((), description="host names or *.domain patterns admitted")
+    sni_deny: HostNames = Field((), description="host names or *.domain patterns refused")
+
+    def policy(self) -> SniPolicy:
+        return SniPolicy(allow=self.sni_allow, deny=self.sni_deny)
+
+
+class Middlebox(Section):
+    """The middlebox's connection table (RFC 9312 §4.2: idle timeout; a hard bound, LRU)."""
+
+    idle_timeout_s: Number(0, MAX_STATE_IDLE_TIMEOUT_S) = Field(
+        DEFAULT_IDLE_TIMEOUT_S, description="a connection without packets this long is forgotten"
+    )
+    max_connections: Integer(1, MAX_CONNECTIONS) = Field(
+        DEFAULT_MAX_CONNECTIONS, description="connections held at most (least recently used go)"
+    )
+
+
+class Artifacts(Section):
+    """What a run captures on request, besides the logs it always keeps."""
+
+    pcap: Flag = Field(False, description="tcpdump on every host interface, one file each")
+    qlog: Flag = Field(False, description="one qlog per connection at each end (qvis reads them)")
+    keylog: Flag = Field(False, description="SSLKEYLOGFILE per client (Wireshark decrypts pcaps)")
+
+
+class Flood(Section):
+    """Garbage from client 1's lte address while the clients run (testbed/apps/flood.py)."""
+
+    pps: Integer(1, MAX_FLOOD_PPS) = Field(description="packets per second")
+
+
+def _sweep_axes(value: Any) -> dict[str, tuple[Any, ...]]:
+    if not isinstance(value, dict) or not value:
+        raise problem("expected a mapping of dotted keys to lists of values")
+    located: list[tuple[tuple[str | int, ...], str]] = []
+    count = 1
+    for key, values in value.items():
+        if key.split(".")[0] not in SWEEPABLE_SECTIONS or key == "topology.name":
+            located.append(((key,), f"expected a key under {', '.join(SWEEPABLE_SECTIONS)}"))
+        elif not isinstance(values, list) or not values:
+            located.append(((key,), "expected a non-empty list of values"))
+        else:
+            canonical = [json.dumps(v, sort_keys=True, default=repr) for v in values]
+            if len(set(canonical)) != len(canonical):
+                located.append(((key,), "expected each value once"))
+            count *= len(values)
+    if count > MAX_SWEEP_POINTS:
+        located.append(((), f"expected at most {MAX_SWEEP_POINTS} points, got {count}"))
+    if located:
+        raise problems(*located)
+    return {key: tuple(values) for key, values in value.items()}
+
+
+# `sweep:` maps dotted keys (under SWEEPABLE_SECTIONS) to the values each point writes there.
+SweepAxes = Annotated[
+    dict[str, tuple[Any, ...]],
+    PlainValidator(_sweep_axes),
+    PlainSerializer(lambda axes: {key: list(values) for key, values in axes.items()}),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": rf"^({'|'.join(SWEEPABLE_SECTIONS)})(\..+)?$"},
+            "additionalProperties": {"type": "array", "minItems": 1},
+        }
+    ),
+]
+
+
+def _regression_block(rules: tuple[tuple[str, Tolerance], ...]) -> dict[str, Any]:
+    """The rules as they are written in the file."""
+    return {
+        pattern: tolerance.mode
+        if tolerance.mode in ("exact", "ignore")
+        else {tolerance.mode: tolerance.value}
+        for pattern, tolerance in rules
+    }
+
+
+def _regression_rules(block: Any, info: ValidationInfo) -> tuple[tuple[str, Tolerance], ...]:
+    # A pattern naming a variant is checked against the scenario's (all, if they are bad).
+    variants = info.data.get("variants", VARIANTS)
+    rules, located = check_block(block, variants, REGRESSION_KINDS)
+    if located:
+        raise problems(*located)
+    return rules
+
+
+# `regression:` maps metric patterns to tolerances (testbed/analysis/regression.py), kept as
+# ((pattern, Tolerance), ...) in order; a field after `variants`.
+RegressionRules = Annotated[
+    tuple[tuple[str, Tolerance], ...],
+    PlainValidator(_regression_rules),
+    PlainSerializer(_regression_block),
+    WithJsonSchema(BLOCK_JSON_SCHEMA),
+]
+
+
+# --- the file ------------------------------------------------------------------------------------
+
+
+class Scenario(Section):
+    """A scenario file, or one point of its sweep (see `points`).
+
+    Besides the file's keys: `path`, `sha256` (of the file's text), `raw` (the file's data),
+    `parameters` (this point's sweep values, {"topology.clients": 20}; {} without a sweep) and
+    `sweep` (the points; () without a sweep), set by testbed/scenario/loading.py.
+    """
+
+    name: Text = Field(
+        None,
+        validate_default=True,
+        description="the scenario's name (default: the file name without .yaml)",
+        json_schema_extra=lambda schema: schema.pop("default", None),
+    )
+    description: Text = Field("", description="free text")
+    seed: Integer(0) = Field(0, description="payload and per-repetition seeds derive from it")
+    repetitions: Integer(1, MAX_REPETITIONS) = Field(1, description="runs of each cell")
+    variants: Choices(VARIANTS) = Field(
+        description="the middlebox variants compared (../shared/DESIGN.md)"
+    )
+    functions: Choices(FUNCTIONS) = Field(
+        DEFAULT_FUNCTIONS, validate_default=True, description="the middlebox functions"
+    )
+    topology: AnyTopology = Field(description="the emulated network, by name")
+    workload: Workload = Field(description="what each client transfers")
+    timeouts: Timeouts = Field(Timeouts(), description="QUIC idle timeout, transfer bound, s")
+    migration: Migration | None = Field(None, description="none: the clients never migrate")
+    agent: Agent = Field(Agent(), description="Client and Tracking Agent settings (qasm)")
+    ratelimit: Ratelimit | None = Field(
+        None, validate_default=True, description="required with functions: ratelimit"
+    )
+    nat: Nat | None = Field(None, validate_default=True, description="required with functions: nat")
+    firewall: Firewall | None = Field(None, description="only with functions: firewall")
+    middlebox: Middlebox = Field(Middlebox(), description="the connection table's bounds")
+    regression: RegressionRules = Field(
+        (),
+        description="`qasm check` tolerances: metric pattern -> tolerance, the last match "
+        "wins (testbed/analysis/regression.py)",
+    )
+    artifacts: Artifacts = Field(Artifacts(), description="captures kept per run")
+    cpu_pinning: Flag = Field(
+        False, description="controller, switch and delay lines on one CPU, endpoints on others"
+    )
+    flood: Flood | None = Field(None, description="none: no garbage")
+    sweep_axes: SweepAxes | None = Field(
+        None,
+        alias="sweep",
+        description="run the cross product of these values (at most 256 points), each point "
+        "validated as if its values were written in place",
+    )
+
+    _path: Path = PrivateAttr(Path())
+    _sha256: str = PrivateAttr("")
+    _raw: dict = PrivateAttr(default_factory=dict)
+    _parameters: dict[str, Any] = PrivateAttr(default_factory=dict)
+    _sweep: "tuple[Scenario, ...]" = PrivateAttr(())
+
+    # --- defaults that need the file, and rules across sections ---------------------------------
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_defaults_to_the_file_name(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            path = (info.context or {}).get("path")
+            return Path(path).stem if path else "scenario"
+        return value
+
+    @field_validator("functions")
+    @classmethod
+    def _quic_lb_balances_alone(cls, functions: tuple, info: ValidationInfo) -> tuple:
+        # In a sweep, quic-lb just skips the points where other functions run (`applicable`).
+        sweeping = (info.context or {}).get("sweeping", False)
+        quic_lb = "quic-lb" in info.data.get("variants", ())
+        if quic_lb and not sweeping and functions != ("loadbalancer",):
+            raise problem("expected [loadbalancer] alone with variant quic-lb")
+        return functions
+
+    @field_validator("topology")
+    @classmethod
+    def _backends_for_the_load_balancer(cls, topology: Topology, info: ValidationInfo):
+        if "loadbalancer" in info.data.get("functions", ()):
+            if not isinstance(topology, DualhomedTopology):
+                raise problems(
+                    (
+                        ("backends",),
+                        "expected a topology with backends (dualhomed), functions has loadbalancer",
+                    )
+                )
+            if not topology.backends:
+                raise problems((("backends",), "expected 2 or more (functions has loadbalancer)"))
+        return topology
+
+    @field_validator("migration")
+    @classmethod
+    def _migration_before_the_end(cls, migration: Migration | None, info: ValidationInfo):
+        if migration is None:
+            return None
+        located = []
+        workload, timeouts = info.data.get("workload"), info.data.get("timeouts")
+        at_bytes, at_seconds = migration.at_bytes, migration.at_seconds
+        if workload and at_bytes is not None and at_bytes + migration.spread >= workload.bytes:
+            located.append(
+                (
+                    ("at_bytes",),
+                    f"expected at_bytes + spread less than workload.bytes ({workload.bytes}): "
+                    "migration after the end",
+                )
+            )
+        if timeouts and at_seconds is not None and at_seconds + migration.spread >= timeouts.run_s:
+            located.append(
+                (
+                    ("at_seconds",),
+                    "expected at_seconds + spread less than timeouts.run_s "
+                    f"({timeouts.run_s:g}): migration after the end",
+                )
+            )
+        repeat = migration.repeat_every_s
+        if timeouts and repeat is not None and repeat >= timeouts.run_s:
+            located.append(
+                (("repeat_every_s",), f"expected less than timeouts.run_s ({timeouts.run_s:g})")
+            )
+        if located:
+            raise problems(*located)
+        return migration
+
+    @field_validator("ratelimit")
+    @classmethod
+    def _ratelimit_with_its_function(cls, ratelimit: Ratelimit | None, info: ValidationInfo):
+        if ratelimit is None and "ratelimit" in info.data.get("functions", ()):
+            raise problem("expected rate_mbit and burst_kbit (functions has ratelimit)")
+        return ratelimit
+
+    @field_validator("nat")
+    @classmethod
+    def _nat_with_its_function(cls, nat: Nat | None, info: ValidationInfo):
+        if nat is None and "nat" in info.data.get("functions", ()):
+            raise problem("expected ports (functions has nat)")
+        return nat
+
+    @field_validator("firewall")
+    @classmethod
+    def _firewall_with_its_function(cls, firewall: Firewall | None, info: ValidationInfo):
+        functions = info.data.get("functions")
+        if firewall is not None and functions is not None and "firewall" not in functions:
+            raise problem("expected functions to include firewall")
+        return firewall
+
+    # --- what the runner reads besides the keys -----------------------------------------------
+
+    @classmethod
+    def from_data(
+        cls,
+        data: Any,
+        *,
+        path: Path,
+        text: str,
+        raw: Any,
+        parameters: dict[str, Any] | None = None,
+        sweeping: bool = False,
+    ) -> "Scenario":
+        """Validates one point's data (raises ValidationError) and records where it came from."""
+        scenario = cls.model_validate(data, context={"path": path, "sweeping": sweeping})
+        scenario._path = path
+        scenario._sha256 = hashlib.sha256(text.encode()).hexdigest()
+        scenario._raw = raw
+        scenario._parameters = dict(parameters or {})
+        return scenario
+
+    def with_points(self, points: Sequence["Scenario"]) -> "Scenario":
+        """This scenario as the file of a sweep with these points (raises ValidationError)."""
+        if "quic-lb" in self.variants and not any(p.functions == ("loadbalancer",) for p in points):
+            raise problems(
+                (("variants",), "expected a sweep point with functions [loadbalancer] for quic-lb")
+            )
+        scenario = self.model_copy()
+        scenario._sweep = tuple(points)
+        return scenario
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256
+
+    @property
+    def raw(self) -> dict:
+        return self._raw
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The values this point of a sweep sets ({"topology.clients": 20}); {} without one."""
+        return self._parameters
+
+    @property
+    def sweep(self) -> "tuple[Scenario, ...]":
+        """The points of the sweep; () without a sweep."""
+        return self._sweep
+
+    @property
+    def points(self) -> "tuple[Scenario, ...]":
+        """What to run: every point of the sweep, or the scenario itself."""
+        return self._sweep or (self,)
+
+    @property
+    def migration_kinds(self) -> tuple[str | None, ...]:
+        return self.migration.kinds if self.migration else (None,)
+
+    def applicable(self, variants: Sequence[str]) -> tuple[str, ...]:
+        """quic-lb is a load balancer: at a sweep point with other functions it has no role."""
+        if self.functions == ("loadbalancer",):
+            return tuple(variants)
+        return tuple(v for v in variants if v != "quic-lb")
