@@ -1,6 +1,6 @@
 """Handlers of `qasm report`, `qasm compare` and `qasm check`: they only read RUN_DIRs.
 
-All three load a run with testbed.rundir (validated; partial runs load with a warning) and
+All three load a run with testbed.records.rundir (validated; partial runs load with a warning) and
 recompute its summary from the records. Exit codes follow DESIGN.md: 0 done, 1 a regression
 (`check` only), 2 bad input (a corrupt run directory, a bad reference, a reference from
 another scenario, an invalid scenario), with one `FILE:LINE: FIELD: expected ...` line on
@@ -13,8 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from testbed.compare import compare_rows, format_rows
-from testbed.regression import (
+from testbed.analysis.compare import compare_rows, format_rows
+from testbed.analysis.regression import (
     ReferenceError,
     build_reference,
     cells,
@@ -25,9 +25,9 @@ from testbed.regression import (
     load_reference,
     write_reference,
 )
-from testbed.rundir import RunDir, RunDirError, load_run
+from testbed.analysis.summary import summarize
+from testbed.records.rundir import RunDir, RunDirError, load_run
 from testbed.scenario import ScenarioError, load_scenario
-from testbed.summary import summarize
 
 EXIT_OK, EXIT_REGRESSED, EXIT_INVALID = 0, 1, 2
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -66,7 +66,7 @@ def _load(path: str) -> RunDir:
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from testbed.report import write_report
+    from testbed.analysis.report import write_report
 
     try:
         run = _load(args.run_dir)

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from qasm.controller.pipeline import VARIANTS
-from testbed.emulation import InfrastructureError
-from testbed.ownership import clean_dead_runs
+from testbed.emulation.network import InfrastructureError
+from testbed.emulation.ownership import clean_dead_runs
 from testbed.scenario import ScenarioError, load_scenario
 
 EXIT_OK, EXIT_INFRASTRUCTURE, EXIT_INVALID = 0, 1, 2
@@ -53,7 +53,7 @@ def validate_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from testbed.runner import ExperimentRunner  # imports Mininet; not needed to validate
+    from testbed.emulation.runner import ExperimentRunner  # imports Mininet; not needed to validate
 
     try:
         scenario = load_scenario(args.scenario)

@@ -1,8 +1,13 @@
-"""Mininet topologies, one per module; scenario `topology.name` picks one from TOPOLOGIES."""
+"""Mininet topologies, one per module; scenario `topology.name` picks one from TOPOLOGIES.
 
+Each is a `Topo` whose `build()` keyword arguments are the scenario's `topology:` block
+(checked by testbed/scenario/models.py) and which exposes `roles` (topologies/roles.py)
+and `configure(net)` for the per-host set-up a Topo cannot declare.
+"""
+
+from topologies.chain import Chain
 from topologies.dualhomed import DualHomed
-from topologies.parameters import Parameter
 
-TOPOLOGIES = {"dualhomed": DualHomed}
+TOPOLOGIES = {"dualhomed": DualHomed, "chain": Chain}
 
-__all__ = ["TOPOLOGIES", "Parameter"]
+__all__ = ["TOPOLOGIES"]

@@ -10,7 +10,7 @@ mismatched setups); a different scenario hash (the same file, edited) only warns
 
 from __future__ import annotations
 
-from testbed.regression import flatten, format_value, metric_type, value_of
+from testbed.analysis.regression import flatten, format_value, metric_type, value_of
 
 
 def change(old: dict | None, new: dict | None, name: str) -> str:

@@ -1,8 +1,8 @@
 """Scripted transfer client that migrates mid-transfer, then reports one JSON object.
 
     python -m testbed.apps.client --server IP:PORT --local-ip IP --client NAME --bytes N
-        [--migrate nat-rebind|addr-rebind|active --migrate-ip IP (--at-bytes N | --at-seconds S)
-         [--repeat-every S]]
+        [--migrate nat-rebind|addr-rebind|active --migrate-ip IP [IP ...]
+         (--at-bytes N | --at-seconds S) [--repeat-every S]]
         [--agent IP:PORT --agent-id ID --agent-key HEX]
         [--seed S] [--idle-timeout S] [--timeout S] [--qlog-dir DIR] [--keylog FILE]
         [--socket-buffer BYTES]
@@ -19,10 +19,14 @@ client uses the new path: from the new address, the current and next DCID and th
 address; it waits for the signed ack (retrying with the identical datagram), then migrates,
 and retires the old path once the old socket is closed.
 
-With `--repeat-every S` (nat-rebind only), after the first migration the client keeps
-rebinding to a fresh source port every S seconds while it sends, as a client behind a NAT
-whose mappings keep changing does; with `--agent` each rebind is announced and its old path
-retired like the first. `migration` stays the first migration; `migrations` lists them all.
+With `--repeat-every S`, after the first migration the client migrates again every S seconds
+while it sends, each time to the next `--migrate-ip` in turn (a fresh source port each time):
+nat-rebind stays on its address, as a client behind a NAT whose mappings keep changing;
+addr-rebind alternates between the wifi interface's two addresses; active alternates between
+lte and wifi with a fresh server CID each time (aioquic retires the old one and the server
+issues replacements; a migration finding no spare CID is skipped and counted). With `--agent`
+each migration is announced and its old path retired like the first. `migration` stays the
+first migration; `migrations` lists them all, each with the spare CIDs it found.
 
 A connection that dies is a result: the report says `completed: false` and why.
 """
@@ -52,19 +56,17 @@ from testbed.apps.sockets import enlarge_buffers
 from testbed.apps.transfer import (
     ALPN,
     MAX_HEADER_BYTES,
-    SERVER_NAME,
     StreamHeader,
     TransferProtocolError,
     TransferReply,
     payload_chunks,
 )
+from testbed.migration import MIGRATION_KINDS, MigrationKind
+from testbed.records.metrics import goodput_mbps
 
 # Payload handed to aioquic but not yet acknowledged; aioquic buffers whatever it is given,
 # so without this bound "migrate at byte N" would mean "N bytes queued", not "N delivered".
 SEND_WINDOW_BYTES = 1024 * 1024
-# nat-rebind: new port, same address and CID; addr-rebind: new address, same CID;
-# active: another interface's address and a new CID (RFC 9000 §9.5).
-MIGRATION_KINDS = ("nat-rebind", "addr-rebind", "active")
 AGENT_REPLY_TIMEOUT_S = 0.2
 AGENT_ATTEMPTS = 3
 OLD_SOCKET_GRACE_S = 1.0
@@ -87,6 +89,7 @@ class ClientReport:
     last_byte_acknowledged_at: float | None = None
     migration: dict | None = None  # the first migration
     migrations: list = field(default_factory=list)  # every migration, first included
+    migrations_skipped: int = 0  # repeated active migrations that found no spare CID
     last_received_at: float | None = None
     failure: str | None = None
     smoothed_rtt_ms: float | None = None
@@ -154,15 +157,18 @@ class TransferClientProtocol(QuicConnectionProtocol):
 
 @dataclass(frozen=True)
 class MigrationPlan:
-    kind: str
-    new_local_ip: str
+    kind: MigrationKind
+    new_local_ips: tuple[str, ...]  # the addresses to move to, in turn
     at_bytes: int | None = None
     at_seconds: float | None = None
-    repeat_every_s: float | None = None  # rebind again this often after the first
+    repeat_every_s: float | None = None  # migrate again this often after the first
 
     @property
     def new_cid(self) -> bool:
-        return self.kind == "active"
+        return self.kind.new_cid
+
+    def address(self, migration_index: int) -> str:
+        return self.new_local_ips[migration_index % len(self.new_local_ips)]
 
     def due(self, acknowledged: int, since_first_byte: float) -> bool:
         if self.at_bytes is not None:
@@ -224,27 +230,30 @@ class AgentLink:
 
 
 async def migrate(
-    protocol: TransferClientProtocol, plan: MigrationPlan, agent: AgentLink | None
-) -> dict:
+    protocol: TransferClientProtocol, plan: MigrationPlan, agent: AgentLink | None, index: int
+) -> dict | None:
+    """Migration number `index` (0 first); None when active migration finds no spare CID."""
     loop = asyncio.get_running_loop()
     quic = protocol._quic
+    spare_cids = len(quic._peer_cid_available)
+    if plan.new_cid and not spare_cids:
+        return None
+    new_local_ip = plan.address(index)
     old_transport = protocol.transport
     old_local = tuple(old_transport.get_extra_info("sockname")[:2])
     new_transport, _ = await loop.create_datagram_endpoint(
-        lambda: _SocketForwarder(protocol), local_addr=(plan.new_local_ip, 0)
+        lambda: _SocketForwarder(protocol), local_addr=(new_local_ip, 0)
     )
     new_local = tuple(new_transport.get_extra_info("sockname")[:2])
     if agent is not None:
         counter, datagram = agent.agent.announce(quic, old_local, new_local, plan.new_cid)
-        await agent.exchange(counter, datagram, plan.new_local_ip, "announce")
+        await agent.exchange(counter, datagram, new_local_ip, "announce")
     old_dcid = quic._peer_cid.cid.hex()
     migrated_at = time.monotonic()
     protocol.switch_transport(new_transport, new_cid=plan.new_cid)
     loop.call_later(OLD_SOCKET_GRACE_S, old_transport.close)
     if agent is not None:
-        agent.pending.append(
-            loop.create_task(_retire_later(agent, quic, old_local, plan.new_local_ip))
-        )
+        agent.pending.append(loop.create_task(_retire_later(agent, quic, old_local, new_local_ip)))
     return {
         "kind": plan.kind,
         "at": migrated_at,
@@ -252,6 +261,7 @@ async def migrate(
         "to": list(new_local),
         "old_dcid": old_dcid,
         "new_dcid": quic._peer_cid.cid.hex(),
+        "spare_cids": spare_cids,  # server CIDs the client held, unused, when it moved
     }
 
 
@@ -302,7 +312,11 @@ async def run_transfer(args: argparse.Namespace, report: ClientReport) -> None:
     )
     plan = (
         MigrationPlan(
-            args.migrate, args.migrate_ip, args.at_bytes, args.at_seconds, args.repeat_every
+            MigrationKind(args.migrate),
+            tuple(args.migrate_ip),
+            args.at_bytes,
+            args.at_seconds,
+            args.repeat_every,
         )
         if args.migrate
         else None
@@ -361,6 +375,7 @@ async def _send_and_await_reply(
     digest = hashlib.sha256()
     sent = 0
     report.first_byte_sent_at = time.monotonic()
+    last_attempt = report.first_byte_sent_at  # of a migration, for the repeat interval
     while not protocol.reply_complete:
         if protocol.close_event is not None:
             return
@@ -371,16 +386,25 @@ async def _send_and_await_reply(
         if plan and report.migration is None and quic._handshake_confirmed:
             since_first = time.monotonic() - report.first_byte_sent_at
             if plan.due(acknowledged, since_first):
-                report.migration = await migrate(protocol, plan, agent)
+                report.migration = await migrate(protocol, plan, agent, 0)
+                if report.migration is None:
+                    report.failure = "no spare server connection ID for active migration"
+                    return
                 report.migrations.append(report.migration)
+                last_attempt = report.migration["at"]
         elif (
             plan
             and plan.repeat_every_s
             and report.migrations
             and acknowledged < args.bytes  # while sending, not while awaiting the reply
-            and time.monotonic() - report.migrations[-1]["at"] >= plan.repeat_every_s
+            and time.monotonic() - last_attempt >= plan.repeat_every_s
         ):
-            report.migrations.append(await migrate(protocol, plan, agent))
+            last_attempt = time.monotonic()
+            moved = await migrate(protocol, plan, agent, len(report.migrations))
+            if moved is None:
+                report.migrations_skipped += 1
+            else:
+                report.migrations.append(moved)
         while sent < args.bytes and _buffered_bytes(quic, stream_id) < SEND_WINDOW_BYTES:
             chunk = next(chunks)
             digest.update(chunk)
@@ -401,8 +425,10 @@ async def _send_and_await_reply(
     report.verified = reply.sha256 == digest.hexdigest() and reply.bytes == args.bytes
     if not report.verified:
         report.failure = f"payload mismatch: server got {reply.bytes} bytes, sha256 {reply.sha256}"
-    elapsed = report.last_byte_acknowledged_at - report.first_byte_sent_at
-    report.goodput_mbps = args.bytes * 8 / elapsed / 1e6 if report.verified else None
+    if report.verified:
+        report.goodput_mbps = goodput_mbps(
+            args.bytes, report.first_byte_sent_at, report.last_byte_acknowledged_at
+        )
 
 
 async def main_async(args: argparse.Namespace) -> ClientReport:
@@ -424,20 +450,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--local-ip", required=True)
     parser.add_argument("--client", required=True, help="client name carried in the stream")
     parser.add_argument("--bytes", type=int, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--migrate", choices=MIGRATION_KINDS)
-    parser.add_argument("--migrate-ip")
+    parser.add_argument("--migrate-ip", nargs="+", help="addresses to move to, in turn")
     parser.add_argument("--at-bytes", type=int)
     parser.add_argument("--at-seconds", type=float)
     parser.add_argument(
-        "--repeat-every", type=float, help="nat-rebind again every S seconds while sending"
+        "--repeat-every", type=float, help="migrate again every S seconds while sending"
     )
     parser.add_argument("--agent", help="Tracking Agent IPv4:PORT (enables the Client Agent)")
     parser.add_argument("--agent-id")
     parser.add_argument("--agent-key", help="this client's key, hex")
-    parser.add_argument("--idle-timeout", type=float, default=5.0)
-    parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--server-name", default=SERVER_NAME, help="SNI in the ClientHello")
+    parser.add_argument("--idle-timeout", type=float, required=True)
+    parser.add_argument("--timeout", type=float, required=True)
+    parser.add_argument("--server-name", required=True, help="SNI in the ClientHello")
     parser.add_argument("--qlog-dir")
     parser.add_argument("--keylog", help="SSLKEYLOGFILE to append this connection's secrets to")
     parser.add_argument(
@@ -449,8 +475,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.migrate_ip is None or (args.at_bytes is None) == (args.at_seconds is None)
     ):
         parser.error("--migrate needs --migrate-ip and exactly one of --at-bytes/--at-seconds")
-    if args.repeat_every is not None and (args.migrate != "nat-rebind" or args.repeat_every <= 0):
-        parser.error("--repeat-every needs --migrate nat-rebind and a positive number of seconds")
+    if args.repeat_every is not None and (args.migrate is None or args.repeat_every <= 0):
+        parser.error("--repeat-every needs --migrate and a positive number of seconds")
     if args.agent and not (args.agent_id and args.agent_key):
         parser.error("--agent needs --agent-id and --agent-key")
     return args

@@ -228,8 +228,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", required=True, help="IPv4:PORT")
     parser.add_argument("--events", required=True, help="JSON-lines event file (appended)")
-    parser.add_argument("--idle-timeout", type=float, default=30.0)
-    parser.add_argument("--max-lifetime", type=float, default=3600.0, help="exit after S seconds")
+    parser.add_argument("--idle-timeout", type=float, required=True)
+    parser.add_argument("--max-lifetime", type=float, required=True, help="exit after S seconds")
     parser.add_argument("--qlog-dir", help="one qlog per connection (ODCID-server.qlog)")
     parser.add_argument(
         "--socket-buffer", type=int, help="SO_SNDBUF/SO_RCVBUF bytes (links with delay)"

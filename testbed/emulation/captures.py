@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.emulation import Emulation, InfrastructureError, ManagedProcess
+from testbed.emulation.network import Emulation, InfrastructureError, ManagedProcess
 
 READY_TIMEOUT_S = 5.0
 STOP_GRACE_S = 5.0

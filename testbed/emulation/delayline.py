@@ -1,9 +1,9 @@
 """A delay line for kernels without sch_netem: holds NFQUEUE'd packets for delay ± jitter.
 
 Run inside a host's network namespace, next to iptables rules that send the link's packets
-to NFQUEUE (see `topologies.links`):
+to NFQUEUE (see `testbed.emulation.links`):
 
-    python -m topologies.delayline --queue 10:20:5 --queue 11:20:5 --limit 1000 \
+    python -m testbed.emulation.delayline --queue 10:20:5 --queue 11:20:5 --limit 1000 \
         --lifetime-s 3600 --parent-pid PID --seed 1
 
 Each `--queue NUM:DELAY_MS:JITTER_MS` is one direction of one link. The kernel keeps the
@@ -358,7 +358,9 @@ def _die_with(parent_pid: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m topologies.delayline", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m testbed.emulation.delayline", description=__doc__
+    )
     parser.add_argument("--queue", type=QueueSpec.parse, action="append", required=True)
     parser.add_argument("--limit", type=int, default=1000, help="packets held per queue")
     parser.add_argument("--lifetime-s", type=float, required=True)

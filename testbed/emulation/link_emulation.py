@@ -3,7 +3,7 @@
 The topology declares per-link conditions (`link_ends()`: host, host-side interface,
 `LinkConditions`); bandwidth is already applied by Mininet's TCLink when the network is
 built. `EmulatedLinks.apply` adds delay, jitter and loss on the host end of every impaired
-link with the method this kernel supports (`topologies.links.emulation_method`: netem, else
+link with the method this kernel supports (`testbed.emulation.links.emulation_method`: netem, else
 the NFQUEUE delay line with xt_statistic loss). Nothing asked is ever dropped on the floor:
 if no method works here, or applying one fails, the run stops with the reason and the link.
 
@@ -12,7 +12,7 @@ record (so `qasm clean` kills it after a crash), checked after every run (`failu
 removed before Mininet stops the network.
 
 Fidelity: when any link asks for delay or loss, `measure()` runs the same method on a twin
-veth pair (`topologies.links.measure_fidelity`, a fresh namespace pair, not the Mininet link:
+veth pair (`testbed.emulation.links.measure_fidelity`, a fresh namespace pair, not the Mininet link:
 the switch only forwards once a controller runs) with the asked delay, jitter and loss, and
 records asked vs measured per direction, all cases on one pair after one unimpaired baseline.
 ~200 probes per case, fewer spread ones for jitter (measured: 4 s for three cases), enough to
@@ -27,8 +27,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from topologies import links
-from topologies.links import LinkConditions, LinkEmulation, LinkEmulationError
+from testbed.emulation import links
+from testbed.emulation.links import LinkConditions, LinkEmulation, LinkEmulationError
 
 FIDELITY_PROBES = 200
 FIDELITY_INTERVAL_S = 0.002

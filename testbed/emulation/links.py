@@ -19,16 +19,16 @@ Methods (`emulation_method()` probes once which one this kernel supports):
 - `nfqueue-delay+xt_statistic-loss` (no sch_netem, as on these machines): iptables-legacy rules
   in the mangle table, POSTROUTING -o for egress and PREROUTING -i for ingress. Loss first:
   `-m statistic --mode random --probability p -j DROP`; then `-j NFQUEUE` to a delay line
-  (`topologies.delayline`) that holds each packet for delay ± jitter in FIFO order. IPv4
+  (`testbed.emulation.delayline`) that holds each packet for delay ± jitter in FIFO order. IPv4
   only: ARP and IPv6 are not delayed or dropped on this path.
 
-Bandwidth stays with Mininet's TCLink (`tclink_params()`): HTB on both link ends, as today.
+Bandwidth stays with Mininet's TCLink (topologies.clients.bandwidth): HTB on both link ends.
 Delay composes with it as a pure FIFO shift: on egress the delay line holds a packet before
 it enters the HTB queue, on ingress after the switch end's HTB released it; a constant delay
 in series with a FIFO rate limiter gives the same departure times in either order.
 
-Fidelity: `python -m topologies.links fidelity` measures asked vs measured delay, jitter and
-loss per direction on a namespace pair; `python -m topologies.links throughput` measures the
+Fidelity: `python -m testbed.emulation.links fidelity` measures asked vs measured delay, jitter and
+loss per direction on a namespace pair; `python -m testbed.emulation.links throughput` measures the
 packet rate the delay line sustains and its CPU cost.
 """
 
@@ -132,26 +132,46 @@ class LinkConditions:
                 f"jitter_ms: {self.jitter_ms!r}, expected at most delay_ms ({self.delay_ms!r})"
             )
 
-    @classmethod
-    def from_mapping(cls, values: dict) -> LinkConditions:
-        unknown = sorted(set(values) - set(LIMITS))
-        if unknown:
-            raise LinkConditionsError(
-                f"{unknown[0]}: unknown link parameter, expected one of {', '.join(LIMITS)}"
-            )
-        return cls(**values)
-
     @property
     def impaired(self) -> bool:
         """Whether delay, jitter or loss is asked (bandwidth is TCLink's business)."""
         return bool(self.delay_ms or self.jitter_ms or self.loss_pct)
 
-    def tclink_params(self) -> dict:
-        """Keyword arguments for Mininet's addLink: bandwidth only (HTB on both ends)."""
-        return {"bw": self.bw_mbit} if self.bw_mbit else {}
-
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Link kinds with their own conditions, each per direction: every client's wifi link, every
+# client's lte link, every server's (and backend's) link (topologies.roles.Interface.link).
+LINK_KINDS = ("wifi", "lte", "server")
+IMPAIRMENTS = ("delay_ms", "jitter_ms", "loss_pct")
+# Packets a delay holds per direction at most; netem's default (1000) is too few for a
+# 1000 Mbit/s link with tens of ms of delay, and a full queue drops (a loss nobody asked for).
+MAX_HELD_PACKETS = 100_000
+DATAGRAM_BYTES = 1200
+
+
+def link_conditions(bandwidths: dict, impairments: dict) -> dict[str, LinkConditions]:
+    """LinkConditions per link kind from a topology's bandwidths ({kind: Mbit/s or None})
+    and impairments ({"wifi_delay_ms": 25, ...}; absent or None means none)."""
+    unknown = sorted(set(impairments) - {f"{k}_{n}" for k in LINK_KINDS for n in IMPAIRMENTS})
+    if unknown:
+        raise TypeError(f"unexpected topology parameter {unknown[0]!r}")
+    conditions = {}
+    for link in LINK_KINDS:
+        values = {n: float(impairments.get(f"{link}_{n}") or 0) for n in IMPAIRMENTS}
+        held_s = (values["delay_ms"] + values["jitter_ms"]) / 1000
+        # Room for 2 x what the link carries at full rate during the longest hold (unshaped:
+        # 1000 Mbit/s, TCIntf's maximum).
+        rate = (bandwidths.get(link) or 1000) * 1e6 / 8 / DATAGRAM_BYTES
+        limit = min(MAX_HELD_PACKETS, max(1000, int(2 * rate * held_s) + 1))
+        try:
+            conditions[link] = LinkConditions(
+                bw_mbit=bandwidths.get(link), limit_packets=limit, **values
+            )
+        except LinkConditionsError as exc:
+            raise ValueError(f"{link} link: {exc}") from exc
+    return conditions
 
 
 # --- running commands in a namespace ------------------------------------------------------------
@@ -237,7 +257,7 @@ def delay_line_argv(
     seed: int | None,
     python: str = sys.executable,
 ) -> list[str]:
-    argv = [python, "-m", "topologies.delayline"]
+    argv = [python, "-m", "testbed.emulation.delayline"]
     for queue in queues:
         argv += ["--queue", f"{queue}:{conditions.delay_ms:g}:{conditions.jitter_ms:g}"]
     argv += ["--limit", str(conditions.limit_packets), "--lifetime-s", f"{lifetime_s:g}"]
@@ -285,21 +305,12 @@ def netem_commands(
     ]  # fmt: skip
 
 
-def htb_commands(intf: str, bw_mbit: float) -> list[list[str]]:
-    """Mininet TCIntf's HTB shaping (bwCmds), for namespace pairs outside Mininet."""
-    return [
-        ["tc", "qdisc", "add", "dev", intf, "root", "handle", "5:0", "htb", "default", "1"],
-        ["tc", "class", "add", "dev", intf, "parent", "5:0", "classid", MININET_HTB_CLASS,
-         "htb", "rate", f"{bw_mbit:f}Mbit", "burst", "15k"],
-    ]  # fmt: skip
-
-
 def describe(conditions: LinkConditions, method: str) -> dict[str, str]:
     """How each asked parameter is emulated: for metadata, so none is silently ignored."""
     if method == METHOD_NETEM:
         delay = loss = "netem on the host end (egress) and on its IFB (ingress)"
     else:
-        delay = "NFQUEUE delay line (topologies.delayline), host namespace, both directions"
+        delay = "NFQUEUE delay line (testbed.emulation.delayline), host namespace, both directions"
         loss = "iptables-legacy xt_statistic random DROP, host namespace, both directions"
     how = {"bw_mbit": "HTB on both link ends (Mininet TCLink)" if conditions.bw_mbit else "none"}
     how["delay_ms"] = delay if conditions.delay_ms else "none"
@@ -483,7 +494,7 @@ def apply_link_conditions(
     """Applies delay, jitter and loss to both directions of `intf`, from inside its namespace.
 
     `popen(argv, **popen_kwargs)` starts argv in that namespace: Mininet's `host.popen` or
-    `netns_popen(name)`. Bandwidth is not applied here (see `LinkConditions.tclink_params`).
+    `netns_popen(name)`. Bandwidth is not applied here (Mininet's TCLink does it).
     The delay line ends by itself after `lifetime_s`, or when this process dies. On any
     failure, whatever was applied is removed before LinkEmulationError is raised.
     """
@@ -520,7 +531,8 @@ def apply_link_conditions(
 
 # --- measuring fidelity ---------------------------------------------------------------------------
 
-# As in testbed.emulation: veth offloads off, else UDP checksums break through OVS userspace.
+# As in testbed.emulation.network: veth offloads off, else UDP checksums break through OVS
+# userspace.
 OFFLOADS_OFF = [arg for offload in ("tx", "rx", "tso", "gso", "gro") for arg in (offload, "off")]
 PROBE = struct.Struct("!Idd")  # sequence, sender's send time, echo's receive time (monotonic)
 # Beyond the asked round trip: the unimpaired veth pair answers within a millisecond; the
@@ -798,7 +810,7 @@ def _measure(pair: NamespacePair, count: int, interval_s: float, size: int, wait
     waits `wait_s` after the last send for replies still in flight."""
     port = 40000 + secrets.randbelow(20000)
     duration = count * interval_s + wait_s + 1.5
-    python = [sys.executable, "-m", "topologies.links"]
+    python = [sys.executable, "-m", "testbed.emulation.links"]
     echo_args = _options(bind=f"{pair.addresses[1]}:{port}", duration_s=duration)
     echo = pair.start(1, [*python, "echo", *echo_args])
     try:
@@ -907,7 +919,7 @@ def measure_throughput(
 ) -> list[dict]:
     """Per offered rate: delivered fraction, delay percentiles, delay line CPU share."""
     results = []
-    python = [sys.executable, "-m", "topologies.links"]
+    python = [sys.executable, "-m", "testbed.emulation.links"]
     with NamespacePair() as pair:
         for rate in rates_pps:
             conditions = LinkConditions(delay_ms=delay_ms, limit_packets=10_000)
@@ -950,7 +962,7 @@ def measure_throughput(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m topologies.links")
+    parser = argparse.ArgumentParser(prog="python -m testbed.emulation.links")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("method", help="print the emulation method this machine uses")
     fidelity = commands.add_parser("fidelity", help="asked vs measured delay, jitter, loss")

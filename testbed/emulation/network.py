@@ -28,10 +28,17 @@ from mininet.net import Mininet
 from mininet.node import OVSSwitch, RemoteController
 
 from qasm.controller.pipeline import MiddleboxConfig
-from testbed.link_emulation import EmulatedLinks, LinkEnd, LinkSetupError
-from testbed.ownership import RunRecord, process_start_time, remove_run_resources
-from testbed.pinning import CpuLayout, OvsAffinity, PinningError, pin_in_child, plan_layout
+from testbed.emulation.link_emulation import EmulatedLinks, LinkEnd, LinkSetupError
+from testbed.emulation.ownership import RunRecord, process_start_time, remove_run_resources
+from testbed.emulation.pinning import (
+    CpuLayout,
+    OvsAffinity,
+    PinningError,
+    pin_in_child,
+    plan_layout,
+)
 from topologies import TOPOLOGIES
+from topologies.roles import Roles
 
 OFFLOADS = ("tx", "rx", "tso", "gso", "gro")
 SWITCH_CONNECT_TIMEOUT_S = 20.0
@@ -123,17 +130,20 @@ class ManagedProcess:
 
 
 class Emulation:
+    """`topology` is the scenario's topology model (testbed/scenario/models.py): its name
+    picks the Topo, `topo_kwargs()` builds it and `link_conditions()` says what each link
+    kind asks for."""
+
     def __init__(
         self,
-        topology: str,
-        params: dict,
+        topology,
         record: RunRecord,
         log_dir: Path,
         cpu_pinning: bool = False,
         link_seed: int | None = None,
     ) -> None:
         self.record = record
-        # Pinning (testbed.pinning): planned here so an impossible layout fails before
+        # Pinning (testbed.emulation.pinning): planned here so an impossible layout fails before
         # anything is created.
         self.layout: CpuLayout | None = None
         if cpu_pinning:
@@ -145,7 +155,9 @@ class Emulation:
         self.links: EmulatedLinks | None = None
         self._link_seed = link_seed
         self.log_dir = log_dir
-        self.topo = TOPOLOGIES[topology](prefix=record.prefix, **params)
+        self.topo = TOPOLOGIES[topology.name](prefix=record.prefix, **topology.topo_kwargs())
+        self.roles: Roles = self.topo.roles
+        self._conditions = topology.link_conditions()
         self.openflow_port = _free_tcp_port()
         self.net: Mininet | None = None
         self.controller: ManagedProcess | None = None
@@ -171,9 +183,12 @@ class Emulation:
         mininet_log.handlers[:] = [handler]
         mininet_log.setLevel(logging.INFO)
         # Recorded before creation, so a crash at any later point leaves a clean-up trail.
-        self.record.bridges = [self.topo.switch_name]
+        self.record.bridges = list(self.roles.switches)
         self.record.save()
-        switch = partial(OVSSwitch, datapath="user", reconnectms=SWITCH_RECONNECT_MS)
+        # batch: Mininet otherwise adds every port in one ovs-vsctl line typed into the
+        # switch's shell, and the terminal cuts lines at 4 KB: with 60 clients the switch got
+        # 45 ports and one called "q2". Batch start-up runs ovs-vsctl as a process instead.
+        switch = partial(OVSSwitch, datapath="user", reconnectms=SWITCH_RECONNECT_MS, batch=True)
         self.net = Mininet(
             topo=self.topo,
             switch=switch,
@@ -192,11 +207,11 @@ class Emulation:
         self._disable_ipv6()
         self.net.start()
         # Mininet logs a failed ovs-vsctl and carries on; a missing bridge must stop us here.
-        bridge = self.topo.switch_name
-        if subprocess.run(["ovs-vsctl", "br-exists", bridge], check=False).returncode != 0:
-            raise InfrastructureError(
-                f"OVS bridge {bridge} was not created; see {self.log_dir / 'mininet.log'}"
-            )
+        for bridge in self.roles.switches:
+            if subprocess.run(["ovs-vsctl", "br-exists", bridge], check=False).returncode != 0:
+                raise InfrastructureError(
+                    f"OVS bridge {bridge} was not created; see {self.log_dir / 'mininet.log'}"
+                )
         self._disable_offloads()
         self.topo.configure(self.net)
         if self.layout is not None:
@@ -221,9 +236,12 @@ class Emulation:
         self.record.save()
 
     def _apply_link_conditions(self) -> None:
-        """Delay, jitter and loss on the host ends (testbed.link_emulation); bandwidth is
+        """Delay, jitter and loss on the host ends (testbed.emulation.link_emulation); bandwidth is
         TCLink's, applied by Mininet above."""
-        ends = [LinkEnd(host, intf, c) for host, intf, c in self.topo.link_ends()]
+        ends = [
+            LinkEnd(host, interface.name, self._conditions[interface.link])
+            for host, interface in self.roles.link_ends()
+        ]
         try:
             self.links = EmulatedLinks.apply(
                 ends, lambda host: self.net.get(host).popen, self.record.own, self._link_seed
@@ -244,15 +262,19 @@ class Emulation:
         return self.links.record() if self.links is not None else {}
 
     def dump_flows(self, path: Path) -> None:
-        """The switch's flow table now (OpenFlow 1.3), into `path`; a failure is written
-        there instead (the table is evidence, never a reason to fail the run)."""
-        argv = ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", self.topo.switch_name]
-        try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-            text = result.stdout if result.returncode == 0 else f"# {argv}: {result.stderr}"
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            text = f"# {argv}: {exc}\n"
-        path.write_text(text)
+        """Every switch's flow table now (OpenFlow 1.3), into `path`, one section per switch;
+        a failure is written there instead (the table is evidence, never a reason to fail
+        the run)."""
+        sections = []
+        for bridge in self.roles.switches:
+            argv = ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge]
+            try:
+                result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+                text = result.stdout if result.returncode == 0 else f"# {argv}: {result.stderr}"
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                text = f"# {argv}: {exc}\n"
+            sections.append(f"# {bridge}\n{text}")
+        path.write_text("".join(sections))
 
     def _disable_ipv6(self) -> None:
         """The testbed is IPv4. A host's IPv6 sends router solicitations, MLD reports and
@@ -306,8 +328,8 @@ class Emulation:
     # --- the controller ------------------------------------------------------------------
 
     def start_controller(self, config: MiddleboxConfig, artifacts: Path) -> Path:
-        """Starts the controller for one variant; returns its decision log once the switch
-        has connected to it."""
+        """Starts the controller for one variant; returns its decision log once every
+        switch has connected to it."""
         self.stop_controller()
         config_path = artifacts / "controller.json"
         config_path.write_text(config.to_json())
@@ -335,14 +357,17 @@ class Emulation:
                 raise InfrastructureError(
                     f"controller exited with code {popen.returncode}: {self.controller.log_tail()}"
                 )
-            if any(
-                json.loads(line).get("event") == "switch_connected"
+            connected = {
+                record.get("dpid")
                 for line in decision_log.read_text().splitlines()
-            ):
+                if (record := json.loads(line)).get("event") == "switch_connected"
+            }
+            if len(connected) >= len(self.roles.switches):
                 return decision_log
             time.sleep(0.1)
         raise InfrastructureError(
-            f"switch did not connect to the controller within {SWITCH_CONNECT_TIMEOUT_S:g} s"
+            f"not every switch ({len(self.roles.switches)}) connected to the controller within "
+            f"{SWITCH_CONNECT_TIMEOUT_S:g} s"
         )
 
     def stop_controller(self) -> None:

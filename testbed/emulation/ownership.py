@@ -59,7 +59,7 @@ class RunRecord:
     run_dir: str
     bridges: list[str] = field(default_factory=list)
     processes: list[OwnedProcess] = field(default_factory=list)
-    # A machine-wide daemon this run pinned (testbed.pinning): {"process": OwnedProcess
+    # A machine-wide daemon this run pinned (testbed.emulation.pinning): {"process": OwnedProcess
     # fields, "saved": {tid: cpus}}; its threads get their saved CPUs back on removal.
     pinned: dict | None = None
 
@@ -139,7 +139,7 @@ def remove_run_resources(record: RunRecord) -> list[str]:
     """Kills the run's processes and deletes its bridges and links; returns what it removed."""
     removed = []
     if record.pinned:
-        from testbed.pinning import restore_affinity
+        from testbed.emulation.pinning import restore_affinity
 
         daemon = OwnedProcess(**record.pinned["process"])
         if daemon.alive():

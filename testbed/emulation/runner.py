@@ -25,19 +25,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qasm.agents.messages import derive_client_key
-from qasm.controller.pipeline import AgentSettings, MiddleboxConfig
+from qasm.controller.pipeline import AgentSettings, HopSettings, MiddleboxConfig
 from qasm.functions.loadbalancer import Backend, LoadBalancerSettings
 from qasm.functions.nat import NatSettings
-from testbed.captures import start_captures, stop_captures
-from testbed.emulation import Emulation, InfrastructureError, ManagedProcess
-from testbed.matrix import format_matrix, survival_matrix
-from testbed.metrics import build_record, controller_memory, flood_effect
-from testbed.ownership import emulation_lock, new_run_record
-from testbed.progress import Progress
+from testbed.analysis.matrix import format_matrix, survival_matrix
+from testbed.analysis.summary import format_table, summarize
+from testbed.emulation.captures import start_captures, stop_captures
+from testbed.emulation.network import Emulation, InfrastructureError, ManagedProcess
+from testbed.emulation.ownership import emulation_lock, new_run_record
+from testbed.emulation.progress import Progress
+from testbed.records.metrics import (
+    arm,
+    build_record,
+    controller_memory,
+    flood_effect,
+    read_decisions,
+)
 from testbed.scenario import Scenario
-from testbed.summary import format_table, summarize
+from topologies.roles import ClientRole, Roles, ServerRole
 
-SERVICE_PORT = 4433
 SERVER_READY_TIMEOUT_S = 15.0
 # Beyond the client's own run timeout, before the runner gives up on the client process.
 CLIENT_EXIT_GRACE_S = 15.0
@@ -54,33 +60,43 @@ class RunSpec:
     migration: str | None
     variant: str
     scenario: Scenario  # the sweep point this run belongs to
+    agent_mode: str | None = None  # qasm only: push or pull
+
+    @property
+    def arm(self) -> str:
+        """The variant as results name it (records.metrics.arm)."""
+        return arm(self.variant, self.agent_mode)
 
     @property
     def name(self) -> str:
-        return f"{self.index:03d}-{self.variant}-{self.migration or 'none'}-r{self.repetition}"
+        return f"{self.index:03d}-{self.arm}-{self.migration or 'none'}-r{self.repetition}"
 
     @property
-    def topology_key(self) -> tuple:
-        return (self.scenario.topology, sorted(self.scenario.topology_params.items()))
+    def topology_key(self) -> str:
+        return self.scenario.topology.model_dump_json()
 
     def describe(self) -> str:
         point = ", ".join(f"{k}={v}" for k, v in self.scenario.parameters.items())
         where = f" [{point}]" if point else ""
-        return f"{self.variant} {self.migration or 'no migration'} rep {self.repetition}{where}"
+        return f"{self.arm} {self.migration or 'no migration'} rep {self.repetition}{where}"
 
 
 def plan_runs(scenario: Scenario, variants: tuple[str, ...], repetitions: int) -> list[RunSpec]:
-    """Per sweep point, variants interleaved with their order rotated per repetition, so
-    drift hits all alike."""
+    """Per sweep point, variants (qasm once per agent mode) interleaved with their order
+    rotated per repetition, so drift hits all alike."""
     specs = []
     for point in scenario.points:
-        applicable = point.applicable(variants)
+        arms = [
+            (variant, mode)
+            for variant in point.applicable(variants)
+            for mode in (point.agent.modes if variant == "qasm" else (None,))
+        ]
         for repetition in range(repetitions):
-            shift = repetition % len(applicable)
-            order = applicable[shift:] + applicable[:shift]
+            shift = repetition % len(arms)
+            order = arms[shift:] + arms[:shift]
             for kind in point.migration_kinds:
-                for variant in order:
-                    specs.append(RunSpec(len(specs) + 1, repetition, kind, variant, point))
+                for variant, mode in order:
+                    specs.append(RunSpec(len(specs) + 1, repetition, kind, variant, point, mode))
     return specs
 
 
@@ -221,7 +237,6 @@ class ExperimentRunner:
                     point = group[0].scenario
                     with Emulation(
                         point.topology,
-                        point.topology_params,
                         record,
                         self.out_dir / "artifacts",
                         cpu_pinning=self.cpu_pinning,
@@ -250,67 +265,72 @@ class ExperimentRunner:
         started = time.monotonic()
         progress.begin(spec.index, spec.describe())
         scenario = spec.scenario
+        roles = emulation.roles
         artifacts = self.out_dir / "artifacts" / spec.name
         artifacts.mkdir(parents=True, exist_ok=True)
-        topo = emulation.topo
-        config = self._middlebox_config(scenario, spec.variant, topo)
+        config = self._middlebox_config(scenario, spec, roles)
         emulation.forget_neighbours()
         decision_log = emulation.start_controller(config, artifacts)
         controller_memory_start = emulation.controller.memory_kib()
         servers = [
             (self._start_server(scenario, emulation, server, artifacts), events_path)
-            for server in _servers(scenario, topo)
-            for events_path in [artifacts / f"server-events-{server.name}.jsonl"]
+            for server in roles.servers(_load_balanced(scenario))
+            for events_path in [artifacts / f"server-events-{server.host}.jsonl"]
         ]
         for process, events_path in servers:
             self._wait_for_server(process, events_path)
         captures = start_captures(emulation, artifacts / "pcap") if scenario.artifacts.pcap else []
         seed = repetition_seed(self.seed, spec.repetition)
         clients = [
-            (addresses, self._start_client(emulation, addresses, spec, seed, artifacts))
-            for addresses in topo.clients
+            (client, self._start_client(emulation, client, spec, seed, artifacts))
+            for client in roles.clients
         ]
-        flood = self._start_flood(emulation, spec, seed, artifacts) if scenario.flood_pps else None
+        flood = self._start_flood(emulation, spec, seed, artifacts) if scenario.flood else None
         reports = [
-            self._await_client(scenario, process, artifacts, addresses.name)
-            for addresses, process in clients
+            self._await_client(scenario, process, artifacts, client.host)
+            for client, process in clients
         ]
         flood_report = self._stop_flood(emulation, flood, artifacts) if flood else None
         if captures:
             counters = stop_captures(emulation, captures)
             _write_json_file(artifacts / "pcap" / "captures.json", counters)
-        emulation.dump_flows(artifacts / "flows.txt")  # the switch's table as the run left it
+        emulation.dump_flows(artifacts / "flows.txt")  # the switches' tables as the run left them
         failure = emulation.controller_failure() or emulation.link_failure()
         controller_cpu_s = emulation.controller.cpu_seconds()
         controller_memory_end = emulation.controller.memory_kib()
         for process, _ in servers:
             emulation.stop_process(process)
-        emulation.stop_controller()
+        emulation.stop_controller()  # it logs its tables' end state as it stops
         if failure:
             raise InfrastructureError(f"run {spec.name}: {failure}")
         events = sorted(
             (e for _, path in servers for e in _read_jsonl(path)), key=lambda e: e.get("t", 0)
         )
-        decisions = _read_jsonl(decision_log)
-        for (addresses, _), report in zip(clients, reports, strict=True):
+        decisions = read_decisions(decision_log)
+        hops = tuple(datapath.dpid for datapath in roles.middleboxes)
+        stateful = spec.variant != "baseline"
+        for (client, _), report in zip(clients, reports, strict=True):
             record = build_record(
                 variant=spec.variant,
+                agent_mode=spec.agent_mode,
                 functions=scenario.functions,
                 migration_kind=spec.migration,
                 repetition=spec.repetition,
-                addresses=addresses.ips,
+                addresses=client.ips,
                 report=report,
                 server_events=events,
                 decisions=decisions,
+                hops=hops,
                 # baseline keeps no middlebox state, so it applies no limit to leak from.
-                ratelimit=scenario.ratelimit
-                if "ratelimit" in scenario.functions and spec.variant != "baseline"
+                ratelimit=scenario.ratelimit.limit()
+                if "ratelimit" in scenario.functions and stateful
                 else None,
-                nat="nat" in scenario.functions and spec.variant != "baseline",
+                nat="nat" in scenario.functions and stateful,
             )
+            record["topology"] = scenario.topology.name
             record["parameters"] = scenario.parameters
             if spec.migration:
-                unit, value = scenario.migration.trigger_for(addresses.index, seed)
+                unit, value = scenario.migration.trigger_for(client.index, seed)
                 record["migration_trigger"] = {unit: value}
             record["artifacts"] = str(artifacts.relative_to(self.out_dir))
             record["controller_cpu_s"] = (
@@ -327,20 +347,20 @@ class ExperimentRunner:
         progress.end(spec.index, spec.describe(), outcome, time.monotonic() - started)
 
     def _start_server(
-        self, scenario: Scenario, emulation: Emulation, server, artifacts: Path
+        self, scenario: Scenario, emulation: Emulation, server: ServerRole, artifacts: Path
     ) -> ManagedProcess:
         argv = [
             sys.executable, "-m", "testbed.apps.server",
-            "--listen", f"{server.ip}:{SERVICE_PORT}",
-            "--events", str(artifacts / f"server-events-{server.name}.jsonl"),
-            "--idle-timeout", str(scenario.idle_timeout_s),
-            "--max-lifetime", str(scenario.run_timeout_s + 2 * CLIENT_EXIT_GRACE_S),
+            "--listen", f"{server.ip}:{emulation.roles.service_port}",
+            "--events", str(artifacts / f"server-events-{server.host}.jsonl"),
+            "--idle-timeout", str(scenario.timeouts.idle_s),
+            "--max-lifetime", str(scenario.timeouts.run_s + 2 * CLIENT_EXIT_GRACE_S),
         ]  # fmt: skip
         if _load_balanced(scenario):
             # Every variant meets the same servers: QUIC-LB CIDs whatever the balancer reads.
             argv += ["--quic-lb-server-id", server.server_id]
         argv += self._endpoint_artifacts(scenario, emulation, artifacts)
-        return emulation.start_on_host(server.name, argv, artifacts / f"server-{server.name}.log")
+        return emulation.start_on_host(server.host, argv, artifacts / f"server-{server.host}.log")
 
     def _endpoint_artifacts(self, scenario: Scenario, emulation: Emulation, artifacts: Path):
         """Options both apps take: qlog on request; big socket buffers when a link delays
@@ -367,39 +387,49 @@ class ExperimentRunner:
         self._write_json("metadata.json", metadata)
         return entry
 
-    def _client_key(self, addresses) -> bytes:
-        return derive_client_key(self.scenario.agent_secret.encode(), addresses.agent_id)
+    def _client_key(self, client: ClientRole) -> bytes:
+        return derive_client_key(self.scenario.agent.secret.encode(), client.agent_id)
 
-    def _middlebox_config(self, scenario: Scenario, variant: str, topo) -> MiddleboxConfig:
+    def _middlebox_config(self, scenario: Scenario, spec: RunSpec, roles: Roles) -> MiddleboxConfig:
         agent = None
-        if variant == "qasm":
+        if spec.variant == "qasm":
             agent = AgentSettings(
-                ip=topo.agent_ip,
-                port=topo.agent_port,
-                mac=topo.agent_mac,
-                keys={a.agent_id: self._client_key(a).hex() for a in topo.clients},
-                addresses={a.agent_id: list(a.ips) for a in topo.clients},
+                ip=roles.agent_ip,
+                port=roles.agent_port,
+                mac=roles.agent_mac,
+                keys={c.agent_id: self._client_key(c).hex() for c in roles.clients},
+                addresses={c.agent_id: list(c.ips) for c in roles.clients},
+                mode=spec.agent_mode,
             )
+        nat = scenario.nat
+        hops = tuple(
+            HopSettings(
+                datapath.dpid,
+                NatSettings(datapath.nat_public_ip, datapath.nat_public_mac, ports=nat.ports)
+                if nat
+                else None,
+            )
+            for datapath in roles.middleboxes
+        )
+        load_balanced = _load_balanced(scenario)
         return MiddleboxConfig(
-            variant=variant,
-            service_ip=_service_ip(scenario, topo),
-            service_port=SERVICE_PORT,
+            variant=spec.variant,
+            service_ip=roles.service_ip(load_balanced),
+            service_port=roles.service_port,
             functions=scenario.functions,
+            hops=hops,
             agent=agent,
-            ratelimit=scenario.ratelimit,
-            sni=scenario.sni,
-            state_idle_timeout_s=scenario.state_idle_timeout_s,
-            max_flows=scenario.max_connections,
-            nat=NatSettings(topo.nat_public_ip, topo.nat_public_mac, ports=scenario.nat_ports)
-            if scenario.nat_ports
-            else None,
+            ratelimit=scenario.ratelimit.limit() if scenario.ratelimit else None,
+            sni=scenario.firewall.policy() if scenario.firewall else None,
+            state_idle_timeout_s=scenario.middlebox.idle_timeout_s,
+            max_connections=scenario.middlebox.max_connections,
             loadbalancer=LoadBalancerSettings(
-                vip_mac=topo.vip_mac,
+                vip_mac=roles.vip_mac,
                 backends=tuple(
-                    Backend(s.ip, s.mac, s.switch_port, s.server_id) for s in topo.backends
+                    Backend(s.ip, s.mac, s.switch_port, s.server_id) for s in roles.backends
                 ),
             )
-            if _load_balanced(scenario)
+            if load_balanced
             else None,
         )
 
@@ -416,63 +446,59 @@ class ExperimentRunner:
             time.sleep(0.05)
         raise InfrastructureError(f"server not listening after {SERVER_READY_TIMEOUT_S:g} s")
 
-    def _start_client(self, emulation, addresses, spec: RunSpec, seed: int, artifacts: Path):
+    def _start_client(
+        self, emulation: Emulation, client: ClientRole, spec: RunSpec, seed: int, artifacts: Path
+    ) -> ManagedProcess:
         scenario = spec.scenario
+        roles = emulation.roles
+        service_ip = roles.service_ip(_load_balanced(scenario))
         argv = [
             sys.executable, "-m", "testbed.apps.client",
-            "--server", f"{_service_ip(scenario, emulation.topo)}:{SERVICE_PORT}",
-            "--local-ip", addresses.wifi_ip,
-            "--client", addresses.name,
-            "--bytes", str(scenario.bytes),
-            "--server-name", scenario.server_name,
+            "--server", f"{service_ip}:{roles.service_port}",
+            "--local-ip", client.start_ip,
+            "--client", client.host,
+            "--bytes", str(scenario.workload.bytes),
+            "--server-name", scenario.workload.server_name,
             "--seed", str(seed),
-            "--idle-timeout", str(scenario.idle_timeout_s),
-            "--timeout", str(scenario.run_timeout_s),
-            "--out", str(artifacts / f"client-{addresses.name}.json"),
+            "--idle-timeout", str(scenario.timeouts.idle_s),
+            "--timeout", str(scenario.timeouts.run_s),
+            "--out", str(artifacts / f"client-{client.host}.json"),
         ]  # fmt: skip
         argv += self._endpoint_artifacts(scenario, emulation, artifacts)
         if scenario.artifacts.keylog:
-            argv += ["--keylog", str(artifacts / f"client-{addresses.name}.keylog")]
+            argv += ["--keylog", str(artifacts / f"client-{client.host}.keylog")]
         if spec.migration:
-            new_ip = {
-                "nat-rebind": addresses.wifi_ip,
-                "addr-rebind": addresses.wifi_alt_ip,
-                "active": addresses.lte_ip,
-            }[spec.migration]
-            argv += ["--migrate", spec.migration, "--migrate-ip", new_ip]
-            unit, value = scenario.migration.trigger_for(addresses.index, seed)
+            argv += ["--migrate", spec.migration, "--migrate-ip", *client.targets[spec.migration]]
+            unit, value = scenario.migration.trigger_for(client.index, seed)
             argv += [f"--{unit.replace('_', '-')}", str(value)]
             if scenario.migration.repeat_every_s:
                 argv += ["--repeat-every", str(scenario.migration.repeat_every_s)]
         if spec.variant == "qasm":
-            topo = emulation.topo
             argv += [
-                "--agent", f"{topo.agent_ip}:{topo.agent_port}",
-                "--agent-id", addresses.agent_id,
-                "--agent-key", self._client_key(addresses).hex(),
+                "--agent", f"{roles.agent_ip}:{roles.agent_port}",
+                "--agent-id", client.agent_id,
+                "--agent-key", self._client_key(client).hex(),
             ]  # fmt: skip
-        return emulation.start_on_host(
-            addresses.name, argv, artifacts / f"client-{addresses.name}.log"
-        )
+        return emulation.start_on_host(client.host, argv, artifacts / f"client-{client.host}.log")
 
-    def _start_flood(self, emulation, spec: RunSpec, seed: int, artifacts: Path):
+    def _start_flood(self, emulation: Emulation, spec: RunSpec, seed: int, artifacts: Path):
         """The flooder on the first client's host, from its lte address (nat-rebind and
         addr-rebind keep the transfer on wifi, so the flood has its own link); forged agent
         reports only where a Tracking Agent listens."""
-        topo = emulation.topo
-        host = topo.clients[0]
+        roles = emulation.roles
+        client = roles.clients[0]
         argv = [
             sys.executable, "-m", "testbed.apps.flood",
-            "--source-ip", host.lte_ip,
-            "--service", f"{_service_ip(spec.scenario, topo)}:{SERVICE_PORT}",
-            "--pps", str(spec.scenario.flood_pps),
+            "--source-ip", client.interface("lte").ip,
+            "--service", f"{roles.service_ip(_load_balanced(spec.scenario))}:{roles.service_port}",
+            "--pps", str(spec.scenario.flood.pps),
             "--seed", str(seed),
             "--out", str(artifacts / "flood.json"),
         ]  # fmt: skip
         if spec.variant == "qasm":
-            argv += ["--agent", f"{topo.agent_ip}:{topo.agent_port}"]
-            argv += ["--agent-client", host.agent_id]
-        return emulation.start_on_host(host.name, argv, artifacts / "flood.log")
+            argv += ["--agent", f"{roles.agent_ip}:{roles.agent_port}"]
+            argv += ["--agent-client", client.agent_id]
+        return emulation.start_on_host(client.host, argv, artifacts / "flood.log")
 
     def _stop_flood(self, emulation, flood: ManagedProcess, artifacts: Path) -> dict:
         emulation.stop_process(flood)
@@ -487,7 +513,7 @@ class ExperimentRunner:
     def _await_client(
         self, scenario: Scenario, process: ManagedProcess, artifacts: Path, name: str
     ) -> dict:
-        limit = scenario.run_timeout_s + CLIENT_EXIT_GRACE_S
+        limit = scenario.timeouts.run_s + CLIENT_EXIT_GRACE_S
         deadline = time.monotonic() + limit
         while process.popen.poll() is None:
             if time.monotonic() > deadline:
@@ -539,16 +565,8 @@ def _outcome(records: list[dict]) -> str:
 
 
 def _load_balanced(scenario: Scenario) -> bool:
+    """Clients talk to the load balancer's VIP in front of backends, else to the server."""
     return "loadbalancer" in scenario.functions
-
-
-def _service_ip(scenario: Scenario, topo) -> str:
-    """Clients talk to the load balancer's VIP, or else to the one server."""
-    return topo.vip if _load_balanced(scenario) else topo.server.ip
-
-
-def _servers(scenario: Scenario, topo) -> list:
-    return topo.backends if _load_balanced(scenario) else [topo.server]
 
 
 def _write_json_file(path: Path, value) -> None:

@@ -1,41 +1,75 @@
-"""Turns one run's artifacts into records (pure: dicts in, dicts out).
+"""Turns one run's artifacts into records (pure: reports and typed events in, dicts out).
 
 Inputs per run: each client's JSON report, the server's event log and the controller's
-decision log. Both apps stamp events with `time.monotonic()`, which is one system-wide clock
+decision log (typed events, qasm/controller/events.py: metrics read reason codes and fields,
+never text). Both apps stamp events with `time.monotonic()`, which is one system-wide clock
 for every network namespace on the machine, so client and server times are comparable.
 
 Definitions (../shared/DESIGN.md):
 - goodput: verified payload bytes / (first payload byte sent → the server's digest reply
   received). The reply arrives once every byte is acknowledged and answered, so this
-  includes half an RTT more than "last byte acknowledged"; the same for every variant.
+  includes half an RTT more than "last byte acknowledged"; the same for every variant. The
+  handshake is not in it.
 - migration disruption: from the client switching sockets until the server first receives
   stream bytes from an address other than the pre-migration one; null when the connection
   did not survive.
+
+Which events are a client's: on the first hop, those whose addresses are the client's; on
+each later hop, those of the paths the hop before it handed on, i.e. the client's own
+addresses again, or behind a NAT the public address and ports that NAT gave the client's
+paths (a chain of NATs is followed hop by hop). Counters are per hop and summed.
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
+import json
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from qasm.controller.pipeline import FROM_SERVICE_ON_RETIRED_PATH, NAT_POOL_EXHAUSTED
-
-RECORD_FIELDS = (
-    "variant",
-    "functions",
-    "migration",
-    "repetition",
-    "client",
-    "completed",
-    "verified",
-    "handshake_ms",
-    "goodput_mbps",
-    "disruption_ms",
-    "packet_ins",
-    "flow_mods",
-    "failure",
+from qasm.controller.events import (
+    AgentReport,
+    ConnectionsEnded,
+    ConnectionState,
+    HopStats,
+    Logged,
+    NatMapping,
+    PacketIn,
+    PathInstalled,
+    PathRetired,
+    Reason,
+    Verdict,
+    read_event,
 )
+from qasm.flow import FlowKey
+
+
+def arm(variant: str, agent_mode: str | None) -> str:
+    """The name results give a variant: `qasm` with its agent in push mode (the default),
+    `qasm-pull` in pull mode; every other variant its own name."""
+    return f"{variant}-pull" if variant == "qasm" and agent_mode == "pull" else variant
+
+
+def read_decisions(path: Path) -> list[Logged]:
+    """The decision log's events in order; unreadable lines (a kill mid-write) are skipped."""
+    events = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                logged = read_event(json.loads(line))
+                if logged is not None:
+                    events.append(logged)
+    return events
+
+
+def goodput_mbps(payload_bytes: int, first_byte_sent_at: float, reply_received_at: float) -> float:
+    """Verified payload over the time from its first byte to the server's reply (Mbit/s)."""
+    elapsed = reply_received_at - first_byte_sent_at
+    if elapsed <= 0:
+        raise ValueError(f"transfer of {elapsed:g} s: the reply cannot precede the first byte")
+    return payload_bytes * 8 / elapsed / 1e6
 
 
 def disruption_ms(report: dict, server_events: Iterable[dict]) -> float | None:
@@ -56,16 +90,87 @@ def disruption_ms(report: dict, server_events: Iterable[dict]) -> float | None:
     return (min(arrivals) - migration["at"]) * 1000 if arrivals else None
 
 
-def client_decisions(decisions: Iterable[dict], addresses: Iterable[str]) -> list[dict]:
-    """The controller decisions about packets to or from this client's addresses (agent
-    reports are counted apart, as agent messages)."""
+# --- which events are this client's, hop by hop ---------------------------------------------
+
+
+@dataclass
+class _Endpoints:
+    """The client as one hop sees it: its own IPs (any port) or NAT (ip, port) pairs."""
+
+    ips: set[str] = field(default_factory=set)
+    sockets: set[tuple[str, int]] = field(default_factory=set)
+
+    def has(self, ip: str, port: int | None = None) -> bool:
+        return ip in self.ips or (port is not None and (ip, port) in self.sockets)
+
+    def flow(self, flow: FlowKey | None) -> bool:
+        return flow is not None and (
+            self.has(flow.src_ip, flow.src_port) or self.has(flow.dst_ip, flow.dst_port)
+        )
+
+    def path(self, path: FlowKey) -> bool:
+        return self.has(path.src_ip, path.src_port)
+
+
+def _touches(event, endpoints: _Endpoints) -> bool:
+    if isinstance(event, PacketIn):
+        if event.flow is not None:
+            return endpoints.flow(event.flow)
+        return any(endpoints.has(a) for a in event.addrs)
+    if isinstance(event, (PathInstalled, PathRetired)):
+        return endpoints.path(event.path)
+    if isinstance(event, ConnectionState):
+        return any(endpoints.path(p) for p in (*event.paths, *event.retired_paths))
+    if isinstance(event, ConnectionsEnded):
+        return any(endpoints.path(m.path) for m in event.nat_released)
+    return False
+
+
+def _allocations(event) -> tuple[NatMapping, ...]:
+    return getattr(event, "nat_allocated", ())
+
+
+def _releases(event) -> tuple[NatMapping, ...]:
+    return getattr(event, "nat_released", ())
+
+
+def client_events(
+    decisions: Iterable[Logged], hops: tuple[int, ...], addresses: Iterable[str]
+) -> dict[int, list[Logged]]:
+    """Per hop dpid (path order; a run without middlebox hops has one plain switch, keyed
+    0), the events about this client's packets, paths and connections."""
+    by_dpid: dict[int, list[Logged]] = {}
+    for logged in decisions:
+        by_dpid.setdefault(getattr(logged.event, "dpid", None), []).append(logged)
+    endpoints = _Endpoints(ips=set(addresses))
+    result: dict[int, list[Logged]] = {}
+    if not hops:
+        plain = [e for dpid, events in by_dpid.items() for e in events if dpid is not None]
+        return {0: [e for e in plain if _touches(e.event, endpoints)]}
+    for dpid in hops:
+        mine = [e for e in by_dpid.get(dpid, []) if _touches(e.event, endpoints)]
+        result[dpid] = mine
+        handed_on = {
+            (m.public_ip, m.public_port)
+            for e in mine
+            for m in _allocations(e.event)
+            if endpoints.path(m.path)
+        }
+        if handed_on or any(_allocations(e.event) for e in by_dpid.get(dpid, [])):
+            endpoints = _Endpoints(sockets=handed_on)  # behind a NAT: only its mappings
+    return result
+
+
+def agent_reports(decisions: Iterable[Logged], addresses: Iterable[str]) -> list[Logged]:
     mine = set(addresses)
-    return [
-        d for d in decisions if d.get("event") == "packet_in" and mine & set(d.get("addrs", ()))
-    ]
+    return [e for e in decisions if isinstance(e.event, AgentReport) and mine & set(e.event.addrs)]
 
 
-def migration_packet_ins(decisions: Iterable[dict], report: dict) -> int | None:
+def _packet_ins(events: Iterable[Logged]) -> list[Logged]:
+    return [e for e in events if isinstance(e.event, PacketIn)]
+
+
+def migration_packet_ins(events: Iterable[Logged], report: dict) -> int | None:
     """Packet-ins of this client's QUIC packets (not ARP, not agent reports, not handshake
     copies, not the server's packets on a path the client retired) from the migration instant
     on: what the migration cost the controller."""
@@ -74,20 +179,19 @@ def migration_packet_ins(decisions: Iterable[dict], report: dict) -> int | None:
         return None
     return sum(
         1
-        for d in decisions
-        if d.get("event") == "packet_in"
-        and d.get("flow")
-        and d.get("verdict") != "observe"
-        and d.get("reason") != FROM_SERVICE_ON_RETIRED_PATH
-        and d["t"] >= migration["at"]
+        for e in _packet_ins(events)
+        if e.event.flow is not None
+        and e.event.verdict is not Verdict.OBSERVE
+        and e.event.reason is not Reason.RETIRED_PATH
+        and e.t >= migration["at"]
     )
 
 
-def retired_path_packet_ins(decisions: Iterable[dict]) -> int:
+def retired_path_packet_ins(events: Iterable[Logged]) -> int:
     """The server's packets on a path this client retired, dropped by the controller: what
     a server that gave up validating the new path and went back to the old one (RFC 9000
     §9.3.2) sent into the void; a symptom of loss on the new path, not of the middlebox."""
-    return sum(1 for d in decisions if d.get("reason") == FROM_SERVICE_ON_RETIRED_PATH)
+    return sum(1 for e in _packet_ins(events) if e.event.reason is Reason.RETIRED_PATH)
 
 
 def leakage_bytes(report: dict, rate_kbps: int, burst_kbit: int) -> int:
@@ -107,63 +211,59 @@ def leakage_bytes(report: dict, rate_kbps: int, burst_kbit: int) -> int:
     return max(0, int(excess))
 
 
-def nat_mappings_held(decisions: Iterable[dict], addresses: Iterable[str]) -> int:
-    """Public ports still mapped to this client's paths when the run ended."""
-    mine = set(addresses)
-    allocated, released = set(), set()
-    for decision in decisions:
-        if decision.get("nat_allocated"):
-            allocated.add(decision["nat_allocated"].split(" as ")[0])
-        released.update(decision.get("nat_released", ()))
-    return sum(1 for path in allocated - released if path.split(":")[0] in mine)
+def nat_mappings_held(events: Iterable[Logged]) -> int | None:
+    """Public ports the hop still had mapped to this client's paths when the controller
+    stopped (its end-of-run table); None when the end state was not logged."""
+    states = [e.event for e in events if isinstance(e.event, ConnectionState)]
+    if not states:
+        return None
+    return sum(len(s.nat_mappings) for s in states)
 
 
-def nat_mappings_peak(decisions: Iterable[dict], addresses: Iterable[str]) -> int:
-    """The most public ports this client's paths held at any one time."""
-    mine, held, peak = set(addresses), set(), 0
-    for decision in sorted(decisions, key=lambda d: d.get("t", 0)):
-        held.difference_update(decision.get("nat_released", ()))
-        if decision.get("nat_allocated"):
-            path = decision["nat_allocated"].split(" as ")[0]
-            if path.split(":")[0] in mine:
-                held.add(path)
+def nat_mappings_peak(events: Iterable[Logged]) -> int:
+    """The most public ports this client's paths held on one hop at any one time."""
+    held: set[FlowKey] = set()
+    peak = 0
+    for logged in sorted(events, key=lambda e: e.t):
+        held.difference_update(m.path for m in _releases(logged.event))
+        held.update(m.path for m in _allocations(logged.event))
         peak = max(peak, len(held))
     return peak
 
 
-def nat_pool_exhausted(decisions: Iterable[dict]) -> int:
+def nat_pool_exhausted(events: Iterable[Logged]) -> int:
     """How often the NAT had no free port for this client: packets dropped for it, and
     announced paths left without a mapping."""
     return sum(
         1
-        for d in decisions
-        if str(d.get("reason", "")).startswith(NAT_POOL_EXHAUSTED) or d.get("nat_exhausted")
+        for e in events
+        if (isinstance(e.event, PacketIn) and e.event.reason is Reason.NAT_POOL_EXHAUSTED)
+        or (isinstance(e.event, PathInstalled) and e.event.nat_exhausted)
     )
 
 
-def reason_category(reason: str) -> str:
-    """A reason without its particulars (parenthesised detail, numbers as N, what follows
-    the first colon of a `malformed:` reason), so reasons can be counted."""
-    if reason.startswith("malformed"):
-        return "malformed"
-    reason = re.sub(r"0x[0-9a-fA-F]+", "0xN", reason.split("(")[0].rstrip(" :"))
-    return re.sub(r"\d+(?!-tuple|x)", "N", reason)
+def state_entries(events: Iterable[Logged]) -> int | None:
+    """Index entries (5-tuples, retired 5-tuples, CIDs) the hop held for this client's
+    connections when the controller stopped; None when the end state was not logged."""
+    states = [e.event for e in events if isinstance(e.event, ConnectionState)]
+    return sum(s.state_entries for s in states) if states else None
 
 
-def flood_effect(decisions: Iterable[dict]) -> dict:
+def flood_effect(decisions: Iterable[Logged]) -> dict:
     """What the controller made of a run's traffic it did not admit: agent reports it
-    rejected and packets it dropped, counted by reason."""
+    rejected and packets it dropped, counted by reason code."""
     rejections: Counter = Counter()
     drops: Counter = Counter()
     accepted = 0
-    for decision in decisions:
-        if decision.get("event") == "agent_report":
-            if decision.get("verdict") == "accept":
+    for logged in decisions:
+        event = logged.event
+        if isinstance(event, AgentReport):
+            if event.verdict is Verdict.ACCEPT:
                 accepted += 1
             else:
-                rejections[reason_category(str(decision.get("reason")))] += 1
-        elif decision.get("event") == "packet_in" and decision.get("verdict") == "drop":
-            drops[reason_category(str(decision.get("reason")))] += 1
+                rejections[str(event.reason)] += 1
+        elif isinstance(event, PacketIn) and event.verdict is Verdict.DROP:
+            drops[str(event.reason)] += 1
     return {
         "agent_reports_accepted": accepted,
         "agent_rejections": dict(rejections),
@@ -173,42 +273,45 @@ def flood_effect(decisions: Iterable[dict]) -> dict:
     }
 
 
-def controller_memory(start: dict | None, end: dict | None, decisions: Iterable[dict]) -> dict:
+def controller_memory(start: dict | None, end: dict | None, decisions: Iterable[Logged]) -> dict:
     """The controller's resident memory (KiB) when the switch connected and when the
-    clients finished, its peak, and the largest connection table its stats reported."""
-    stats = [d for d in decisions if d.get("event") == "stats"]
+    clients finished, its peak, and the largest connection table a hop reported."""
+    stats = [e.event for e in decisions if isinstance(e.event, HopStats)]
     return {
         "controller_rss_start_kib": start["rss"] if start else None,
         "controller_rss_end_kib": end["rss"] if end else None,
         "controller_rss_peak_kib": end["peak"] if end else None,
-        "connections_peak": max((d["connections"] for d in stats), default=None),
-        "connections_bound": stats[-1]["max_connections"] if stats else None,
+        "connections_peak": max((s.connections for s in stats), default=None),
+        "connections_bound": stats[-1].max_connections if stats else None,
     }
 
 
-def backend_changed(decisions: Iterable[dict]) -> bool | None:
+def backend_changed(events: Iterable[Logged]) -> bool | None:
     """Whether the load balancer sent the client's paths to more than one backend (None
     without a load balancer)."""
-    backends = [
-        d["backend"]
-        for d in sorted(decisions, key=lambda d: d["t"])
-        if d.get("backend") and d.get("verdict") in ("admit", "accept")
-    ]
-    return len(set(backends)) > 1 if backends else None
+    backends = {
+        e.event.backend
+        for e in events
+        if (isinstance(e.event, PacketIn) and e.event.verdict is Verdict.ADMIT)
+        or isinstance(e.event, PathInstalled)
+        if getattr(e.event, "backend", None)
+    }
+    return len(backends) > 1 if backends else None
 
 
-def drop_evidence(decisions: Iterable[dict], since: float | None) -> str | None:
+def drop_evidence(events: Iterable[Logged], since: float | None) -> str | None:
     """A one-line account of what the middlebox dropped (after `since`, if given)."""
     drops = Counter(
-        (d.get("flow") or ",".join(d.get("addrs", ())), d["reason"])
-        for d in decisions
-        if d.get("verdict") == "drop" and (since is None or d["t"] >= since)
+        (str(e.event.flow or ",".join(e.event.addrs)), e.event.reason, e.event.text)
+        for e in _packet_ins(events)
+        if e.event.verdict is Verdict.DROP and (since is None or e.t >= since)
     )
     if not drops:
         return None
-    (flow, reason), count = drops.most_common(1)[0]
+    (flow, reason, text), count = drops.most_common(1)[0]
     more = f" (+{len(drops) - 1} other drop reasons)" if len(drops) > 1 else ""
-    return f"middlebox dropped {count} packets of {flow}: {reason}{more}"
+    detail = f" ({text})" if text else ""
+    return f"middlebox dropped {count} packets of {flow}: {reason}{detail}{more}"
 
 
 def build_record(
@@ -220,16 +323,16 @@ def build_record(
     addresses: Iterable[str],
     report: dict,
     server_events: list[dict],
-    decisions: list[dict],
+    decisions: list[Logged],
+    hops: tuple[int, ...] = (1,),
+    agent_mode: str | None = None,
     ratelimit=None,
     nat: bool = False,
 ) -> dict:
-    mine = client_decisions(decisions, addresses)
-    reports = [
-        d
-        for d in decisions
-        if d.get("event") == "agent_report" and set(d.get("addrs", ())) & set(addresses)
-    ]
+    addresses = tuple(addresses)
+    per_hop = client_events(decisions, hops, addresses)
+    mine = [e for events in per_hop.values() for e in events]
+    reports = agent_reports(decisions, addresses)
     migration = report.get("migration")
     migrations = report.get("migrations") or ([migration] if migration else [])
     failure = report.get("failure")
@@ -239,8 +342,15 @@ def build_record(
             failure = f"{failure}; {evidence}"
         if migration is None and migration_kind is not None and failure:
             failure = f"{failure} (before the migration)"
+    packet_ins = {dpid: _packet_ins(events) for dpid, events in per_hop.items()}
+    flow_mods = {dpid: sum(e.event.flow_mods for e in p) for dpid, p in packet_ins.items()}
+    held = {dpid: nat_mappings_held(events) for dpid, events in per_hop.items()}
+    peaks = {dpid: nat_mappings_peak(events) for dpid, events in per_hop.items()}
+    entries = [state_entries(events) for events in per_hop.values()]
+    agent = report.get("agent") or {}
     record = {
-        "variant": variant,
+        "variant": arm(variant, agent_mode),
+        "agent_mode": agent_mode,
         "functions": list(functions),
         "migration": migration_kind,
         "repetition": repetition,
@@ -250,17 +360,25 @@ def build_record(
         "handshake_ms": report.get("handshake_ms"),
         "goodput_mbps": report.get("goodput_mbps"),
         "disruption_ms": disruption_ms(report, server_events),
-        "packet_ins": len(mine),
-        "flow_mods": sum(d.get("flow_mods", 0) for d in mine),
+        "packet_ins": sum(len(p) for p in packet_ins.values()),
+        "flow_mods": sum(flow_mods.values()),
         "failure": failure,
         "migration_packet_ins": migration_packet_ins(mine, report),
         "retired_path_packet_ins": retired_path_packet_ins(mine),
-        "agent_messages": (report.get("agent") or {}).get("messages", 0),
-        "agent_bytes": (report.get("agent") or {}).get("bytes", 0),
-        "agent_exchanges": (report.get("agent") or {}).get("exchanges", []),
-        "nat_mappings": nat_mappings_held(decisions, addresses) if nat else None,
-        "nat_mappings_peak": nat_mappings_peak(decisions, addresses) if nat else None,
-        "nat_pool_exhausted": nat_pool_exhausted(mine + reports) if nat else None,
+        "agent_messages": agent.get("messages", 0),
+        "agent_bytes": agent.get("bytes", 0),
+        "agent_exchanges": agent.get("exchanges", []),
+        "nat_mappings": _total(held.values()) if nat else None,
+        "nat_mappings_peak": max(peaks.values(), default=0) if nat else None,
+        "nat_pool_exhausted": nat_pool_exhausted(mine) if nat else None,
+        "state_entries": _total(entries) if variant != "baseline" else None,
+        "hops": len(hops),
+        "per_hop": {
+            "dpid": list(per_hop),
+            "packet_ins": [len(p) for p in packet_ins.values()],
+            "flow_mods": list(flow_mods.values()),
+            "nat_mappings": list(held.values()) if nat else None,
+        },
         "migrations": len(migrations),
         # Seconds from the first payload byte, one per migration (the first is `migration`).
         "migration_instants_s": [
@@ -268,6 +386,7 @@ def build_record(
             for m in migrations
             if report.get("first_byte_sent_at") is not None
         ],
+        "migration_rate_hz": migration_rate_hz(report),
         "backend_changed": backend_changed(mine + reports),
         "leakage_bytes": (
             leakage_bytes(report, ratelimit.rate_kbps, ratelimit.burst_kbit) if ratelimit else None
@@ -278,3 +397,19 @@ def build_record(
         "smoothed_rtt_ms": report.get("smoothed_rtt_ms"),
     }
     return record
+
+
+def migration_rate_hz(report: dict) -> float | None:
+    """Migrations per second achieved between the first and the end of sending (None with
+    fewer than two migrations: one migration has no rate)."""
+    migrations = report.get("migrations") or []
+    end = report.get("last_byte_acknowledged_at")
+    if len(migrations) < 2 or end is None:
+        return None
+    span = end - migrations[0]["at"]
+    return round((len(migrations) - 1) / span, 3) if span > 0 else None
+
+
+def _total(values: Iterable[int | None]) -> int | None:
+    values = list(values)
+    return None if not values or any(v is None for v in values) else sum(values)

@@ -46,6 +46,11 @@ OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
     "controller_cpu_s": (int, float, type(None)),
     "parameters": (dict, type(None)),
     "progress": (list, type(None)),
+    "topology": (str, type(None)),
+    "hops": (int, type(None)),
+    "agent_mode": (str, type(None)),
+    "per_hop": (dict, type(None)),
+    "migration_rate_hz": (int, float, type(None)),
 }
 TYPE_NAMES = {
     str: "a string",

@@ -48,9 +48,9 @@ def test_qasm_keeps_one_bucket_and_releases_every_retired_port(records, scenario
     assert record["leakage_bytes"] == 0
     assert record["nat_pool_exhausted"] == 0
     # The transfer outlasts many rebinds: (bytes - burst) at the limited rate.
-    rate_bytes = scenario.ratelimit.rate_kbps * 1000 / 8
-    burst_bytes = scenario.ratelimit.burst_kbit * 1000 / 8
-    least_s = (scenario.bytes - burst_bytes) / rate_bytes - scenario.migration.at_seconds
+    rate_bytes = scenario.ratelimit.limit().rate_kbps * 1000 / 8
+    burst_bytes = scenario.ratelimit.limit().burst_kbit * 1000 / 8
+    least_s = (scenario.workload.bytes - burst_bytes) / rate_bytes - scenario.migration.at_seconds
     assert record["migrations"] >= least_s / scenario.migration.repeat_every_s / 2
     # Every rebind was announced and its old path retired, and the Tracking Agent took all.
     exchanges = record["agent_exchanges"]
@@ -60,7 +60,7 @@ def test_qasm_keeps_one_bucket_and_releases_every_retired_port(records, scenario
     # Only live paths hold a port: the current one and those whose old socket is still in
     # its grace period (plus one in flight); one at the end.
     live = 2 + math.ceil(OLD_SOCKET_GRACE_S / scenario.migration.repeat_every_s)
-    assert record["nat_mappings_peak"] <= min(live, scenario.nat_ports)
+    assert record["nat_mappings_peak"] <= min(live, scenario.nat.ports)
     assert record["nat_mappings"] == 1
 
 
@@ -69,7 +69,7 @@ def test_without_the_agent_the_nat_never_learns_a_path_died_and_runs_out(
     records, scenario, variant
 ):
     record = records[variant]
-    ports = scenario.nat_ports
+    ports = scenario.nat.ports
     assert record["migrations"] >= ports  # more paths than ports were tried
     assert record["nat_mappings"] == record["nat_mappings_peak"] == ports
     assert record["nat_pool_exhausted"] > 0

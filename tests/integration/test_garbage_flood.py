@@ -7,11 +7,11 @@ garbage be dropped or rejected and counted."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from qasm.controller.events import HopStats, PacketIn, Reason, Verdict
 from testbed.apps.flood import AGENT_KINDS, SERVICE_KINDS
+from testbed.records.metrics import read_decisions
 from testbed.scenario import load_scenario
 from tests.integration.conftest import REPOSITORY, read_records, run_scenario
 
@@ -29,8 +29,7 @@ def run(tmp_path_factory):
     run_scenario(SCENARIO, run_dir, timeout_s=600)
     (record,) = read_records(run_dir)
     (decision_log,) = run_dir.glob("artifacts/*/decisions.jsonl")
-    decisions = [json.loads(line) for line in decision_log.read_text().splitlines()]
-    return record, decisions
+    return record, [logged.event for logged in read_decisions(decision_log)]
 
 
 def test_the_transfer_migrates_completes_and_verifies_under_the_flood(run):
@@ -43,7 +42,7 @@ def test_the_transfer_migrates_completes_and_verifies_under_the_flood(run):
 def test_the_flood_ran_at_about_its_rate_with_every_kind(run):
     record, _ = run
     flood = record["flood"]
-    pps = load_scenario(SCENARIO).flood_pps
+    pps = load_scenario(SCENARIO).flood.pps
     assert flood["achieved_pps"] >= 0.8 * pps, flood
     assert flood["send_errors"] == {}
     for kind in (*SERVICE_KINDS, *AGENT_KINDS):
@@ -54,15 +53,18 @@ def test_garbage_to_the_service_is_dropped_and_counted(run):
     record, decisions = run
     sent = sum(record["flood"]["sent"].get(kind, 0) for kind in SERVICE_KINDS)
     dropped = {
-        category: count
-        for category, count in record["controller_drops"].items()
-        if category.startswith(("new 5-tuple", "udp:"))
+        reason: count
+        for reason, count in record["controller_drops"].items()
+        if reason in (Reason.NOT_AN_INITIAL, Reason.FRAME_UNREADABLE)
     }
     # Every one reached the controller and was dropped, none admitted (a few of the real
     # client's own packets may be dropped too, so at least, not exactly).
     assert sum(dropped.values()) >= 0.95 * sent, (sent, record["controller_drops"])
     assert not any(
-        d.get("verdict") == "admit" and d.get("flow", "").startswith(record["flood"]["source_ip"])
+        isinstance(d, PacketIn)
+        and d.verdict is Verdict.ADMIT
+        and d.flow is not None
+        and d.flow.src_ip == record["flood"]["source_ip"]
         for d in decisions
     )
 
@@ -75,10 +77,10 @@ def test_forged_and_replayed_reports_are_rejected_counted_and_change_nothing(run
     assert record["agent_rejected"] >= 0.95 * to_agent, (to_agent, rejections)
     # The tag is checked before the fields, so a well-formed body with a wrong field type
     # and a random tag counts as forged, like the forgeries proper.
-    assert rejections["forged"] >= 0.95 * sent["forged"]
-    assert rejections["unknown client"] >= 0.95 * sent["unknown_client"]
-    assert rejections["malformed"] >= 0.95 * sent["oversized_report"]
-    replays = rejections.get("replayed", 0) + rejections.get("duplicate", 0)
+    assert rejections[Reason.FORGED] >= 0.95 * sent["forged"]
+    assert rejections[Reason.UNKNOWN_CLIENT] >= 0.95 * sent["unknown_client"]
+    assert rejections[Reason.MALFORMED] >= 0.95 * sent["oversized_report"]
+    replays = rejections.get(Reason.REPLAYED, 0) + rejections.get(Reason.DUPLICATE, 0)
     assert replays >= 0.95 * sent["replayed"], (sent["replayed"], rejections)
     # Accepted reports are exactly the real client's, and every one of those went through:
     # forged reports did not spend its rate budget.
@@ -90,9 +92,9 @@ def test_forged_and_replayed_reports_are_rejected_counted_and_change_nothing(run
     # So the NAT released every retired path's port.
     assert record["nat_mappings"] == 1
     # The controller's own counters (its last stats line) agree.
-    last = [d for d in decisions if d.get("event") == "stats"][-1]
-    assert last["agent"]["rejected: forged"] > 0
-    assert len(last["agent"]) <= 8  # keyed by category, not by what a sender wrote
+    last = [d for d in decisions if isinstance(d, HopStats)][-1]
+    assert last.agent[f"rejected: {Reason.FORGED}"] > 0
+    assert len(last.agent) <= 8  # keyed by reason code, not by what a sender wrote
 
 
 def test_controller_memory_and_tables_stay_bounded(run):
@@ -100,8 +102,8 @@ def test_controller_memory_and_tables_stay_bounded(run):
     growth = record["controller_rss_end_kib"] - record["controller_rss_start_kib"]
     assert growth < MAX_RSS_GROWTH_KIB, growth
     assert record["connections_peak"] == 1 <= record["connections_bound"]
-    stats = [d for d in decisions if d.get("event") == "stats"]
+    stats = [d for d in decisions if isinstance(d, HopStats)]
     assert len(stats) >= 3
     # Nothing keyed by the flood's random source ports: locations are the hosts' addresses.
-    assert max(s["locations"] for s in stats) <= 4
-    assert max(s["nat_in_use"] for s in stats) <= 3
+    assert max(s.locations for s in stats) <= 4
+    assert max(s.nat_in_use for s in stats) <= 3

@@ -16,14 +16,14 @@ import pytest
 from aioquic.quic.crypto import CipherSuite, CryptoContext
 
 from qasm.wire.capture import read_udp_datagrams
-from testbed.pinning import OVS_PIDFILE
+from testbed.emulation import links
+from testbed.emulation.pinning import OVS_PIDFILE
 from tests.integration.conftest import (
     QASM,
     REPOSITORY,
     assert_controller_logged_no_exception,
     read_records,
 )
-from topologies import links
 
 pytestmark = pytest.mark.integration
 

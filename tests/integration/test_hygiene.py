@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.ownership import STATE_DIR, OwnedProcess
+from testbed.emulation.ownership import STATE_DIR, OwnedProcess
 from tests.integration.conftest import QASM, REPOSITORY, leftovers, read_records
 
 pytestmark = pytest.mark.integration

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from topologies import links
-from topologies.links import (
+from testbed.emulation import links
+from testbed.emulation.links import (
     METHOD_NETEM,
     METHOD_NFQUEUE,
     LinkConditions,

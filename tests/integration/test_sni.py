@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from qasm.controller.events import PacketIn, Reason, Verdict
+from testbed.records.metrics import read_decisions
 from tests.integration.conftest import REPOSITORY, read_records, run_scenario
 
 pytestmark = pytest.mark.integration
@@ -34,14 +36,14 @@ def test_a_blocked_server_name_never_gets_its_handshake(run, variant):
 
 def test_the_refusal_is_a_logged_decision_on_the_clients_initial(run):
     run_dir, records = run
-    decisions = [
-        json.loads(line)
-        for line in (run_dir / records[(BLOCKED, "qasm")]["artifacts"] / "decisions.jsonl")
-        .read_text()
-        .splitlines()
+    log = run_dir / records[(BLOCKED, "qasm")]["artifacts"] / "decisions.jsonl"
+    refusals = [
+        e.event
+        for e in read_decisions(log)
+        if isinstance(e.event, PacketIn) and e.event.reason is Reason.SNI_REFUSED
     ]
-    refusals = [d for d in decisions if "sni_deny" in (d.get("reason") or "")]
-    assert refusals and all(d["verdict"] == "drop" for d in refusals)
+    assert refusals and all(d.verdict is Verdict.DROP for d in refusals)
+    assert all("sni_deny" in d.text for d in refusals)
 
 
 def test_baseline_keeps_no_policy(run):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from testbed.apps.qlog import QlogDirectory
-from testbed.pinning import OvsAffinity, PinningError, pin_in_child, plan_layout
+from testbed.emulation.pinning import OvsAffinity, PinningError, pin_in_child, plan_layout
 from testbed.scenario import Artifacts
 from tests.unit.conftest import load_scenario_text, scenario_problems
 
@@ -129,8 +129,13 @@ def test_qlog_of_a_connection_still_open_is_written_on_close(tmp_path):
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_clean_gives_a_crashed_runs_pinned_daemon_its_cpus_back(tmp_path, monkeypatch):
-    from testbed import ownership
-    from testbed.ownership import OwnedProcess, RunRecord, clean_dead_runs, process_start_time
+    from testbed.emulation import ownership
+    from testbed.emulation.ownership import (
+        OwnedProcess,
+        RunRecord,
+        clean_dead_runs,
+        process_start_time,
+    )
 
     monkeypatch.setattr(ownership, "STATE_DIR", tmp_path)
     cpus = sorted(os.sched_getaffinity(0))

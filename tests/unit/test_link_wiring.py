@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from testbed.link_emulation import EmulatedLinks, LinkEnd, LinkSetupError, select_method
+from testbed.emulation import links
+from testbed.emulation.link_emulation import EmulatedLinks, LinkEnd, LinkSetupError, select_method
+from testbed.emulation.links import METHOD_NETEM, METHOD_NFQUEUE, LinkConditions
 from testbed.scenario import load_scenario
 from tests.unit.conftest import load_scenario_text, scenario_problems
-from topologies import links
 from topologies.dualhomed import DualHomed
-from topologies.links import METHOD_NETEM, METHOD_NFQUEUE, LinkConditions
 
 SCENARIO = """\
 variants: [baseline]
@@ -52,9 +52,10 @@ def test_every_link_takes_delay_jitter_and_loss(tmp_path):
         server_loss_pct: 0.5
     """
     scenario = load(tmp_path, extra)
-    assert scenario.topology_params["wifi_delay_ms"] == 20.0
-    topo = DualHomed(prefix="q0000", **scenario.topology_params)
-    by_intf = {intf: c for _, intf, c in topo.link_ends()}
+    assert scenario.topology.wifi_delay_ms == 20.0
+    roles = DualHomed(prefix="q0000", **scenario.topology.topo_kwargs()).roles
+    conditions = scenario.topology.link_conditions()
+    by_intf = {i.name: conditions[i.link] for _, i in roles.link_ends()}
     wifi = by_intf["q0000c1-wifi"]
     assert (wifi.delay_ms, wifi.jitter_ms, wifi.loss_pct, wifi.bw_mbit) == (20, 5, 1, None)
     assert by_intf["q0000c1-lte"].delay_ms == 60 and by_intf["q0000c1-lte"].loss_pct == 0
@@ -63,8 +64,8 @@ def test_every_link_takes_delay_jitter_and_loss(tmp_path):
 
 def test_zero_means_unimpaired_and_a_sweep_may_start_there(tmp_path):
     scenario = load(tmp_path, "wifi_delay_ms: 0\nwifi_loss_pct: 0\n")
-    assert not any(c.impaired for _, _, c in DualHomed(prefix="q0000", clients=1).link_ends())
-    assert scenario.topology_params == {"clients": 1, "wifi_delay_ms": 0.0, "wifi_loss_pct": 0.0}
+    assert not any(c.impaired for c in scenario.topology.link_conditions().values())
+    assert (scenario.topology.wifi_delay_ms, scenario.topology.wifi_loss_pct) == (0.0, 0.0)
     path = tmp_path / "sweep.yaml"
     path.write_text(
         SCENARIO.format(extra="")
@@ -99,9 +100,10 @@ def test_bad_link_parameters_name_their_line_and_key(tmp_path, extra, expected):
 
 
 def test_delay_limit_grows_with_bandwidth_times_delay():
-    slow = DualHomed(prefix="q0000", wifi_bw_mbit=10, wifi_delay_ms=20).conditions["wifi"]
+    kinds = {"wifi": None, "lte": None, "server": None}
+    slow = links.link_conditions({**kinds, "wifi": 10}, {"wifi_delay_ms": 20})["wifi"]
     assert slow.limit_packets == 1000  # netem's default is room enough
-    fast = DualHomed(prefix="q0000", wifi_delay_ms=200, wifi_jitter_ms=50).conditions["wifi"]
+    fast = links.link_conditions(kinds, {"wifi_delay_ms": 200, "wifi_jitter_ms": 50})["wifi"]
     # Unshaped: 1000 Mbit/s of 1200-byte datagrams for 250 ms, twice over.
     assert fast.limit_packets == int(2 * 1000e6 / 8 / 1200 * 0.25) + 1
 
@@ -153,7 +155,7 @@ class FakeNamespace:
     def __call__(self, argv, **kwargs):
         argv = list(argv)
         self.commands.append(argv)
-        if "topologies.delayline" in argv:
+        if "testbed.emulation.delayline" in argv:
             line = subprocess.Popen(
                 ["sh", "-c", 'echo \'{"event": "ready"}\'; exec sleep 30'],
                 stdout=subprocess.PIPE,

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from topologies import links
-from topologies.links import (
+from testbed.emulation import links
+from testbed.emulation.links import (
     METHOD_NETEM,
     METHOD_NFQUEUE,
     LinkConditions,
@@ -19,7 +19,7 @@ from topologies.links import (
 def test_defaults_are_an_unimpaired_link():
     conditions = LinkConditions()
     assert not conditions.impaired
-    assert conditions.tclink_params() == {}
+    assert conditions.bw_mbit is None
     assert conditions.limit_packets == 1000  # netem's default limit
 
 
@@ -47,17 +47,21 @@ def test_invalid_conditions_name_the_parameter(values, message):
         LinkConditions(**values)
 
 
-def test_from_mapping_rejects_unknown_keys():
-    assert LinkConditions.from_mapping({"delay_ms": 10}).delay_ms == 10
-    with pytest.raises(LinkConditionsError, match="^rate_mbit: unknown link parameter"):
-        LinkConditions.from_mapping({"rate_mbit": 10})
-
-
-def test_bandwidth_goes_to_tclink_and_is_not_an_impairment():
-    conditions = LinkConditions(bw_mbit=50)
-    assert conditions.tclink_params() == {"bw": 50}
-    assert not conditions.impaired
+def test_bandwidth_is_not_an_impairment():
+    assert not LinkConditions(bw_mbit=50).impaired
     assert LinkConditions(loss_pct=0.5).impaired
+
+
+def test_conditions_per_link_kind_hold_enough_packets_for_the_delay():
+    conditions = links.link_conditions(
+        {"wifi": 100, "lte": None, "server": None}, {"wifi_delay_ms": 50, "lte_loss_pct": 1}
+    )
+    assert (conditions["wifi"].bw_mbit, conditions["wifi"].delay_ms) == (100, 50)
+    # 2 x 100 Mbit/s of 1200-byte datagrams held for 50 ms, at least netem's 1000.
+    assert conditions["wifi"].limit_packets == 1042
+    assert conditions["lte"].loss_pct == 1 and not conditions["server"].impaired
+    with pytest.raises(TypeError, match="wifi_rate"):
+        links.link_conditions({}, {"wifi_rate": 1})
     assert LinkConditions(delay_ms=1).impaired
 
 
@@ -132,7 +136,7 @@ def test_delay_line_argv():
     conditions = LinkConditions(delay_ms=12.5, jitter_ms=2, limit_packets=500)
     argv = links.delay_line_argv(conditions, (4, 5), 60.0, 123, 7, python="py")
     assert argv == [
-        "py", "-m", "topologies.delayline",
+        "py", "-m", "testbed.emulation.delayline",
         "--queue", "4:12.5:2", "--queue", "5:12.5:2",
         "--limit", "500", "--lifetime-s", "60", "--parent-pid", "123", "--seed", "7",
     ]  # fmt: skip
@@ -170,10 +174,6 @@ def test_netem_commands_cover_both_directions_and_undo(under_htb, parent):
 
 def test_ifb_name_fits_an_interface_name():
     assert len(links.ifb_name("q1a2bc100-wifi")) <= 15
-
-
-def test_htb_commands_match_mininet_tclink():
-    assert links.htb_commands("x", 50)[1][-4:] == ["rate", "50.000000Mbit", "burst", "15k"]
 
 
 @pytest.mark.parametrize("method", [METHOD_NETEM, METHOD_NFQUEUE])

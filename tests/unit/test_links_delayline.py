@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from topologies import delayline
-from topologies.delayline import DelaySchedule, QueueSpec
+from testbed.emulation import delayline
+from testbed.emulation.delayline import DelaySchedule, QueueSpec
 
 
 def test_constant_delay_releases_in_order_at_due_time():

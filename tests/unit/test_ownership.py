@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
-from testbed import ownership
-from testbed.ownership import OwnedProcess, RunRecord, clean_dead_runs, process_start_time
+from testbed.emulation import ownership
+from testbed.emulation.ownership import OwnedProcess, RunRecord, clean_dead_runs, process_start_time
 
 
 @pytest.fixture(autouse=True)

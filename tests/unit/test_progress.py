@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from testbed.progress import Progress
+from testbed.emulation.progress import Progress
 
 
 class FakeClock:
