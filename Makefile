@@ -41,7 +41,7 @@ $(VENV)/.installed: pyproject.toml
 	@mkdir -p $(VENV)/debian-mininet
 	@ln -sfn /usr/lib/python3/dist-packages/mininet $(VENV)/debian-mininet/mininet
 	@echo "$(abspath $(VENV))/debian-mininet" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/debian-mininet.pth
-	@$(PY) -c 'import mininet.net, os_ken, aioquic, scapy, yaml'
+	@$(PY) -c 'import mininet.net, os_ken, aioquic, scapy, yaml, pydantic, scipy'
 	@touch $@
 
 # The report is written even when the run failed part-way (it reports what finished); the

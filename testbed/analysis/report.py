@@ -29,9 +29,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.matrix import point_label, row_label
-from testbed.rundir import RunDir
-from testbed.summary import COMPARISONS, COUNTERS, summarize
+from testbed.analysis.matrix import point_label, row_label
+from testbed.analysis.summary import COMPARISONS, COUNTERS, CURVE_METRICS, summarize
+from testbed.records.rundir import RunDir
 
 PLOTS_DIR = "plots"
 GOODPUT_WINDOW_S = 0.1
@@ -45,7 +45,7 @@ OUTCOME_COLOURS = {
     "moved": "#f8e38b",  # yellow: survived, but on another backend
 }
 UNKNOWN_COLOUR = "#dddddd"
-VARIANT_ORDER = ("baseline", "tuple", "cid", "qasm", "quic-lb")
+VARIANT_ORDER = ("baseline", "tuple", "cid", "qasm", "qasm-pull", "quic-lb")
 
 
 @dataclass(frozen=True)
@@ -188,6 +188,39 @@ def _matrix_table(matrix: list[dict]) -> Table:
     return Table(header, tuple(rows), tuple(colours))
 
 
+def _interval_text(cell: dict, digits: int = 1) -> str:
+    if cell["median"] is None:
+        return "-"
+    text = f"{cell['median']:.{digits}f}"
+    if cell["ci95"]:
+        text += f" [{cell['ci95'][0]:.{digits}f}, {cell['ci95'][1]:.{digits}f}]"
+    return text
+
+
+def _curve_table(rows: list[dict], key: str) -> Table:
+    header = (
+        "point", "variant", "migration", key, "verified/runs", "goodput Mbit/s",
+        "handshake ms", "disruption ms", "NAT mappings at end",
+    )  # fmt: skip
+    return Table(
+        header,
+        tuple(
+            (
+                row["point"] or "-",
+                row["variant"],
+                row["migration"],
+                _fmt(row[key]),
+                f"{row['verified']}/{row['runs']}",
+                _interval_text(row["goodput_mbps"]),
+                _interval_text(row["handshake_ms"]),
+                _interval_text(row["disruption_ms"]),
+                _fmt(row["nat_mappings"], 1),
+            )  # fmt: skip
+            for row in rows
+        ),
+    )
+
+
 def _summary_blocks(summary: dict, level: int) -> list:
     blocks: list = [
         Heading(level, "Results per variant and migration kind"),
@@ -249,6 +282,15 @@ def build_blocks(run: RunDir, summary: dict, images: list[Image]) -> list:
             blocks += _summary_blocks(point["summary"], 3)
     else:
         blocks += _summary_blocks(summary, 2)
+    for key, rows in (summary.get("curves") or {}).items():
+        blocks += [
+            Heading(2, f"Against {key}"),
+            Paragraph(
+                "Medians over the runs of each cell with their seeded 95% bootstrap interval; "
+                "goodput and disruption of the connections that survived."
+            ),
+            _curve_table(rows, key),
+        ]
     if summary.get("matrix"):
         blocks += [
             Heading(2, "Survival/policy matrix"),
@@ -484,6 +526,44 @@ def plot_all(run: RunDir, summary: dict, plots_dir: Path) -> list[Image]:
             axis.set_title(name.replace("_", " "))
         figure.suptitle("against baseline (95% bootstrap interval)")
         save(figure, "overhead.png", "overhead against baseline with confidence intervals")
+
+    for key, rows in (summary.get("curves") or {}).items():
+        panels = sorted({(row["point"], row["migration"]) for row in rows})
+        figure, axes = plt.subplots(
+            len(panels), len(CURVE_METRICS), figsize=(5 * len(CURVE_METRICS), 3.4 * len(panels)),
+            squeeze=False,
+        )  # fmt: skip
+        for axes_row, (point, kind) in zip(axes, panels, strict=True):
+            for axis, metric in zip(axes_row, CURVE_METRICS, strict=True):
+                for variant in sorted({r["variant"] for r in rows}, key=_variant_key):
+                    line = [
+                        r for r in rows
+                        if (r["point"], r["migration"], r["variant"]) == (point, kind, variant)
+                        and r[metric]["median"] is not None
+                    ]  # fmt: skip
+                    if not line:
+                        continue
+                    xs = [r[key] for r in line]
+                    ys = [r[metric]["median"] for r in line]
+                    errors = [
+                        [
+                            y - (r[metric]["ci95"] or [y, y])[0]
+                            for r, y in zip(line, ys, strict=True)
+                        ],
+                        [
+                            (r[metric]["ci95"] or [y, y])[1] - y
+                            for r, y in zip(line, ys, strict=True)
+                        ],
+                    ]
+                    axis.errorbar(xs, ys, yerr=errors, label=variant, color=colours[variant],
+                                  marker="o", capsize=3)  # fmt: skip
+                axis.set(xlabel=key, ylabel=metric.replace("_", " "),
+                         title=f"{point + ': ' if point else ''}{kind}")  # fmt: skip
+                axis.grid(alpha=0.3)
+                if axis.get_legend_handles_labels()[0]:
+                    axis.legend(fontsize=8)
+        figure.tight_layout()
+        save(figure, f"against-{key}.png", f"goodput, handshake and disruption against {key}")
 
     matrix = summary.get("matrix")
     if matrix:

@@ -1,7 +1,8 @@
 """Aggregates records per variant and compares each variant with `baseline` (pure).
 
 Ratios and differences are of medians, with a 95% percentile-bootstrap confidence interval
-(seeded, so the same records always give the same summary). With fewer than two samples on
+(scipy.stats.bootstrap, both groups resampled independently, seeded, so the same records
+always give the same summary). With fewer than two samples on
 either side the interval is null and the comparison says so instead of pretending.
 
 Deterministic counters (packet-ins, flow-mods, migration packet-ins, agent messages and bytes,
@@ -21,11 +22,14 @@ are kept only for compatibility).
 
 from __future__ import annotations
 
-import random
+import json
 import statistics
 from collections.abc import Callable, Iterable
 
-from testbed.matrix import point_label, survival_matrix
+import numpy as np
+from scipy import stats
+
+from testbed.analysis.matrix import point_label, survival_matrix
 
 SCHEMA_VERSION = 1
 BOOTSTRAP_RESAMPLES = 2000
@@ -72,23 +76,46 @@ def bootstrap_interval(
     compare: Callable[[float, float], float],
     seed: int,
 ) -> list[float] | None:
-    """CI of compare(median(variant), median(baseline)) by resampling both groups."""
+    """The CONFIDENCE percentile-bootstrap interval of compare(median(variant),
+    median(baseline)), resampling both groups independently (scipy.stats.bootstrap); None
+    with fewer than two samples on either side."""
     if len(variant) < 2 or len(baseline) < 2:
         return None
-    rng = random.Random(seed)
-    estimates = []
-    for _ in range(BOOTSTRAP_RESAMPLES):
-        a = statistics.median(rng.choices(variant, k=len(variant)))
-        b = statistics.median(rng.choices(baseline, k=len(baseline)))
-        if b != 0 or compare is _difference:
-            estimates.append(compare(a, b))
-    if not estimates:
+
+    def statistic(a, b, axis):
+        return compare(np.median(a, axis=axis), np.median(b, axis=axis))
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        result = stats.bootstrap(
+            (np.asarray(variant, dtype=float), np.asarray(baseline, dtype=float)),
+            statistic,
+            n_resamples=BOOTSTRAP_RESAMPLES,
+            confidence_level=CONFIDENCE,
+            method="percentile",
+            vectorized=True,
+            random_state=np.random.default_rng(seed),
+        )
+    low, high = result.confidence_interval
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return None  # a resampled baseline median of 0 under a ratio
+    return [float(low), float(high)]
+
+
+def median_interval(values: list[float], seed: int) -> list[float] | None:
+    """The CONFIDENCE percentile-bootstrap interval of one group's median (None below two
+    samples): what a table of medians against a swept parameter shows as its spread."""
+    if len(values) < 2:
         return None
-    estimates.sort()
-    tail = (1 - CONFIDENCE) / 2
-    low = estimates[int(tail * (len(estimates) - 1))]
-    high = estimates[int((1 - tail) * (len(estimates) - 1))]
-    return [low, high]
+    result = stats.bootstrap(
+        (np.asarray(values, dtype=float),),
+        np.median,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
+    )
+    return [float(result.confidence_interval.low), float(result.confidence_interval.high)]
 
 
 def _ratio(a: float, b: float) -> float:
@@ -204,6 +231,8 @@ def summarize(records: list[dict], seed: int = 0, split_points: bool = True) -> 
                         compare_groups(subset, base, seed)
                     )
     summary["matrix"] = survival_matrix(records)
+    if split_points:
+        summary["curves"] = {key: curves(records, key, seed) for key in curve_parameters(records)}
     labels = sorted({parameters_label(r.get("parameters") or {}) for r in records})
     if split_points and labels != [""] and labels:
         summary["points"] = [
@@ -278,3 +307,60 @@ def format_table(records: list[dict]) -> str:
         for row in rows
     ]
     return "\n".join(line.rstrip() for line in lines)
+
+
+# Medians with intervals against a swept numeric parameter (e.g. topology.hops).
+CURVE_METRICS = ("goodput_mbps", "handshake_ms", "disruption_ms")
+MIN_CURVE_POINTS = 3
+
+
+def curve_parameters(records: list[dict]) -> list[str]:
+    """Swept keys with at least MIN_CURVE_POINTS numeric values: worth a curve."""
+    values: dict[str, set] = {}
+    for record in records:
+        for key, value in (record.get("parameters") or {}).items():
+            values.setdefault(key, set()).add(json.dumps(value))
+    return sorted(
+        key
+        for key, seen in values.items()
+        if len(seen) >= MIN_CURVE_POINTS
+        and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in map(json.loads, seen)
+        )
+    )
+
+
+def curves(records: list[dict], key: str, seed: int = 0) -> list[dict]:
+    """One row per (rest of the sweep point, variant, migration kind, value of `key`): the
+    median of each CURVE_METRICS with its 95% bootstrap interval, what survived, and the
+    NAT mappings connections held at the end; rows ordered for plotting against `key`."""
+
+    def rest(record: dict) -> str:
+        others = {k: v for k, v in (record.get("parameters") or {}).items() if k != key}
+        return parameters_label(others)
+
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        value = (record.get("parameters") or {}).get(key)
+        if value is None:
+            continue
+        group = (rest(record), record["variant"], str(record["migration"]), value)
+        groups.setdefault(group, []).append(record)
+    rows = []
+    for (point, variant, kind, value), group in sorted(
+        groups.items(), key=lambda item: (item[0][0], item[0][1] != "baseline", item[0][1:])
+    ):
+        row = {
+            "point": point,
+            "variant": variant,
+            "migration": kind,
+            key: value,
+            "runs": len(group),
+            "verified": sum(bool(r["completed"] and r["verified"]) for r in group),
+            "nat_mappings": _median(_values(group, "nat_mappings")),
+        }
+        for metric in CURVE_METRICS:
+            values = _values(group, metric)
+            row[metric] = {"median": _median(values), "ci95": median_interval(values, seed)}
+        rows.append(row)
+    return rows

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from testbed.analysis.regression import Tolerance, flatten, judge
+from testbed.analysis.summary import summarize
 from testbed.cli import main
-from testbed.regression import Tolerance, flatten, judge
-from testbed.rundir import RunDirError, load_run
+from testbed.records.rundir import RunDirError, load_run
 from testbed.scenario import ScenarioError, load_scenario
-from testbed.summary import summarize
 
 SCENARIO = """\
 name: synthetic

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from testbed.matrix import format_matrix, survival_matrix
+from testbed.analysis.matrix import format_matrix, survival_matrix
 
 
 def record(variant="qasm", kind="active", functions=("ratelimit",), **fields):

@@ -1,0 +1,2 @@
+"""Analysis of run directories: summary with confidence intervals, the survival matrix,
+comparison of two runs, the regression gate and the report."""
