@@ -190,6 +190,9 @@ def test_keylog_decrypts_the_captured_1rtt_packets(harness_run):
 
 def test_the_switch_flow_table_is_dumped_after_the_run(harness_run):
     flows = (_artifacts(harness_run[0]) / "flows.txt").read_text()
-    assert flows.startswith("OFPST_FLOW reply (OF1.3)")
+    # One section per switch, headed by its bridge (one here: the dual-homed middlebox).
+    header, reply = flows.splitlines()[:2]
+    assert header.startswith("# q") and header.endswith("mb")
+    assert reply.startswith("OFPST_FLOW reply (OF1.3)")
     assert "actions=CONTROLLER" in flows  # the table-miss entry
     assert "actions=output:" in flows  # baseline's learned forwarding
