@@ -55,15 +55,23 @@ def _policy_evidence(records: list[dict]) -> tuple[str, list[str]]:
     if leakage > 0:
         outcome = "leaks"
         detail.append(f"up to {leakage} B above the rate limit")
-    mappings = max((r.get("nat_mappings") or 0 for r in records), default=0)
+    # Per hop: behind a chain of NATs each hop holds its own mapping of the connection.
+    mappings = max((max(_per_hop_mappings(r)) for r in records), default=0)
     if mappings > NAT_MAPPINGS_PER_CONNECTION:
         outcome = "leaks"
-        detail.append(f"up to {mappings} NAT mappings held")
+        detail.append(f"up to {mappings} NAT mappings held on a hop")
     moved = sum(1 for r in records if r.get("backend_changed"))
     if moved:
         outcome = outcome if outcome == "leaks" else "moved"
         detail.append(f"backend changed in {moved}/{len(records)} runs")
     return outcome, detail
+
+
+def _per_hop_mappings(record: dict) -> list[int]:
+    per_hop = (record.get("per_hop") or {}).get("nat_mappings")
+    if per_hop:
+        return [m or 0 for m in per_hop]
+    return [record.get("nat_mappings") or 0]  # records from before per-hop counts
 
 
 def matrix_cell(records: list[dict]) -> dict:

@@ -41,6 +41,7 @@ import json
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from aioquic.asyncio import QuicConnectionProtocol
@@ -193,11 +194,19 @@ class AgentLink:
     exchanges: list = field(default_factory=list)
     pending: list = field(default_factory=list)  # background exchanges (retirements)
 
-    async def exchange(self, counter: int, datagram: bytes, local_ip: str, what: str) -> dict:
+    async def exchange(
+        self, build: Callable[[], tuple[int, bytes]], local_ip: str, what: str
+    ) -> dict:
+        """Sends the report `build()` makes and waits for its ack, retrying the identical
+        datagram. The report is built only once its socket exists, with no await before it
+        is sent: its counter is taken when it leaves, so reports leave in counter order even
+        when a retirement and the next announcement overlap (a retirement whose counter was
+        taken before an announcement overtook it was rejected as a replay)."""
         loop = asyncio.get_running_loop()
         transport, channel = await loop.create_datagram_endpoint(
             _AgentReplies, local_addr=(local_ip, 0), remote_addr=self.address
         )
+        counter, datagram = build()
         started = time.monotonic()
         result = {"what": what, "accepted": False, "reason": "no reply", "attempts": 0}
         try:
@@ -246,8 +255,11 @@ async def migrate(
     )
     new_local = tuple(new_transport.get_extra_info("sockname")[:2])
     if agent is not None:
-        counter, datagram = agent.agent.announce(quic, old_local, new_local, plan.new_cid)
-        await agent.exchange(counter, datagram, new_local_ip, "announce")
+        await agent.exchange(
+            lambda: agent.agent.announce(quic, old_local, new_local, plan.new_cid),
+            new_local_ip,
+            "announce",
+        )
     old_dcid = quic._peer_cid.cid.hex()
     migrated_at = time.monotonic()
     protocol.switch_transport(new_transport, new_cid=plan.new_cid)
@@ -268,8 +280,7 @@ async def migrate(
 async def _retire_later(agent: AgentLink, quic: QuicConnection, old_local, local_ip: str):
     """Retires the old path once its socket is closed and nothing more can arrive on it."""
     await asyncio.sleep(OLD_SOCKET_GRACE_S)
-    counter, datagram = agent.agent.retire(quic, old_local)
-    await agent.exchange(counter, datagram, local_ip, "retire")
+    await agent.exchange(lambda: agent.agent.retire(quic, old_local), local_ip, "retire")
 
 
 def _acknowledged_bytes(quic: QuicConnection, stream_id: int, header_size: int) -> int:

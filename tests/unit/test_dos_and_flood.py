@@ -231,8 +231,8 @@ def test_forged_and_replayed_reports_do_not_spend_the_real_clients_budget():
     for _ in range(1000):
         assert receive(forged, "10.0.2.1", 0.0) is Reason.FORGED
         assert receive(real, "10.0.2.1", 0.0) is Reason.DUPLICATE
-    older = seal(Retire("c1", 0, b"\x01", ("10.0.1.1", 5)), KEY)
-    assert receive(older, "10.0.2.1", 0.0) is Reason.REPLAYED
+    reused = seal(Retire("c1", 1, b"\x01", ("10.0.1.1", 6)), KEY)  # counter 1, another body
+    assert receive(reused, "10.0.2.1", 0.0) is Reason.REPLAYED
     # The real client still has the rest of its burst.
     fresh = [seal(Retire("c1", n, b"\x01", ("10.0.1.1", 5)), KEY) for n in (2, 3, 4)]
     reasons = [receive(d, "10.0.1.1", 0.0) for d in fresh]

@@ -46,8 +46,20 @@ def test_leakage_and_stale_nat_mappings_leak():
     )
     outcomes = {(c["function"], c["variant"]): (c["outcome"], c["detail"]) for c in cells}
     assert outcomes[("ratelimit", "tuple")] == ("leaks", "up to 344000 B above the rate limit")
-    assert outcomes[("nat", "cid")] == ("leaks", "up to 2 NAT mappings held")
+    assert outcomes[("nat", "cid")] == ("leaks", "up to 2 NAT mappings held on a hop")
     assert outcomes[("nat", "qasm")] == ("survives", "")
+
+
+def test_behind_a_chain_each_hop_may_hold_one_mapping_of_the_connection():
+    chained = {"nat_mappings": 3, "leakage_bytes": None, "functions": ("nat",)}
+    cells = survival_matrix(
+        [
+            record(variant="qasm", **chained, per_hop={"nat_mappings": [1, 1, 1]}),
+            record(variant="cid", **chained, per_hop={"nat_mappings": [1, 2, 0]}),
+        ]
+    )
+    outcomes = {c["variant"]: c["outcome"] for c in cells}
+    assert outcomes == {"qasm": "survives", "cid": "leaks"}
 
 
 def test_backend_change_that_survived_is_moved():

@@ -1,0 +1,76 @@
+"""The client app's link to the Tracking Agent: reports leave in counter order."""
+
+from __future__ import annotations
+
+import asyncio
+
+from qasm.agents.client import ClientAgent
+from qasm.agents.messages import Ack, Announce, Retire, open_sealed, seal
+from testbed.apps import client as client_app
+
+KEY = b"k" * 32
+
+
+class _Transport:
+    def __init__(self, sent: list[bytes], channel) -> None:
+        self.sent, self.channel = sent, channel
+
+    def sendto(self, datagram: bytes) -> None:
+        self.sent.append(datagram)
+        report = open_sealed(datagram, KEY)
+        ack = seal(Ack(report.client, report.counter, True, "ok"), KEY)
+        asyncio.get_running_loop().call_soon(self.channel.datagram_received, ack, None)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_retirement_whose_socket_came_late_still_leaves_before_the_next_announcement(
+    monkeypatch,
+):
+    """A retirement and the next announcement overlap at a high migration rate: whichever
+    report leaves first must carry the lower counter, or the Tracking Agent rejects the other
+    as a replay (seen: a retirement rejected, its path's NAT port held to the end)."""
+    sent: list[bytes] = []
+
+    async def scenario() -> None:
+        retire_socket = asyncio.get_running_loop().create_future()
+
+        async def create_datagram_endpoint(factory, local_addr, remote_addr):
+            channel = factory()
+            if local_addr[0] == "10.0.1.1" and not retire_socket.done():
+                await retire_socket  # the retirement's socket is slow to come
+            return _Transport(sent, channel), channel
+
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(loop, "create_datagram_endpoint", create_datagram_endpoint)
+        agent = ClientAgent("c1", KEY)
+        link = client_app.AgentLink(agent, ("10.0.0.254", 7400))
+
+        def report(kind: str):
+            counter = agent._next_counter()
+            return counter, agent._sealed(
+                _retire(counter) if kind == "retire" else _announce(counter)
+            )
+
+        retirement = asyncio.create_task(link.exchange(lambda: report("retire"), "10.0.1.1", "x"))
+        await asyncio.sleep(0)
+        announcement = asyncio.create_task(
+            link.exchange(lambda: report("announce"), "10.0.2.1", "y")
+        )
+        await asyncio.sleep(0.01)
+        retire_socket.set_result(None)
+        results = await asyncio.gather(retirement, announcement)
+        assert all(r["accepted"] for r in results)
+
+    asyncio.run(scenario())
+    counters = [open_sealed(d, KEY).counter for d in sent]
+    assert counters == sorted(counters) == [1, 2]
+
+
+def _retire(counter):
+    return Retire("c1", counter, b"\x01" * 8, ("10.0.1.1", 5000))
+
+
+def _announce(counter):
+    return Announce("c1", counter, b"\x01" * 8, b"\x02" * 8, ("10.0.1.1", 5000), ("10.0.2.1", 6000))
