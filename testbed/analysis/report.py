@@ -14,23 +14,46 @@ Plots (matplotlib, Agg backend: no display) go to RUN_DIR/plots/:
   run's artifacts directory. Runs without samples or without a migration are left out.
 - `disruption.png`: disruption per run, per variant and kind; runs that lost the connection are
   counted under the axis instead of plotted (their disruption is undefined).
-- `overhead.png`: every comparison with baseline (estimate and 95% interval) per variant.
+- `overhead.png`: every comparison with baseline (estimate and 95% interval) per variant; a
+  comparison no variant has an estimate for (disruption when nothing migrated) gets no panel,
+  and with none left there is no figure.
 - `matrix.png`: the survival/policy matrix as a coloured table, when the summary has one.
 
 Every output is written to a temporary name and renamed, so an interrupted report never leaves
 a half-written file in place of a good one.
+
+Failures are shown grouped by reason with counts (`summary.failure_reasons`), never one line per
+connection: a run of 1,000 connections that fail alike is one row with `1000× reason`.
+
+metadata.json's `link_emulation` (`EmulatedLinks.record`) becomes a table with a row per link,
+links alike sharing one: the conditions asked, how each parameter is emulated, and the
+fidelity measured for those conditions at start.
+
+Controller CPU is what the runner records: the controller process's CPU time over the whole
+run (/proc/PID/stat, in 10 ms clock ticks), its start-up included (Python imports, the OpenFlow
+handshake: 0.4-0.6 s of the single-connection runs of scenarios/default.yaml), divided by the
+run's connections. With few connections it is mostly start-up, so the report labels it so and
+derives nothing per decision from it.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from testbed.analysis.matrix import point_label, row_label
-from testbed.analysis.summary import COMPARISONS, COUNTERS, CURVE_METRICS, summarize
+from testbed.analysis.summary import (
+    COMPARISONS,
+    COUNTERS,
+    CURVE_METRICS,
+    failure_text,
+    parameters_label,
+    summarize,
+)
 from testbed.records.rundir import RunDir
 
 PLOTS_DIR = "plots"
@@ -46,6 +69,17 @@ OUTCOME_COLOURS = {
 }
 UNKNOWN_COLOUR = "#dddddd"
 VARIANT_ORDER = ("baseline", "tuple", "cid", "qasm", "qasm-pull", "quic-lb")
+# The runner's controller CPU (see the module docstring) and the comparison made of it.
+CPU_LABEL = "controller CPU s/conn (run total incl. start-up ÷ connections)"
+CPU_NOTE = (
+    "Controller CPU is the controller process's CPU time over the whole run, its start-up "
+    "included, divided by the run's connections (10 ms resolution): with few connections it "
+    "is mostly start-up, so it bounds a connection's cost from above and is not the cost of a "
+    "decision; `controller_cpu_ratio` compares these values."
+)
+COMPARISON_LABELS = {"controller_cpu_ratio": "controller_cpu_ratio (incl. start-up)"}
+REPORT_FAILURE_REASONS = 5  # most frequent reasons in a result row
+REPORT_FAILURE_WIDTH = 300  # characters of reason text in a result row, shared among them
 
 
 @dataclass(frozen=True)
@@ -113,14 +147,23 @@ def _results_table(summary: dict) -> Table:
                     _fmt(group["median_goodput_mbps"], 1),
                     _fmt(group["median_disruption_ms"], 1),
                     _fmt(group.get("median_controller_cpu_s"), 3),
-                    "; ".join(group["failures"]),
+                    _failures_text(group),
                 )
             )
     header = (
         "variant", "migration", "runs", "completed", "verified", "handshake ms",
-        "goodput Mbit/s", "disruption ms", "controller CPU s/conn", "failures",
+        "goodput Mbit/s", "disruption ms", CPU_LABEL, "failures",
     )  # fmt: skip
     return Table(header, tuple(rows))
+
+
+def _failures_text(group: dict) -> str:
+    """Grouped reasons with counts; a summary from before `failure_reasons` lists its texts."""
+    if "failure_reasons" not in group:
+        return "; ".join(group.get("failures") or [])
+    return failure_text(
+        group["failure_reasons"], max_reasons=REPORT_FAILURE_REASONS, width=REPORT_FAILURE_WIDTH
+    )
 
 
 def _comparison_table(summary: dict) -> Table | None:
@@ -136,7 +179,8 @@ def _comparison_table(summary: dict) -> Table | None:
             )
     if not rows:
         return None
-    header = ("variant", "migration") + tuple(COMPARISONS) + ("completed fraction",)
+    labels = tuple(COMPARISON_LABELS.get(name, name) for name in COMPARISONS)
+    header = ("variant", "migration") + labels + ("completed fraction",)
     return Table(header, tuple(rows))
 
 
@@ -221,10 +265,178 @@ def _curve_table(rows: list[dict], key: str) -> Table:
     )
 
 
+# --- link emulation (metadata.json's link_emulation, from EmulatedLinks.record) ---------------
+
+LINK_PARAMETERS = {
+    "bw_mbit": "bandwidth",
+    "delay_ms": "delay",
+    "jitter_ms": "jitter",
+    "loss_pct": "loss",
+}
+IMPAIRMENTS = ("delay_ms", "jitter_ms", "loss_pct")
+DIRECTIONS = (("egress", "forward"), ("ingress", "backward"))  # from / towards the link's host
+LINKS_NAMED = 3  # links alike beyond this many are counted, not listed
+
+
+def _emulations(link_emulation) -> list[dict]:
+    """Every emulation of the run: the first, then those a sweep over topology added."""
+    if not isinstance(link_emulation, dict) or not link_emulation:
+        return []
+    first = {key: value for key, value in link_emulation.items() if key != "emulations"}
+    others = link_emulation.get("emulations") or []
+    return [first] + [entry for entry in others if isinstance(entry, dict)]
+
+
+def _impaired(conditions: dict) -> bool:
+    return any(conditions.get(name) for name in IMPAIRMENTS)
+
+
+def link_emulation_fact(link_emulation) -> str:
+    """One line for the facts table: the method, bandwidth shaping, whether fidelity was
+    measured; the per-link detail is `link_emulation_table`."""
+    if link_emulation is None:
+        return "- (not recorded: no emulation was started)"
+    if not isinstance(link_emulation, dict):
+        return str(link_emulation)
+    entries = _emulations(link_emulation)
+    if not any(entry.get("links") for entry in entries):
+        return "none recorded"
+    methods = sorted({str(entry["method"]) for entry in entries if entry.get("method")})
+    parts = [f"delay/loss method {', '.join(methods)}" if methods else "no delay/loss method"]
+    if link_emulation.get("bandwidth"):
+        parts.append(f"bandwidth by {link_emulation['bandwidth']}")
+    impaired = any(
+        _impaired(link.get("conditions") or {})
+        for entry in entries
+        for link in (entry.get("links") or {}).values()
+    )
+    cases = sum(len(entry.get("fidelity") or []) for entry in entries)
+    if cases:
+        seconds = sum(entry.get("fidelity_seconds") or 0 for entry in entries)
+        parts.append(f"fidelity measured for {cases} condition(s) in {seconds:g} s")
+    elif impaired:
+        parts.append("fidelity not measured")
+    else:
+        parts.append("no link asks for delay, jitter or loss")
+    links = sum(len(entry.get("links") or {}) for entry in entries)
+    parts.append(f"{links} link(s), per link below")
+    return "; ".join(parts)
+
+
+def _asked_text(conditions: dict) -> str:
+    bandwidth = conditions.get("bw_mbit")
+    parts = [f"{bandwidth:g} Mbit/s" if bandwidth else "unshaped"]
+    if conditions.get("delay_ms"):
+        jitter = conditions.get("jitter_ms")
+        parts.append(
+            f"delay {conditions['delay_ms']:g}" + (f" ± {jitter:g}" if jitter else "") + " ms"
+        )
+    if conditions.get("loss_pct"):
+        parts.append(f"loss {conditions['loss_pct']:g} %")
+    if not _impaired(conditions):
+        parts.append("no delay or loss")
+    elif conditions.get("limit_packets"):
+        parts.append(f"at most {conditions['limit_packets']} packets held")
+    return ", ".join(parts)
+
+
+def _emulated_by_text(emulated_by: dict) -> str:
+    """`delay: NFQUEUE delay line ...; jitter: as delay, uniform ±, FIFO; loss: ...`: a
+    parameter emulated like an earlier one (jitter by the delay's mechanism) says so."""
+    parts, seen = [], {}
+    for name, label in LINK_PARAMETERS.items():
+        how = emulated_by.get(name)
+        if how in (None, "none"):
+            continue
+        for earlier, text in seen.items():
+            if how == text or how.startswith(text + ", "):
+                how = f"as {earlier}{how[len(text) :]}"
+                break
+        else:
+            seen[label] = how
+        parts.append(f"{label}: {how}")
+    return "; ".join(parts) or "nothing to emulate"
+
+
+def _fidelity_of(conditions: dict, fidelity: list[dict]) -> dict | None:
+    """The measurement of these conditions: measured once per distinct delay, jitter, loss
+    and limit (bandwidth aside), so links asking the same share one."""
+    keys = (*IMPAIRMENTS, "limit_packets")
+    wanted = tuple(conditions.get(key) for key in keys)
+    for case in fidelity:
+        asked = case.get("asked") or {}
+        if tuple(asked.get(key) for key in keys) == wanted:
+            return case
+    return None
+
+
+def _number(value, digits: int) -> str:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"  # null or NaN: nothing arrived to measure
+    return f"{value:.{digits}f}"
+
+
+def _measured_text(case: dict | None) -> str:
+    if case is None:
+        return "not measured"
+    parts = []
+    for label, key in DIRECTIONS:
+        direction = case.get(key) or {}
+        loss = f"loss {_number(direction.get('loss_pct'), 1)} %"
+        interval = direction.get("loss_ci_pct")
+        if interval:
+            loss += f" [{_number(interval[0], 1)}, {_number(interval[1], 1)}]"
+        parts.append(
+            f"{label} delay {_number(direction.get('delay_ms'), 2)}"
+            f" ± {_number(direction.get('jitter_ms'), 2)} ms, {loss}"
+        )
+    probes = case.get("probes")
+    return "; ".join(parts) + (f" ({probes} probes)" if probes else "")
+
+
+def _links_text(names: list[str]) -> str:
+    if len(names) <= LINKS_NAMED:
+        return ", ".join(names)
+    return f"{len(names)} links: {', '.join(names[:LINKS_NAMED])}, …"
+
+
+def link_emulation_table(link_emulation) -> Table | None:
+    """One row per link (per emulation, in a sweep over topology): asked conditions, how
+    each parameter is emulated, and the fidelity measured for them; links alike in all three
+    share a row (a hundred clients' wifi links are one), so the table stays short. None
+    without links."""
+    entries = _emulations(link_emulation)
+    several = len(entries) > 1
+    rows = []
+    for entry in entries:
+        point = parameters_label(entry.get("parameters") or {}) or "-"
+        alike: dict[tuple[str, str, str], list[str]] = {}
+        for name, link in (entry.get("links") or {}).items():
+            conditions = link.get("conditions") or {}
+            measured = (
+                _measured_text(_fidelity_of(conditions, entry.get("fidelity") or []))
+                if _impaired(conditions)
+                else "-"
+            )
+            key = (
+                _asked_text(conditions),
+                _emulated_by_text(link.get("emulated_by") or {}),
+                measured,
+            )
+            alike.setdefault(key, []).append(str(link.get("interface") or name))
+        for key, names in alike.items():
+            rows.append(((point,) if several else ()) + (_links_text(names),) + key)
+    if not rows:
+        return None
+    header = ("link", "asked", "emulated by", "measured at start")
+    return Table((("emulation",) if several else ()) + header, tuple(rows))
+
+
 def _summary_blocks(summary: dict, level: int) -> list:
     blocks: list = [
         Heading(level, "Results per variant and migration kind"),
         _results_table(summary),
+        Paragraph(CPU_NOTE),
     ]
     comparison = _comparison_table(summary)
     blocks.append(Heading(level, "Against baseline"))
@@ -270,9 +482,21 @@ def build_blocks(run: RunDir, summary: dict, images: list[Image]) -> list:
         ("started / ended", f"{metadata.get('started_at')} / {metadata.get('ended_at')}"),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
         ("datapath", str(metadata.get("ovs_datapath"))),
-        ("link emulation", str(metadata.get("link_emulation"))),
+        ("link emulation", link_emulation_fact(metadata.get("link_emulation"))),
     )
     blocks.append(Table(("", ""), facts))
+    links = link_emulation_table(metadata.get("link_emulation"))
+    if links is not None:
+        blocks += [
+            Heading(2, "Link emulation"),
+            Paragraph(
+                "Per link: the conditions asked, how each is emulated, and what was measured "
+                "on a twin veth pair at start (mean one-way delay over the unimpaired pair's, "
+                "jitter as √3·σ, loss with its 95% interval; egress = from the link's host). "
+                "Bandwidth is shaped, not measured."
+            ),
+            links,
+        ]
     if not run.records:
         blocks.append(Paragraph("No finished records yet: nothing to summarise."))
         return blocks
@@ -504,8 +728,8 @@ def plot_all(run: RunDir, summary: dict, plots_dir: Path) -> list[Image]:
         save(figure, "disruption.png", "disruption per variant and migration kind")
 
     compared = summary.get("comparison_with_baseline", {})
-    if compared:
-        names = list(COMPARISONS)
+    names = overhead_metrics(compared)
+    if names:
         figure, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False)
         variants = sorted(compared, key=_variant_key)
         for axis, name in zip(axes[0], names, strict=True):
@@ -523,7 +747,7 @@ def plot_all(run: RunDir, summary: dict, plots_dir: Path) -> list[Image]:
                          color=colours[variant], yerr=error, capsize=6)  # fmt: skip
             axis.axhline(neutral, color="black", linewidth=1)
             axis.set_xticks(range(len(variants)), variants)
-            axis.set_title(name.replace("_", " "))
+            axis.set_title(COMPARISON_LABELS.get(name, name).replace("_", " "))
         figure.suptitle("against baseline (95% bootstrap interval)")
         save(figure, "overhead.png", "overhead against baseline with confidence intervals")
 
@@ -589,6 +813,16 @@ def plot_all(run: RunDir, summary: dict, plots_dir: Path) -> list[Image]:
         axis.set_title("survival/policy matrix (verified/runs)")
         save(figure, "matrix.png", "survival/policy matrix")
     return images
+
+
+def overhead_metrics(compared: dict) -> list[str]:
+    """The comparisons `overhead.png` draws: those with an estimate for some variant (no
+    disruption is estimated when nothing migrated, and a panel of "n/a" says nothing)."""
+    return [
+        name
+        for name in COMPARISONS
+        if any(comparison[name]["estimate"] is not None for comparison in compared.values())
+    ]
 
 
 def _matrix_entry(cell: dict | None) -> str:

@@ -18,11 +18,18 @@ compared with baseline as a ratio with the same bootstrap interval. `comparison_
 repeats the comparison per migration kind. When records carry sweep `parameters`, `points`
 holds one full summary per distinct parameter set (the top-level keys then mix the points and
 are kept only for compatibility).
+
+Failures are grouped by reason (`failure_reasons`): two failure texts that differ only in
+numbers, IPv4 addresses, ports or hex identifiers (packet counts, the migrated 5-tuple, a CID)
+are one reason, shown by the first real text of the group. At 1,000 connections per run most
+failures share a few reasons, and a reader wants their counts, not a thousand lines. The
+progress line after each run, the result table and the report all group with it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections.abc import Callable, Iterable
 
@@ -142,12 +149,138 @@ def _comparison(variant: list[float], baseline: list[float], kind: str, seed: in
     return {"estimate": compare(a, b), "ci95": interval, "note": note}
 
 
+# Replaced, in this order, by placeholders before failure texts are compared: an IPv4
+# address with its optional port, a hex identifier of 8+ digits holding a decimal digit (a
+# CID; asking for a decimal digit keeps plain words out), then any other number.
+_ADDRESS = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+_HEX = re.compile(r"\b(?=[0-9a-f]*\d)[0-9a-f]{8,}\b", re.IGNORECASE)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def failure_key(text: str) -> str:
+    """The form failure texts are grouped on: numbers, addresses, ports and hex IDs replaced."""
+    text = _ADDRESS.sub("<addr>", text)
+    text = _HEX.sub("<hex>", text)
+    return " ".join(_NUMBER.sub("<n>", text).split())
+
+
+def failure_reason(record: dict) -> str | None:
+    """Why this connection failed (None when it completed and verified)."""
+    if record.get("completed") and record.get("verified"):
+        return None
+    if record.get("failure"):
+        return record["failure"]
+    return "completed but not verified" if record.get("completed") else "no reason recorded"
+
+
+def failure_reasons(records: Iterable[dict]) -> list[dict]:
+    """The failed records grouped by `failure_key` of their reason, most frequent first (ties
+    in order of appearance): `reason` is the group's first real text, `count` its records,
+    `clients` the distinct clients that failed so, in order of appearance."""
+    groups: dict[str, dict] = {}
+    for record in records:
+        reason = failure_reason(record)
+        if reason is None:
+            continue
+        group = groups.setdefault(
+            failure_key(reason), {"reason": reason, "count": 0, "clients": {}}
+        )
+        group["count"] += 1
+        if record.get("client") is not None:
+            group["clients"][record["client"]] = None  # a dict: ordered, and O(1) to look up
+    ordered = sorted(groups.values(), key=lambda group: -group["count"])  # stable: ties in order
+    return [{**group, "clients": list(group["clients"])} for group in ordered]
+
+
+MIN_REASON_CHARS = 40  # "connection closed by idle timeout (3 s…" still says what happened
+# Characters of reason text in a row of `format_table`: one reason this long keeps the
+# middlebox's drop evidence of the usual "idle timeout (…); middlebox dropped N packets of
+# ADDR>ADDR: reason (…)" (121 characters in a run of scenarios/default.yaml).
+TABLE_FAILURE_WIDTH = 130
+
+
+def _asides(text: str) -> list[tuple[int, int]]:
+    """The spans of top-level parenthesised asides in `text`, each with its leading space."""
+    spans, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        if char == "(":
+            if depth == 0:
+                start = index - 1 if index and text[index - 1] == " " else index
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+            if depth == 0:
+                spans.append((start, index + 1))
+    return spans
+
+
+def shorten(text: str, limit: int) -> str:
+    """`text` in at most `limit` characters. Parenthesised asides become "(…)" first, the
+    last one first (failure texts put detail there: "idle timeout (3 s without a packet
+    ...); middlebox dropped ...: not_an_initial (short header ...)" keeps what was dropped
+    and why); then the tail is cut, at a word boundary when one is near, and ends with …"""
+    text = " ".join(text.split())
+    for start, end in reversed(_asides(text)):
+        if len(text) <= limit:
+            return text
+        text = text[:start] + (" (…)" if text[start] == " " else "(…)") + text[end:]
+        text = text.replace(" (…) (…)", " (…)")
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.removesuffix(" (…)").rstrip(" ;,:(") + "…"
+
+
+def _shares(width: int, texts: list[str]) -> list[int]:
+    """`width` characters shared among `texts`: a short one gets what it needs, the long ones
+    split the rest evenly (so "5× payload mismatch" leaves its room to a long reason)."""
+    shares = [0] * len(texts)
+    left, waiting = width, sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    while waiting:
+        index = waiting.pop(0)
+        shares[index] = min(len(texts[index]), left // (len(waiting) + 1))
+        left -= shares[index]
+    return shares
+
+
+def failure_text(
+    reasons: list[dict],
+    *,
+    max_reasons: int = 3,
+    width: int = 120,
+    clients: int = 0,
+    times: str = "× ",
+) -> str:
+    """`15× idle timeout; 5× payload mismatch` from `failure_reasons`: the `max_reasons` most
+    frequent, their texts sharing `width` characters (`_shares`; one reason gets them all, so
+    its evidence after the first clause survives; never under MIN_REASON_CHARS each), with up
+    to `clients` example clients each, then how many other reasons and failures were left out."""
+    shown, rest = reasons[:max_reasons], reasons[max_reasons:]
+    texts = [" ".join(group["reason"].split()) for group in shown]
+    parts = []
+    for group, text, limit in zip(shown, texts, _shares(width, texts), strict=True):
+        part = f"{group['count']}{times}{shorten(text, max(MIN_REASON_CHARS, limit))}"
+        if clients and group["clients"]:
+            examples = ", ".join(map(str, group["clients"][:clients]))
+            more = ", …" if len(group["clients"]) > clients else ""
+            part += f" ({examples}{more})"
+        parts.append(part)
+    if rest:
+        others = "reason" if len(rest) == 1 else "reasons"
+        parts.append(f"+{len(rest)} other {others} ({sum(g['count'] for g in rest)} failed)")
+    return "; ".join(parts)
+
+
 def summarize_group(records: list[dict]) -> dict:
     group = {
         "runs": len(records),
         "completed": sum(r["completed"] for r in records),
         "verified": sum(r["verified"] for r in records),
         "failures": sorted({r["failure"] for r in records if r.get("failure")}),
+        "failure_reasons": failure_reasons(records),
     }
     for metric in NUMERIC_METRICS:
         group[f"median_{metric}"] = _median(_values(records, metric))
@@ -263,11 +396,12 @@ def _format(value, digits: int = 1) -> str:
 
 
 def format_table(records: list[dict]) -> str:
-    """One row per (point, variant, migration kind): the numbers a reader checks first. The
+    """One row per (point, variant, migration kind): the numbers a reader checks first, and
+    why connections failed, grouped (`failure_reasons`) with counts, most frequent first. The
     point column (functions and sweep values) appears only when records differ in it."""
     header = (
         "point", "variant", "migration", "runs", "completed", "verified", "handshake_ms",
-        "goodput_mbps", "disruption_ms", "packet_ins", "flow_mods", "failure",
+        "goodput_mbps", "disruption_ms", "packet_ins", "flow_mods", "failures",
     )  # fmt: skip
     rows = [header]
     keys = sorted(
@@ -282,7 +416,7 @@ def format_table(records: list[dict]) -> str:
                 if (point_label(r), r["variant"], str(r["migration"])) == (point, variant, kind)
             ]
         )
-        failure = group["failures"][0] if group["failures"] else ""
+        failure = failure_text(group["failure_reasons"], width=TABLE_FAILURE_WIDTH)
         rows.append(
             (
                 point,
@@ -296,7 +430,7 @@ def format_table(records: list[dict]) -> str:
                 _format(group["median_disruption_ms"]),
                 _format(group["median_packet_ins"]),
                 _format(group["median_flow_mods"]),
-                failure[:90] + ("..." if len(failure) > 90 else ""),
+                failure,
             )
         )
     if len({row[0] for row in rows[1:]}) <= 1:

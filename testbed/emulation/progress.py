@@ -4,6 +4,10 @@ On a terminal a status line shows the run in progress and is replaced by the run
 line when it ends; elsewhere (CI logs, pipes) only the result lines are written, one per run,
 so a log never fills with carriage returns. The ETA is the mean duration of finished runs
 times the runs left: runs of one scenario take similar times, and it needs no model.
+
+A run's outcome is one line however many clients it had (the runner groups failures by
+reason); a reason that spans lines (a process's stderr) is joined into it, so a log keeps
+one line per run.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class Progress:
 
     def end(self, index: int, what: str, outcome: str, seconds: float) -> None:
         self.finished += 1
+        outcome = " ".join(outcome.split())
         line = f"[{index}/{self.total}] {what}: {outcome} ({seconds:.1f} s; {self.status()})"
         self.stream.write(("\r\033[K" if self.interactive else "") + line + "\n")
         self.stream.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,9 @@ def good_records(qasm_goodput=(44.0, 45.0, 46.0), qasm_packet_ins=6):
     return records
 
 
-def write_run(directory: Path, records, *, status="finished", scenario="synthetic", tail=""):
+def write_run(
+    directory: Path, records, *, status="finished", scenario="synthetic", tail="", **metadata
+):
     directory.mkdir(parents=True)
     scenario_path = directory.parent / f"{scenario}.yaml"
     if not scenario_path.exists():
@@ -58,7 +61,7 @@ def write_run(directory: Path, records, *, status="finished", scenario="syntheti
     metadata = {
         "schema_version": 1, "scenario": str(scenario_path), "scenario_sha256": None,
         "scenario_name": scenario, "seed": 3, "git_commit": "abc123", "status": status,
-        "started_at": "2026-11-23T00:00:00", "ended_at": None,
+        "started_at": "2026-11-23T00:00:00", "ended_at": None, **metadata,
     }  # fmt: skip
     (directory / "metadata.json").write_text(json.dumps(metadata))
     lines = "".join(json.dumps(r) + "\n" for r in records)
@@ -305,3 +308,191 @@ def test_the_shipped_ci_scenario_declares_valid_tolerances():
     scenario = load_scenario(Path(__file__).resolve().parents[2] / "scenarios" / "ci.yaml")
     patterns = dict(scenario.regression)
     assert patterns["counters.*.*.packet_ins"] == Tolerance("absolute", 8.0)
+
+
+# --- readable at 1,000 records; link emulation; overhead panels; controller CPU ----------------
+
+# metadata.json's link_emulation as recorded by `qasm run scenarios/default.yaml` on this
+# project's CI machine (nfqueue method available, no link asking for delay or loss).
+RECORDED_LINK_EMULATION = {
+    "method": "nfqueue-delay+xt_statistic-loss",
+    "bandwidth": "tc htb on both link ends (Mininet TCLink)",
+    "links": {
+        "q623fsrv-eth0": {
+            "interface": "q623fsrv-eth0", "method": None,
+            "conditions": {"bw_mbit": None, "delay_ms": 0.0, "jitter_ms": 0.0, "loss_pct": 0.0,
+                           "limit_packets": 1000},
+            "emulated_by": {"bw_mbit": "none", "delay_ms": "none", "jitter_ms": "none",
+                            "loss_pct": "none"},
+            "host": "q623fsrv",
+        },
+        "q623fc1-wifi": {
+            "interface": "q623fc1-wifi", "method": None,
+            "conditions": {"bw_mbit": 50.0, "delay_ms": 0.0, "jitter_ms": 0.0, "loss_pct": 0.0,
+                           "limit_packets": 1000},
+            "emulated_by": {"bw_mbit": "HTB on both link ends (Mininet TCLink)",
+                            "delay_ms": "none", "jitter_ms": "none", "loss_pct": "none"},
+            "host": "q623fc1",
+        },
+        "q623fc1-lte": {
+            "interface": "q623fc1-lte", "method": None,
+            "conditions": {"bw_mbit": 50.0, "delay_ms": 0.0, "jitter_ms": 0.0, "loss_pct": 0.0,
+                           "limit_packets": 1000},
+            "emulated_by": {"bw_mbit": "HTB on both link ends (Mininet TCLink)",
+                            "delay_ms": "none", "jitter_ms": "none", "loss_pct": "none"},
+            "host": "q623fc1",
+        },
+    },
+    "fidelity": [],
+    "fidelity_seconds": None,
+}  # fmt: skip
+
+
+def impaired_link_emulation() -> dict:
+    """What EmulatedLinks.record() writes for a wifi link asking 25 ± 2 ms and 1 % loss, with
+    the fidelity measured for it (values of a harness run's order of magnitude)."""
+    from testbed.emulation import links
+    from testbed.emulation.link_emulation import EmulatedLinks, LinkEnd
+
+    wifi = links.LinkConditions(bw_mbit=50.0, delay_ms=25.0, jitter_ms=2.0, loss_pct=1.0)
+    lte = links.LinkConditions(bw_mbit=50.0)
+    ends = [LinkEnd("q9a1bc1", "q9a1bc1-wifi", wifi), LinkEnd("q9a1bc1", "q9a1bc1-lte", lte)]
+    method = links.METHOD_NFQUEUE
+    applied = links.LinkEmulation("q9a1bc1-wifi", wifi, method, popen=None)
+    forward = links.DirectionFidelity(25.112, 1.954, 1.0, (0.275, 3.567), 200, 2, 196)
+    backward = links.DirectionFidelity(24.987, 2.031, 0.505, (0.089, 2.78), 198, 1, 196)
+    fidelity = links.Fidelity(
+        replace(wifi, bw_mbit=None), method, 200, 0.002, forward, backward
+    ).to_dict()
+    emulated = EmulatedLinks(method, ends, [applied], [fidelity], 4.12)
+    return json.loads(json.dumps(emulated.record()))  # as metadata.json holds it
+
+
+def test_the_report_shows_link_emulation_as_a_table_not_a_dict(tmp_path):
+    run = write_run(tmp_path / "run", good_records(), link_emulation=RECORDED_LINK_EMULATION)
+    assert main(["report", str(run), "--no-plots"]) == 0
+    markdown = (run / "report.md").read_text()
+    assert "{'method'" not in markdown and "'links'" not in markdown
+    assert (
+        "| link emulation | delay/loss method nfqueue-delay+xt_statistic-loss; bandwidth by tc "
+        "htb on both link ends (Mininet TCLink); no link asks for delay, jitter or loss; 3 "
+        "link(s), per link below |"
+    ) in markdown
+    assert "| link | asked | emulated by | measured at start |" in markdown
+    assert "| q623fsrv-eth0 | unshaped, no delay or loss | nothing to emulate | - |" in markdown
+    assert (
+        "| q623fc1-wifi, q623fc1-lte | 50 Mbit/s, no delay or loss | bandwidth: HTB on both link "
+        "ends (Mininet TCLink) | - |"
+    ) in markdown
+    page = (run / "report.html").read_text()
+    assert "<td>q623fsrv-eth0</td><td>unshaped, no delay or loss</td>" in page
+
+
+def test_the_link_table_names_each_parameters_method_and_the_measured_fidelity():
+    from testbed.analysis.report import link_emulation_fact, link_emulation_table
+
+    recorded = impaired_link_emulation()
+    assert link_emulation_fact(recorded) == (
+        "delay/loss method nfqueue-delay+xt_statistic-loss; bandwidth by tc htb on both link "
+        "ends (Mininet TCLink); fidelity measured for 1 condition(s) in 4.12 s; 2 link(s), per "
+        "link below"
+    )
+    table = link_emulation_table(recorded)
+    wifi, lte = table.rows
+    assert wifi[:2] == (
+        "q9a1bc1-wifi",
+        "50 Mbit/s, delay 25 ± 2 ms, loss 1 %, at most 1000 packets held",
+    )
+    assert wifi[2] == (
+        "bandwidth: HTB on both link ends (Mininet TCLink); delay: NFQUEUE delay line "
+        "(testbed.emulation.delayline), host namespace, both directions; jitter: as delay, "
+        "uniform ±, FIFO; loss: iptables-legacy xt_statistic random DROP, host namespace, both "
+        "directions"
+    )
+    assert wifi[3] == (
+        "egress delay 25.11 ± 1.95 ms, loss 1.0 % [0.3, 3.6]; "
+        "ingress delay 24.99 ± 2.03 ms, loss 0.5 % [0.1, 2.8] (200 probes)"
+    )
+    assert lte == (
+        "q9a1bc1-lte", "50 Mbit/s, no delay or loss",
+        "bandwidth: HTB on both link ends (Mininet TCLink)", "-",
+    )  # fmt: skip
+    # an impaired link whose conditions were not measured says so
+    recorded["fidelity"] = []
+    assert link_emulation_table(recorded).rows[0][3] == "not measured"
+    assert "fidelity not measured" in link_emulation_fact(recorded)
+    assert link_emulation_fact(None).startswith("- (not recorded")
+    assert link_emulation_table(None) is None and link_emulation_table({}) is None
+
+
+def test_a_sweep_over_topology_gets_a_row_per_emulation_and_alike_links_share_one():
+    from testbed.analysis.report import link_emulation_table
+
+    first = {**RECORDED_LINK_EMULATION, "parameters": {"topology.clients": 1}}
+    wide = json.loads(json.dumps(RECORDED_LINK_EMULATION))
+    template = wide["links"].pop("q623fc1-wifi")
+    for index in range(1, 101):
+        name = f"q623fc{index}-wifi"
+        wide["links"][name] = {**template, "interface": name, "host": f"q623fc{index}"}
+    wide["parameters"] = {"topology.clients": 100}
+    table = link_emulation_table({**first, "emulations": [wide]})
+    assert table.header[:2] == ("emulation", "link")
+    assert [row[:2] for row in table.rows] == [
+        ("topology.clients=1", "q623fsrv-eth0"),
+        ("topology.clients=1", "q623fc1-wifi, q623fc1-lte"),
+        ("topology.clients=100", "q623fsrv-eth0"),
+        ("topology.clients=100", "101 links: q623fc1-lte, q623fc1-wifi, q623fc2-wifi, …"),
+    ]
+
+
+def test_the_report_groups_a_thousand_failures_by_reason_and_labels_controller_cpu(tmp_path):
+    records = good_records()
+    for client in range(1000):
+        failure = (
+            f"connection closed by idle timeout (3 s without a packet from the server); "
+            f"middlebox dropped {client % 90 + 10} packets of 10.0.1.1:{40000 + client}>"
+            f"10.0.0.250:4433: not_an_initial (short header (not a connection's first packet))"
+            if client % 4
+            else "payload mismatch"
+        )
+        records.append(record("qasm", 3, 0, completed=False, client=f"c{client}", failure=failure))
+    run = write_run(tmp_path / "run", records)
+    assert main(["report", str(run), "--no-plots"]) == 0
+    markdown = (run / "report.md").read_text()
+    (row,) = [line for line in markdown.splitlines() if line.startswith("| qasm | active | 1003 |")]
+    cells = row.split(" | ")
+    assert cells[3:5] == ["3", "3"]  # completed, verified
+    assert cells[-1] == (
+        "750× connection closed by idle timeout (3 s without a packet from the server); "
+        "middlebox dropped 11 packets of 10.0.1.1:40001>10.0.0.250:4433: not_an_initial (short "
+        "header (not a connection's first packet)); 250× payload mismatch |"
+    )
+    assert "controller CPU s/conn (run total incl. start-up ÷ connections)" in markdown
+    assert "its start-up included" in markdown
+    assert "controller_cpu_ratio (incl. start-up)" in markdown
+
+
+def test_overhead_draws_only_comparisons_some_variant_has_and_none_without(tmp_path):
+    from testbed.analysis.report import overhead_metrics
+
+    # nothing migrated: no disruption anywhere, so no disruption panel
+    records = [{**r, "disruption_ms": None} for r in good_records()]
+    compared = summarize(records, seed=3)["comparison_with_baseline"]
+    assert overhead_metrics(compared) == [
+        "goodput_ratio", "handshake_ms_difference", "handshake_ratio", "controller_cpu_ratio",
+    ]  # fmt: skip
+    run = write_run(tmp_path / "some", records)
+    assert main(["report", str(run)]) == 0
+    assert (run / "plots" / "overhead.png").exists()
+
+    # every qasm connection lost before its handshake: no comparison has an estimate
+    lost = [r for r in good_records() if r["variant"] == "baseline"] + [
+        record("qasm", i, 0, completed=False, handshake_ms=None, controller_cpu_s=None)
+        for i in range(3)
+    ]
+    assert overhead_metrics(summarize(lost, seed=3)["comparison_with_baseline"]) == []
+    run = write_run(tmp_path / "none", lost)
+    assert main(["report", str(run)]) == 0
+    written = sorted(path.name for path in (run / "plots").iterdir())
+    assert written == ["disruption.png", "goodput-around-migration.png", "matrix.png"]
+    assert "overhead.png" not in (run / "report.md").read_text()

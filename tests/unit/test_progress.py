@@ -47,3 +47,13 @@ def test_terminal_shows_the_running_run_and_replaces_it():
     assert stream.getvalue().endswith(
         "\r\033[K[1/2] tuple nat-rebind rep 1: ok (3725.0 s; elapsed 1:02:05, ETA 1:02:05)\n"
     )
+
+
+def test_an_outcome_spanning_lines_stays_one_line_per_run():
+    stream = io.StringIO()
+    progress = Progress(1, stream, FakeClock())
+    progress.end(1, "qasm active rep 0", "FAILED (server exited:\n  Traceback ...\n)", 2.0)
+    assert stream.getvalue() == (
+        "[1/1] qasm active rep 0: FAILED (server exited: Traceback ... ) "
+        "(2.0 s; elapsed 0:00, ETA 0:00)\n"
+    )
