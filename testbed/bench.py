@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 
+from qasm.controller import benchmarks as controller
 from qasm.state import benchmarks as state
 from qasm.wire import benchmarks as wire
 
@@ -23,6 +24,8 @@ BENCHMARKS: list[Benchmark] = [
     wire.reassembly_memory,
     state.connection_memory,
     state.cid_lookup,
+    controller.sans_io_decisions,
+    controller.openflow_decisions,
 ]
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
+from pathlib import Path
 
+from qasm.controller import benchmarks as controller
 from qasm.wire import benchmarks
 from testbed import bench
 
@@ -29,3 +32,51 @@ def test_main_prints_one_parsable_line_per_figure(capsys):
     names = [line.split()[0] for line in lines]
     assert "dcid_extract_vs_slice" in names and "initial_decrypt_sni_median_us" in names
     assert lines[names.index("dcid_extract_vs_slice")].endswith("x")
+
+
+CONTROLLER_FIGURES = [
+    f"controller_{kind}_{figure}"
+    for kind in ("initial", "migrated_path", "agent_announce")
+    for figure in ("decisions_per_s", "p50_us", "p99_us")
+]
+
+
+def _children() -> set[int]:
+    """Processes whose parent is this one (Linux /proc)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == os.getpid():
+            children.add(int(stat.parent.name))
+    return children
+
+
+def test_registry_lists_the_controller_benchmarks_after_the_others():
+    assert bench.BENCHMARKS[-2:] == [
+        controller.sans_io_decisions,
+        controller.openflow_decisions,
+    ]
+
+
+def test_sans_io_controller_figures_are_named_numbers():
+    figures = controller.sans_io_decisions(events=30)
+    assert [name for name, _ in figures] == CONTROLLER_FIGURES
+    assert all(float(value) > 0 for _, value in figures), figures
+    assert all(FIGURE_LINE.match(f"{name} {value}") for name, value in figures)
+
+
+def test_the_controller_process_answers_a_fake_openflow_switch_and_is_stopped():
+    before = _children()
+    figures = dict(controller.openflow_decisions(events=40, latency_events=10, window=8))
+    assert list(figures) == [
+        "oskens_initial_decisions_per_s",
+        "oskens_initial_p50_us",
+        "oskens_initial_p99_us",
+        "oskens_vs_sans_io",
+    ]
+    assert all(float(value.removesuffix("x")) > 0 for value in figures.values()), figures
+    assert figures["oskens_vs_sans_io"].endswith("x")
+    assert _children() <= before  # the controller process was stopped and reaped
