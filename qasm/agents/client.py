@@ -49,12 +49,18 @@ class ClientAgent:
         return quic._peer_cid_available[0].cid
 
     def announce(
-        self, quic: QuicConnection, old: Address, new: Address, new_cid: bool
+        self,
+        quic: QuicConnection,
+        old: Address,
+        new: Address,
+        new_cid: bool,
+        retire: Address | None = None,
     ) -> tuple[int, bytes]:
         counter = self._next_counter()
         message = Announce(
-            self.client, counter, quic._peer_cid.cid, self.next_cid(quic, new_cid), old, new
-        )
+            self.client, counter, quic._peer_cid.cid, self.next_cid(quic, new_cid), old, new,
+            retire,
+        )  # fmt: skip
         return counter, self._sealed(message)
 
     def retire(self, quic: QuicConnection, path: Address) -> tuple[int, bytes]:

@@ -7,7 +7,9 @@ protection). Bodies:
 
 - `announce`: before migrating, the connection (the DCID the client sends to now), the DCID it
   will use next (the same one for a rebinding, the next spare server CID for active migration),
-  and the old and new client address/port.
+  the old and new client address/port and, optionally, a path the client no longer uses
+  (`retire`): a client that migrates faster than its old paths go quiet retires each one with
+  its next announcement, one message per migration instead of two.
 - `retire`: the client no longer uses a path of the connection.
 - `ack`: the Tracking Agent's answer to a counter: accepted, or rejected with the reason.
 
@@ -43,6 +45,7 @@ class Announce:
     next_cid: bytes
     old: Address
     new: Address
+    retire: Address | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ def _body(message: Message) -> dict:
             old=list(message.old),
             new=list(message.new),
         )
+        if message.retire is not None:
+            body["retire"] = list(message.retire)
     elif isinstance(message, Retire):
         body.update(type="retire", conn=message.connection_cid.hex(), path=list(message.path))
     else:
@@ -169,6 +174,7 @@ def _message(body: dict) -> Message:
         return Announce(
             client, counter, _cid(body, "conn"), _cid(body, "next_cid"),
             _address(body, "old"), _address(body, "new"),
+            _address(body, "retire") if "retire" in body else None,
         )  # fmt: skip
     if kind == "retire":
         return Retire(client, counter, _cid(body, "conn"), _address(body, "path"))

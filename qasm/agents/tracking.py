@@ -221,6 +221,10 @@ class TrackingAgent:
         the report is consistent with it (ownership: its current path is one of the
         client's addresses)."""
         connection = table.by_cid(message.connection_cid, now)
+        if connection is None and isinstance(message, Announce):
+            # A hop that keeps the handshake in the fast path never saw the server's CID: the
+            # first announcement names the connection by the path it is on.
+            connection = table.by_path(FlowKey(*message.old, *self.service), now)
         if connection is None:
             return Refusal(Reason.UNKNOWN_CONNECTION, "")
         if connection.owner not in (None, message.client):
@@ -237,6 +241,10 @@ class TrackingAgent:
         new_path = FlowKey(*message.new, *self.service)
         if old_path not in connection.paths:
             return Refusal(Reason.OLD_ADDRESS_NOT_A_PATH, f"{old_path}")
+        if message.retire is not None:
+            retired = FlowKey(*message.retire, *self.service)
+            if retired not in connection.paths or retired in (old_path, new_path):
+                return Refusal(Reason.NOT_RETIRABLE, f"{retired}")
         if message.new[0] not in client_addresses:
             return Refusal(Reason.NEW_ADDRESS_NOT_CLIENTS, f"new address {message.new[0]}")
         if table.by_cid(message.next_cid, now) not in (None, connection):

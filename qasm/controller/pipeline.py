@@ -34,7 +34,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 
 from qasm.agents.messages import Announce, Retire
-from qasm.agents.tracking import TrackingAgent
+from qasm.agents.tracking import DEFAULT_BURST, DEFAULT_RATE_PER_S, TrackingAgent
 from qasm.controller.events import (
     AgentReport,
     ConnectionsEnded,
@@ -137,6 +137,8 @@ class AgentSettings:
     keys: dict[str, str] = field(default_factory=dict)
     addresses: dict[str, list[str]] = field(default_factory=dict)
     mode: str = "push"
+    reports_per_s: float = DEFAULT_RATE_PER_S  # each client's token bucket
+    report_burst: int = DEFAULT_BURST
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,8 @@ class Controller:
                 service=(config.service_ip, config.service_port),
                 keys={client: bytes.fromhex(key) for client, key in agent.keys.items()},
                 addresses={c: frozenset(a) for c, a in agent.addresses.items()},
+                rate_per_s=agent.reports_per_s,
+                burst=agent.report_burst,
             )
         pull = self.tracking.announced if self.tracking and config.agent.mode == "pull" else None
         self.hops: list[Middlebox] = [Middlebox(config, hop, pull) for hop in config.hops]
@@ -353,7 +357,26 @@ class Controller:
             return None  # no middlebox hop: nothing to anchor
         if self.config.agent.mode == "pull":
             self.tracking.remember(message)
-            return None
+            done = []
+        else:
+            done = self._install_on_every_hop(message, connection, switch, in_port, now)
+            if isinstance(done, Refusal):
+                return done
+        if message.retire is not None:
+            # Retired first on the switches: the path it replaces never shares a moment with
+            # the new one (at most two paths, and two NAT ports, per connection).
+            retire = Retire(message.client, message.counter, message.connection_cid, message.retire)
+            self._retire(
+                retire, self.hops[0].table.by_cid(message.connection_cid, now), now, installs
+            )
+        installs += [installed.decision for installed in done]
+        return None
+
+    def _install_on_every_hop(
+        self, message: Announce, connection: Connection, switch: Switch, in_port: int, now: float
+    ) -> list[Installed] | Refusal:
+        """Push mode: the announced CID and path on every hop, in path order, each hop seeing
+        the path as the hops before it translated it; all hops or none."""
         old_path = FlowKey(*message.old, self.config.service_ip, self.config.service_port)
         new_path = FlowKey(*message.new, self.config.service_ip, self.config.service_port)
         first = self.hops[0]
@@ -371,8 +394,8 @@ class Controller:
                 connection, message, old_path, new_path, client_port if index == 0 else None, now
             )
             if installed is None:
-                # All hops or none: what the hops before did is undone and never sent, so a
-                # refused report changes nothing.
+                # What the hops before did is undone and never sent, so a refused report
+                # changes nothing.
                 for earlier in reversed(done):
                     earlier.undo()
                 return Refusal(
@@ -382,8 +405,7 @@ class Controller:
             done.append(installed)
             old_path = hop.service_flow(connection, old_path)
             new_path = installed.next_hop_path
-        installs += [installed.decision for installed in done]
-        return None
+        return done
 
     def _retire(
         self, message: Retire, connection: Connection | None, now: float, installs: list
@@ -487,6 +509,13 @@ class Middlebox(Switch):
         self.variant = config.variant
         self.stateful = config.variant in STATEFUL_VARIANTS
         self.cid_aware = config.variant in CID_AWARE_VARIANTS
+        # Learning server CIDs from the handshake means copying the service's packets to the
+        # controller, which sends them through OVS's slow path (measured: the handshake 6 ms
+        # longer). qasm in push mode needs no CID it did not hear from its Client Agent, so it
+        # keeps the handshake in the fast path; cid, and a pulling hop, learn passively.
+        self.observes = config.variant == "cid" or (
+            config.variant == "qasm" and config.agent.mode == "pull"
+        )
         # pull mode: next CID → the announcement the Tracking Agent accepted, or None.
         self._pull = pull
         self.table = ConnectionTable(config.state_idle_timeout_s, config.max_connections)
@@ -741,7 +770,7 @@ class Middlebox(Switch):
         self._release_ended()  # what the bound evicted, before this connection allocates
         # Only a connection that starts with its handshake has server SCIDs to observe; one
         # first seen mid-flight would be copied to the controller packet by packet for nothing.
-        connection.observing = self.cid_aware and initial
+        connection.observing = self.observes and initial
         if initial:
             for function in self.functions:
                 function.opened(connection, payload)
@@ -859,7 +888,7 @@ class Middlebox(Switch):
     ) -> list[SwitchMessage]:
         """RFC 9312 §3.5: the server's long-header SCIDs are the DCIDs its client will use.
         Returns the service-side rules without copies once a server CID is known."""
-        if not self.cid_aware or to_service:
+        if not self.observes or to_service:
             return []
         try:
             headers = parse_datagram(payload, short_dcid_length=0)
@@ -905,12 +934,17 @@ class Middlebox(Switch):
         """Push mode: the announced next CID and new path (as this hop sees it) join the
         connection and get their rules now. None, changing nothing, if the connection
         holds its maximum of CIDs or paths, or the path is another connection's."""
-        added_cid = message.next_cid not in connection.server_cids
-        if not self.table.associate_cid(connection, message.next_cid, now):
-            return None
-        if not self.table.associate_path(connection, new_path, now):
-            if added_cid:
-                self.table.forget_cid(connection, message.next_cid)
+        # The connection's current CID too: in push mode nothing else told this hop of it.
+        cids = dict.fromkeys((message.connection_cid, message.next_cid))
+        added = [cid for cid in cids if cid not in connection.server_cids]
+        associated = []
+        for cid in added:
+            if not self.table.associate_cid(connection, cid, now):
+                break
+            associated.append(cid)
+        if len(associated) < len(added) or not self.table.associate_path(connection, new_path, now):
+            for cid in associated:
+                self.table.forget_cid(connection, cid)
             return None
         connection.migrations += 1
         change = self._path_added(connection, new_path, now)
@@ -918,7 +952,7 @@ class Middlebox(Switch):
             dpid=self.dpid, client=message.client, connection=connection.id, path=new_path,
             nat_allocated=tuple(change.nat_allocated), backend=change.backend,
         )  # fmt: skip
-        installed = Installed(self, connection, new_path, message.next_cid if added_cid else None)
+        installed = Installed(self, connection, new_path, tuple(added))
         if change.refusal is not None:
             # Announced, but the path has no public port: its packets will be dropped.
             installed.decision = Decision(
@@ -952,8 +986,8 @@ class Middlebox(Switch):
         for function in self.functions:
             function.path_retired(connection, path)  # gives back its NAT port
         self.table.forget_path(connection, path)
-        if installed.added_cid is not None:
-            self.table.forget_cid(connection, installed.added_cid)
+        for cid in installed.added_cids:
+            self.table.forget_cid(connection, cid)
         connection.ends.pop(path, None)
         connection.rules_sent_at.pop(path, None)
         connection.migrations -= 1
@@ -1047,7 +1081,7 @@ class Installed:
     hop: Middlebox
     connection: Connection
     path: FlowKey
-    added_cid: bytes | None  # the next CID, if the connection did not hold it before
+    added_cids: tuple[bytes, ...]  # the CIDs the connection did not hold before
     decision: Decision | None = None
     next_hop_path: FlowKey | None = None  # the new path as the next hop sees it
 

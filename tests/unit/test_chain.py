@@ -228,3 +228,63 @@ def test_with_no_hop_every_variant_only_forwards_and_the_agent_still_answers():
     bench.migrate("active", sport=6000, announce=True)
     assert all(bench.migrated)
     assert bench.controller.snapshot() == []
+
+
+@pytest.mark.parametrize("mode", ["push", "pull"])
+def test_an_announcement_can_retire_the_path_before_the_old_one(mode):
+    """At a high migration rate the client retires each old path with its next announcement:
+    every hop then holds at most two paths (and NAT ports) of the connection."""
+    bench = ChainBench("qasm", 2, mode=mode)
+    bench.handshake()
+    bench.migrate("nat-rebind", sport=6000, announce=True)  # wifi:50000 → wifi:6000
+    assert bench.hop_mappings() == [2, 2]
+    _, datagram = bench.agent.announce(
+        bench.pair.client, (WIFI_IP, 6000), (WIFI_IP, 6001), False, retire=(WIFI_IP, 50000)
+    )
+    bench.net.events.clear()
+    bench.report(datagram, "wifi")
+    kinds = [type(e).__name__ for e in bench.net.events]
+    if mode == "push":
+        # Retirements first: the switches never hold three paths of the connection.
+        assert kinds == [
+            "PathRetired",
+            "PathRetired",
+            "PathInstalled",
+            "PathInstalled",
+            "AgentReport",
+        ]
+    else:
+        assert kinds == ["PathRetired", "PathRetired", "AgentReport"]
+    assert bench.hop_mappings() == ([2, 2] if mode == "push" else [1, 1])
+    bench.net.packet_ins.clear()
+    bench.pair.client.send_ping(9)
+    sources, received = bench.round_trip("wifi", 6001)
+    assert sources and received
+    assert bench.hop_mappings() == [2, 2]
+
+
+def test_an_announcement_cannot_retire_the_path_it_moves_from():
+    bench = ChainBench("qasm", 1)
+    bench.handshake()
+    _, datagram = bench.agent.announce(
+        bench.pair.client, (WIFI_IP, 50000), (WIFI_IP, 6001), False, retire=(WIFI_IP, 50000)
+    )
+    bench.report(datagram, "wifi")
+    (report,) = [e for e in bench.net.events if type(e).__name__ == "AgentReport"]
+    assert report.reason is Reason.NOT_RETIRABLE and bench.hop_mappings() == [1]
+
+
+@pytest.mark.parametrize(("variant", "mode", "copies"), [
+    ("qasm", "push", False),  # its Client Agent names the CIDs: the handshake stays fast
+    ("qasm", "pull", True),
+    ("cid", "push", True),
+])  # fmt: skip
+def test_only_hops_that_learn_cids_passively_copy_the_servers_handshake(variant, mode, copies):
+    bench = ChainBench(variant, 1, mode=mode)
+    bench.handshake()
+    copied = [
+        e for e in bench.net.events if isinstance(e, PacketIn) and e.verdict is Verdict.OBSERVE
+    ]
+    assert bool(copied) is copies
+    (connection,) = bench.controller.hops[0].table.connections()
+    assert bool(connection.server_cids) is copies

@@ -70,8 +70,9 @@ class Hop:
 
     def __init__(self, ratelimit: bool, variant: str = "cid") -> None:
         functions = ("ratelimit", "nat") if ratelimit else ("nat",)
+        # Pull mode: the hop learns CIDs from the handshake, so A's rebinding is a DCID match.
         agent = AgentSettings(AGENT_IP, 7400, AGENT_MAC, keys={"c1": KEY.hex()},
-                              addresses={"c1": [CLIENT_IP, LTE_IP]})  # fmt: skip
+                              addresses={"c1": [CLIENT_IP, LTE_IP]}, mode="pull")  # fmt: skip
         self.controller = Controller(MiddleboxConfig(
             variant=variant, service_ip=SERVER_IP, service_port=4433, functions=functions,
             agent=agent if variant == "qasm" else None,
