@@ -8,6 +8,7 @@ where each is on a given topology).
 from __future__ import annotations
 
 import enum
+import random
 
 
 class MigrationKind(enum.StrEnum):
@@ -24,3 +25,15 @@ class MigrationKind(enum.StrEnum):
 
 
 MIGRATION_KINDS = tuple(kind.value for kind in MigrationKind)
+
+
+def trigger(
+    at_bytes: int | None, at_seconds: float | None, spread: float, index: int, seed: int
+) -> tuple[str, float]:
+    """("at_bytes" | "at_seconds", value) of connection `index` (1-based over the run): the
+    scenario's trigger plus a seeded uniform draw from [0, spread], its own reproducible
+    schedule. The runner (for records) and the client (to act on it) both call this."""
+    offset = random.Random(f"{seed}:{index}").uniform(0, spread) if spread else 0
+    if at_bytes is not None:
+        return "at_bytes", at_bytes + int(offset)
+    return "at_seconds", at_seconds + offset

@@ -1,32 +1,45 @@
-"""Scripted transfer client that migrates mid-transfer, then reports one JSON object.
+"""Scripted transfer clients that migrate mid-transfer, then report one JSON object each.
 
     python -m testbed.apps.client --server IP:PORT --local-ip IP --client NAME --bytes N
+        --seed S --idle-timeout S --timeout S --server-name NAME --out FILE
+        [--connections N [--first-index I] [--start-window S --total-connections M]]
+        [--ready-file FILE --start-file FILE]
         [--migrate nat-rebind|addr-rebind|active --migrate-ip IP [IP ...]
-         (--at-bytes N | --at-seconds S) [--repeat-every S]]
+         (--at-bytes N | --at-seconds S) [--spread X] [--repeat-every S]]
         [--agent IP:PORT --agent-id ID --agent-key HEX]
-        [--seed S] [--idle-timeout S] [--timeout S] [--qlog-dir DIR] [--keylog FILE]
-        [--socket-buffer BYTES]
-        --out FILE
+        [--qlog-dir DIR] [--keylog FILE] [--socket-buffer BYTES]
+
+One process drives `--connections` QUIC connections from its host (asyncio), each its own
+transfer, socket, migration schedule and report; `--out` gets a JSON list of the reports.
+Connection k of the process is connection `first-index + k` of the run: its name is
+`NAME/k+1` (just NAME with one connection), its payload seed and its migration trigger
+(testbed.migration.trigger: the scenario's at_bytes/at_seconds plus a seeded draw from
+[0, spread]) derive from that index. With `--start-file` the process writes `--ready-file`
+once it is set up and waits for the start file, which holds the monotonic time T at which
+the run's connections start: connection i of the run at T + start_window × (i-1) / total,
+so a thousand connections start within the window rather than one process launch at a time.
 
 Migration follows the recipe measured in ../shared/AIOQUIC.md: open the new socket first,
 then swap the transport, switch CID (active migration only) and transmit with no `await`
 in between, and close the old socket a little later so packets in flight still arrive.
 The client uses its own IPv4 sockets so the new socket's address family matches the peer
-address aioquic already holds.
+address aioquic already holds. A migration runs beside the transfer, which keeps sending on
+the current path while the Client Agent waits for the Tracking Agent's answer.
 
 With `--agent`, a Client Agent announces each migration to the Tracking Agent before the
 client uses the new path: from the new address, the current and next DCID and the old and new
-address; it waits for the signed ack (retrying with the identical datagram), then migrates,
-and retires the old path once the old socket is closed.
+address; it waits for the signed ack (retrying with the identical datagram), then migrates.
+Old paths are retired: by the next announcement when the client migrates again before the old
+path's grace period ends (one message per migration, and at most two paths per connection at
+the middlebox), otherwise by a retirement of its own once the grace period is over.
 
 With `--repeat-every S`, after the first migration the client migrates again every S seconds
 while it sends, each time to the next `--migrate-ip` in turn (a fresh source port each time):
 nat-rebind stays on its address, as a client behind a NAT whose mappings keep changing;
 addr-rebind alternates between the wifi interface's two addresses; active alternates between
 lte and wifi with a fresh server CID each time (aioquic retires the old one and the server
-issues replacements; a migration finding no spare CID is skipped and counted). With `--agent`
-each migration is announced and its old path retired like the first. `migration` stays the
-first migration; `migrations` lists them all, each with the spare CIDs it found.
+issues replacements; a migration finding no spare CID is skipped and counted). `migration` is
+the first migration; `migrations` lists them all, each with the spare CIDs it found.
 
 A connection that dies is a result: the report says `completed: false` and why.
 """
@@ -43,6 +56,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from aioquic.asyncio import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
@@ -62,7 +76,7 @@ from testbed.apps.transfer import (
     TransferReply,
     payload_chunks,
 )
-from testbed.migration import MIGRATION_KINDS, MigrationKind
+from testbed.migration import MIGRATION_KINDS, MigrationKind, trigger
 from testbed.records.metrics import goodput_mbps
 
 # Payload handed to aioquic but not yet acknowledged; aioquic buffers whatever it is given,
@@ -74,6 +88,7 @@ OLD_SOCKET_GRACE_S = 1.0
 # Acknowledged-bytes samples for goodput-over-time plots: fine enough to see a migration gap
 # (tens of ms) without bloating the report (a 60 s transfer gives 3000 samples at most).
 PROGRESS_INTERVAL_S = 0.02
+START_POLL_S = 0.01  # how often a ready client looks for the run's start time
 
 
 @dataclass
@@ -86,6 +101,7 @@ class ClientReport:
     bytes_requested: int = 0
     bytes_acknowledged: int = 0
     started_at: float | None = None
+    local_address: list | None = None  # [ip, port] of the socket the connection started on
     first_byte_sent_at: float | None = None
     last_byte_acknowledged_at: float | None = None
     migration: dict | None = None  # the first migration
@@ -195,7 +211,7 @@ class AgentLink:
     pending: list = field(default_factory=list)  # background exchanges (retirements)
 
     async def exchange(
-        self, build: Callable[[], tuple[int, bytes]], local_ip: str, what: str
+        self, build: Callable[[], tuple[int, bytes]], local_ip: str, what: str, owner: str
     ) -> dict:
         """Sends the report `build()` makes and waits for its ack, retrying the identical
         datagram. The report is built only once its socket exists, with no await before it
@@ -208,7 +224,10 @@ class AgentLink:
         )
         counter, datagram = build()
         started = time.monotonic()
-        result = {"what": what, "accepted": False, "reason": "no reply", "attempts": 0}
+        result = {
+            "what": what, "connection": owner, "accepted": False, "reason": "no reply",
+            "attempts": 0, "bytes": len(datagram),
+        }  # fmt: skip
         try:
             for attempt in range(1, AGENT_ATTEMPTS + 1):
                 result["attempts"] = attempt
@@ -230,57 +249,134 @@ class AgentLink:
         self.exchanges.append(result)
         return result
 
-    def summary(self) -> dict:
+    def summary(self, owner: str) -> dict:
+        """What the agent sent and heard for one connection (reports, not retries)."""
+        mine = [e for e in self.exchanges if e["connection"] == owner]
         return {
-            "messages": self.agent.messages_sent,
-            "bytes": self.agent.bytes_sent,
-            "exchanges": self.exchanges,
+            "messages": len(mine),
+            "bytes": sum(e["bytes"] for e in mine),
+            "exchanges": mine,
         }
 
 
-async def migrate(
-    protocol: TransferClientProtocol, plan: MigrationPlan, agent: AgentLink | None, index: int
-) -> dict | None:
-    """Migration number `index` (0 first); None when active migration finds no spare CID."""
-    loop = asyncio.get_running_loop()
-    quic = protocol._quic
-    spare_cids = len(quic._peer_cid_available)
-    if plan.new_cid and not spare_cids:
-        return None
-    new_local_ip = plan.address(index)
-    old_transport = protocol.transport
-    old_local = tuple(old_transport.get_extra_info("sockname")[:2])
-    new_transport, _ = await loop.create_datagram_endpoint(
-        lambda: _SocketForwarder(protocol), local_addr=(new_local_ip, 0)
-    )
-    new_local = tuple(new_transport.get_extra_info("sockname")[:2])
-    if agent is not None:
-        await agent.exchange(
-            lambda: agent.agent.announce(quic, old_local, new_local, plan.new_cid),
-            new_local_ip,
-            "announce",
+@dataclass
+class _Path:
+    local: tuple[str, int]
+    transport: asyncio.DatagramTransport
+    retired: bool = False  # told the Tracking Agent (or nobody to tell): its socket may go
+
+
+class Migrator:
+    """One connection's migrations, run beside its transfer (at most one at a time)."""
+
+    def __init__(
+        self,
+        protocol: TransferClientProtocol,
+        plan: MigrationPlan,
+        agent: AgentLink | None,
+        name: str,
+    ) -> None:
+        self.protocol = protocol
+        self.name = name  # the connection's, for the agent's per-connection account
+        self.plan = plan
+        self.agent = agent
+        transport = protocol.transport
+        self.paths = [_Path(tuple(transport.get_extra_info("sockname")[:2]), transport)]
+        self.task: asyncio.Task | None = None
+        self.started = 0  # migrations begun (the index of the next one)
+        self.last_start: float | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def start(self, report: ClientReport) -> None:
+        self.last_start = time.monotonic()
+        self.task = asyncio.get_running_loop().create_task(self._run(report, self.started))
+        self.started += 1
+
+    async def _run(self, report: ClientReport, index: int) -> None:
+        moved = await self.migrate(index)
+        if moved is None:
+            if index == 0:
+                report.failure = "no spare server connection ID for active migration"
+            report.migrations_skipped += 1
+            return
+        report.migration = report.migration or moved
+        report.migrations.append(moved)
+
+    async def migrate(self, index: int) -> dict | None:
+        """Migration number `index` (0 first); None when active migration finds no spare
+        CID."""
+        loop = asyncio.get_running_loop()
+        protocol, plan, agent = self.protocol, self.plan, self.agent
+        quic = protocol._quic
+        spare_cids = len(quic._peer_cid_available)
+        if plan.new_cid and not spare_cids:
+            return None
+        new_local_ip = plan.address(index)
+        old = self.paths[-1]
+        new_transport, _ = await loop.create_datagram_endpoint(
+            lambda: _SocketForwarder(protocol), local_addr=(new_local_ip, 0)
         )
-    old_dcid = quic._peer_cid.cid.hex()
-    migrated_at = time.monotonic()
-    protocol.switch_transport(new_transport, new_cid=plan.new_cid)
-    loop.call_later(OLD_SOCKET_GRACE_S, old_transport.close)
-    if agent is not None:
-        agent.pending.append(loop.create_task(_retire_later(agent, quic, old_local, new_local_ip)))
-    return {
-        "kind": plan.kind,
-        "at": migrated_at,
-        "from": list(old_local),
-        "to": list(new_local),
-        "old_dcid": old_dcid,
-        "new_dcid": quic._peer_cid.cid.hex(),
-        "spare_cids": spare_cids,  # server CIDs the client held, unused, when it moved
-    }
+        new = _Path(tuple(new_transport.get_extra_info("sockname")[:2]), new_transport)
+        # The path before the old one, if nobody retired it yet: this announcement does.
+        earlier = next((p for p in self.paths[:-1] if not p.retired), None)
+        if agent is not None:
+            if earlier is not None:
+                earlier.retired = True  # claimed: its grace timer leaves it to us
+            retire = earlier.local if earlier else None
+            result = await agent.exchange(
+                lambda: agent.agent.announce(quic, old.local, new.local, plan.new_cid, retire),
+                new_local_ip,
+                "announce",
+                self.name,
+            )
+            if earlier is not None:
+                if result["accepted"]:
+                    self._close(earlier)
+                else:
+                    earlier.retired = False  # its grace timer retires it on its own
+        old_dcid = quic._peer_cid.cid.hex()
+        migrated_at = time.monotonic()
+        protocol.switch_transport(new_transport, new_cid=plan.new_cid)
+        self.paths.append(new)
+        loop.call_later(OLD_SOCKET_GRACE_S, self._grace_over, old)
+        return {
+            "kind": plan.kind,
+            "at": migrated_at,
+            "from": list(old.local),
+            "to": list(new.local),
+            "old_dcid": old_dcid,
+            "new_dcid": quic._peer_cid.cid.hex(),
+            "spare_cids": spare_cids,  # server CIDs the client held, unused, when it moved
+            "retired_with_announce": earlier is not None and agent is not None,
+        }
 
+    def _close(self, path: _Path) -> None:
+        path.transport.close()
+        if path in self.paths:
+            self.paths.remove(path)
 
-async def _retire_later(agent: AgentLink, quic: QuicConnection, old_local, local_ip: str):
-    """Retires the old path once its socket is closed and nothing more can arrive on it."""
-    await asyncio.sleep(OLD_SOCKET_GRACE_S)
-    await agent.exchange(lambda: agent.agent.retire(quic, old_local), local_ip, "retire")
+    def _grace_over(self, path: _Path) -> None:
+        """Nothing more arrives on an old path after its grace period: retire it, unless a
+        later announcement has already taken it."""
+        if path.retired or path is self.paths[-1]:
+            return
+        path.retired = True
+        if self.agent is None:
+            self._close(path)
+            return
+        agent, quic = self.agent, self.protocol._quic
+        local_ip = self.paths[-1].local[0]
+
+        async def retire() -> None:
+            await agent.exchange(
+                lambda: agent.agent.retire(quic, path.local), local_ip, "retire", self.name
+            )
+            self._close(path)
+
+        agent.pending.append(asyncio.get_running_loop().create_task(retire()))
 
 
 def _acknowledged_bytes(quic: QuicConnection, stream_id: int, header_size: int) -> int:
@@ -295,7 +391,47 @@ def _buffered_bytes(quic: QuicConnection, stream_id: int) -> int:
     return sender._buffer_stop - sender._buffer_start
 
 
-async def run_transfer(args: argparse.Namespace, report: ClientReport) -> None:
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """One connection of this process: its name, payload seed and migration plan."""
+
+    name: str
+    index: int  # 1-based over the run
+    seed: int
+    plan: MigrationPlan | None
+    start_offset_s: float  # after the run's start time
+
+
+def connection_specs(args: argparse.Namespace) -> list[ConnectionSpec]:
+    specs = []
+    for k in range(args.connections):
+        index = args.first_index + k
+        plan = None
+        if args.migrate:
+            unit, value = trigger(args.at_bytes, args.at_seconds, args.spread, index, args.seed)
+            plan = MigrationPlan(
+                MigrationKind(args.migrate),
+                tuple(args.migrate_ip),
+                at_bytes=int(value) if unit == "at_bytes" else None,
+                at_seconds=value if unit == "at_seconds" else None,
+                repeat_every_s=args.repeat_every,
+            )
+        total = args.total_connections or args.connections
+        specs.append(
+            ConnectionSpec(
+                name=args.client if args.connections == 1 else f"{args.client}/{k + 1}",
+                index=index,
+                seed=args.seed + index,
+                plan=plan,
+                start_offset_s=args.start_window * (index - 1) / total,
+            )
+        )
+    return specs
+
+
+async def run_transfer(
+    args: argparse.Namespace, spec: ConnectionSpec, report: ClientReport, agent: AgentLink | None
+) -> None:
     loop = asyncio.get_running_loop()
     configuration = QuicConfiguration(
         is_client=True,
@@ -318,39 +454,20 @@ async def run_transfer(args: argparse.Namespace, report: ClientReport) -> None:
         protocol.socket_buffer = args.socket_buffer
         return protocol
 
-    transport, protocol = await loop.create_datagram_endpoint(
-        make_protocol, local_addr=(args.local_ip, 0)
-    )
-    plan = (
-        MigrationPlan(
-            MigrationKind(args.migrate),
-            tuple(args.migrate_ip),
-            args.at_bytes,
-            args.at_seconds,
-            args.repeat_every,
-        )
-        if args.migrate
-        else None
-    )
-    agent = None
-    if args.agent:
-        agent = AgentLink(
-            ClientAgent(args.agent_id, bytes.fromhex(args.agent_key)), parse_address(args.agent)
-        )
+    _, protocol = await loop.create_datagram_endpoint(make_protocol, local_addr=(args.local_ip, 0))
+    report.local_address = list(protocol.transport.get_extra_info("sockname")[:2])
+    migrator = Migrator(protocol, spec.plan, agent, spec.name) if spec.plan else None
     try:
         report.started_at = time.monotonic()
         protocol.connect(server)
         await protocol.wait_connected()
         report.handshake_ms = (time.monotonic() - report.started_at) * 1000
-        await _send_and_await_reply(protocol, quic, args, plan, agent, report)
+        await _send_and_await_reply(protocol, quic, args, spec, migrator, report)
     except ConnectionError:
         pass  # the close event below says why
     finally:
-        if agent is not None:
-            # Let a retirement in flight finish: the Tracking Agent should hear of it.
-            if agent.pending:
-                await asyncio.wait(agent.pending, timeout=OLD_SOCKET_GRACE_S + 1)
-            report.agent = agent.summary()
+        if migrator is not None and migrator.busy:
+            migrator.task.cancel()
         report.last_received_at = protocol.last_received_at
         if not report.completed and report.progress:
             report.bytes_acknowledged = report.progress[-1][1]
@@ -375,18 +492,18 @@ async def _send_and_await_reply(
     protocol: TransferClientProtocol,
     quic: QuicConnection,
     args: argparse.Namespace,
-    plan: MigrationPlan | None,
-    agent: AgentLink | None,
+    spec: ConnectionSpec,
+    migrator: Migrator | None,
     report: ClientReport,
 ) -> None:
     stream_id = quic.get_next_available_stream_id()
-    header = StreamHeader(client=args.client, bytes=args.bytes).encode()
+    header = StreamHeader(client=spec.name, bytes=args.bytes).encode()
     quic.send_stream_data(stream_id, header)
-    chunks = payload_chunks(args.bytes, args.seed)
+    chunks = payload_chunks(args.bytes, spec.seed)
     digest = hashlib.sha256()
     sent = 0
     report.first_byte_sent_at = time.monotonic()
-    last_attempt = report.first_byte_sent_at  # of a migration, for the repeat interval
+    plan = spec.plan
     while not protocol.reply_complete:
         if protocol.close_event is not None:
             return
@@ -394,28 +511,17 @@ async def _send_and_await_reply(
         now = time.monotonic()
         if not report.progress or now - report.progress[-1][0] >= PROGRESS_INTERVAL_S:
             report.progress.append([now, acknowledged])
-        if plan and report.migration is None and quic._handshake_confirmed:
-            since_first = time.monotonic() - report.first_byte_sent_at
-            if plan.due(acknowledged, since_first):
-                report.migration = await migrate(protocol, plan, agent, 0)
-                if report.migration is None:
-                    report.failure = "no spare server connection ID for active migration"
-                    return
-                report.migrations.append(report.migration)
-                last_attempt = report.migration["at"]
-        elif (
-            plan
-            and plan.repeat_every_s
-            and report.migrations
-            and acknowledged < args.bytes  # while sending, not while awaiting the reply
-            and time.monotonic() - last_attempt >= plan.repeat_every_s
-        ):
-            last_attempt = time.monotonic()
-            moved = await migrate(protocol, plan, agent, len(report.migrations))
-            if moved is None:
-                report.migrations_skipped += 1
+        if migrator is not None and not migrator.busy and quic._handshake_confirmed:
+            if migrator.started == 0:
+                due = plan.due(acknowledged, now - report.first_byte_sent_at)
             else:
-                report.migrations.append(moved)
+                due = (
+                    plan.repeat_every_s is not None
+                    and acknowledged < args.bytes  # while sending, not awaiting the reply
+                    and now - migrator.last_start >= plan.repeat_every_s
+                )
+            if due:
+                migrator.start(report)
         while sent < args.bytes and _buffered_bytes(quic, stream_id) < SEND_WINDOW_BYTES:
             chunk = next(chunks)
             digest.update(chunk)
@@ -425,8 +531,11 @@ async def _send_and_await_reply(
         protocol.progress.clear()
         # Also wake without traffic, so a stalled connection still samples (a flat line) and a
         # time-based migration fires on time.
+        wake = PROGRESS_INTERVAL_S
+        if plan and plan.repeat_every_s:
+            wake = min(wake, plan.repeat_every_s / 2)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(protocol.progress.wait(), PROGRESS_INTERVAL_S)
+            await asyncio.wait_for(protocol.progress.wait(), wake)
     report.last_byte_acknowledged_at = time.monotonic()
     report.bytes_acknowledged = args.bytes
     report.progress.append([report.last_byte_acknowledged_at, args.bytes])
@@ -442,10 +551,13 @@ async def _send_and_await_reply(
         )
 
 
-async def main_async(args: argparse.Namespace) -> ClientReport:
-    report = ClientReport(client=args.client, bytes_requested=args.bytes)
+async def run_connection(
+    args: argparse.Namespace, spec: ConnectionSpec, start_at: float, agent: AgentLink | None
+) -> ClientReport:
+    report = ClientReport(client=spec.name, bytes_requested=args.bytes)
+    await asyncio.sleep(max(0.0, start_at + spec.start_offset_s - time.monotonic()))
     try:
-        await asyncio.wait_for(run_transfer(args, report), timeout=args.timeout)
+        await asyncio.wait_for(run_transfer(args, spec, report, agent), timeout=args.timeout)
     except TimeoutError:
         report.failure = f"transfer did not finish within the {args.timeout:g} s run timeout"
     except TransferProtocolError as exc:
@@ -455,6 +567,37 @@ async def main_async(args: argparse.Namespace) -> ClientReport:
     return report
 
 
+async def wait_for_start(args: argparse.Namespace) -> float:
+    """The run's start time: now, or with --start-file the monotonic time the runner writes
+    there once every client process is ready (this one says so in --ready-file)."""
+    if not args.start_file:
+        return time.monotonic()
+    Path(args.ready_file).write_text("ready\n")
+    while True:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            return float(Path(args.start_file).read_text())
+        await asyncio.sleep(START_POLL_S)
+
+
+async def main_async(args: argparse.Namespace) -> list[ClientReport]:
+    agent = None
+    if args.agent:
+        # One Client Agent for every connection of the host: one key, one counter.
+        agent = AgentLink(
+            ClientAgent(args.agent_id, bytes.fromhex(args.agent_key)), parse_address(args.agent)
+        )
+    specs = connection_specs(args)
+    start_at = await wait_for_start(args)
+    reports = await asyncio.gather(*(run_connection(args, s, start_at, agent) for s in specs))
+    if agent is not None:
+        # Let retirements in flight finish: the Tracking Agent should hear of them.
+        if agent.pending:
+            await asyncio.wait(agent.pending, timeout=OLD_SOCKET_GRACE_S + 1)
+        for report in reports:
+            report.agent = agent.summary(report.client)
+    return list(reports)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", required=True, help="IPv4:PORT")
@@ -462,10 +605,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client", required=True, help="client name carried in the stream")
     parser.add_argument("--bytes", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--connections", type=int, default=1, help="connections from this host")
+    parser.add_argument("--first-index", type=int, default=1, help="of this host's first one")
+    parser.add_argument("--total-connections", type=int, help="of the run (for the window)")
+    parser.add_argument("--start-window", type=float, default=0.0, help="seconds")
+    parser.add_argument("--ready-file", help="written once set up (with --start-file)")
+    parser.add_argument("--start-file", help="holds the run's monotonic start time")
     parser.add_argument("--migrate", choices=MIGRATION_KINDS)
     parser.add_argument("--migrate-ip", nargs="+", help="addresses to move to, in turn")
     parser.add_argument("--at-bytes", type=int)
     parser.add_argument("--at-seconds", type=float)
+    parser.add_argument("--spread", type=float, default=0.0, help="seeded per connection")
     parser.add_argument(
         "--repeat-every", type=float, help="migrate again every S seconds while sending"
     )
@@ -490,14 +640,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--repeat-every needs --migrate and a positive number of seconds")
     if args.agent and not (args.agent_id and args.agent_key):
         parser.error("--agent needs --agent-id and --agent-key")
+    if args.connections < 1 or args.first_index < 1:
+        parser.error("--connections and --first-index: expected 1 or more")
+    if bool(args.start_file) != bool(args.ready_file):
+        parser.error("--start-file and --ready-file go together")
     return args
 
 
 def main() -> None:
     args = parse_args()
-    report = asyncio.run(main_async(args))
+    reports = asyncio.run(main_async(args))
     with open(args.out, "w", encoding="utf-8") as stream:
-        json.dump(asdict(report), stream)
+        json.dump([asdict(report) for report in reports], stream)
     sys.exit(0)
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import ctypes
 import json
 import random
 import signal
@@ -44,6 +43,7 @@ import threading
 import time
 
 from testbed.apps.server import parse_address
+from testbed.apps.sockets import SO_ATTACH_FILTER, attach_classic_bpf
 
 # Flood source ports stay below Linux's default ephemeral range (32768..60999), where the
 # real client's sockets live; the capture filter tells the two apart by that.
@@ -67,7 +67,6 @@ AGENT_KINDS = {
     "replayed": 8,
 }
 _ETH_P_ALL = 0x0003
-_SO_ATTACH_FILTER = 26
 
 
 def _ipv4_udp(
@@ -204,10 +203,7 @@ class ReportCapture:
         self._set_filter(program)
 
     def _set_filter(self, program: list[tuple[int, int, int, int]]) -> None:
-        raw = b"".join(struct.pack("HBBI", *instruction) for instruction in program)
-        buffer = ctypes.create_string_buffer(raw)  # the kernel copies it during the call
-        fprog = struct.pack("HL", len(program), ctypes.addressof(buffer))
-        self._socket.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
+        attach_classic_bpf(self._socket, SO_ATTACH_FILTER, program)
 
     def _run(self) -> None:
         while not self.stopped.is_set():

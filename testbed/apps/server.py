@@ -12,6 +12,16 @@ arrives. Times are `time.monotonic()`, the system-wide clock that the client als
 With --quic-lb-server-id every connection ID the server issues is a QUIC-LB CID carrying its
 server ID (draft-ietf-quic-load-balancers §5.4), so a load balancer can route migrated
 packets without state.
+
+With --reuse-port --process I/N, N server processes share the port (SO_REUSEPORT), so the
+server side uses more than one core. The kernel would pick a process by a hash of the 4-tuple,
+which a migrated connection changes: its packets would reach a process that does not know its
+CIDs. So process I issues QUIC-LB CIDs with server ID I, and a classic BPF program on the
+group (SO_ATTACH_REUSEPORT_CBPF) sends every short-header packet to the process its DCID
+names, as a QUIC-LB load balancer would; long-header packets (the handshake, whose first DCID
+the client chose) keep the 4-tuple hash, which holds until the client migrates. Processes bind
+in order (the runner starts each once the one before listens), so process I is socket I of
+the group.
 """
 
 from __future__ import annotations
@@ -24,10 +34,12 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import time
 from typing import IO
 
 from aioquic.asyncio import QuicConnectionProtocol, serve
+from aioquic.asyncio.server import QuicServer
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
@@ -38,7 +50,7 @@ from cryptography.x509.oid import NameOID
 
 from qasm.wire.quic_lb import QuicLbConfig, encode_cid
 from testbed.apps.qlog import QlogDirectory
-from testbed.apps.sockets import enlarge_buffers
+from testbed.apps.sockets import SO_ATTACH_REUSEPORT_CBPF, attach_classic_bpf, enlarge_buffers
 from testbed.apps.transfer import (
     ALPN,
     MAX_HEADER_BYTES,
@@ -177,6 +189,35 @@ class TransferServerProtocol(QuicConnectionProtocol):
             self.transmit()
 
 
+# Classic BPF over the UDP payload (the kernel runs a reuse-port program past the UDP header):
+# a short header's DCID starts at byte 1 and a plaintext QUIC-LB CID's server ID follows its
+# first octet, so byte 2 is the index of the process that issued it. Long headers, and any
+# index past the group's sockets, get the kernel's 4-tuple hash.
+_LD_B, _JSET, _RET_A, _RET_K = 0x30, 0x45, 0x16, 0x06
+CID_STEERING = [
+    (_LD_B, 0, 0, 0),  # A = first byte
+    (_JSET, 2, 0, 0x80),  # long header: to the last instruction
+    (_LD_B, 0, 0, 2),  # A = the DCID's server ID
+    (_RET_A, 0, 0, 0),
+    (_RET_K, 0, 0, 0xFFFFFFFF),  # no socket has this index: the 4-tuple hash decides
+]
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    attach_classic_bpf(sock, SO_ATTACH_REUSEPORT_CBPF, CID_STEERING)
+    return sock
+
+
+def _process(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count) <= 255):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N <= 255, got {text!r}")
+    return int(index), int(count)
+
+
 def parse_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host, int(port)
@@ -191,23 +232,32 @@ async def serve_forever(args: argparse.Namespace) -> None:
     if args.qlog_dir:
         qlog = configuration.quic_logger = QlogDirectory(args.qlog_dir, "server")
     quic_lb = None
-    if args.quic_lb_server_id:
+    server_id_hex = args.quic_lb_server_id
+    if args.process:
+        server_id_hex = f"{args.process[0]:02x}"
+    if server_id_hex:
         key = bytes.fromhex(args.quic_lb_key) if args.quic_lb_key else None
-        server_id = bytes.fromhex(args.quic_lb_server_id)
+        server_id = bytes.fromhex(server_id_hex)
         config = QuicLbConfig(0, len(server_id), args.quic_lb_nonce_len, key)
         configuration.connection_id_length = config.cid_length
         quic_lb = (config, server_id)
     host, port = parse_address(args.listen)
     with open(args.events, "a", encoding="utf-8") as stream:
         event_log = EventLog(stream)
-        server = await serve(
-            host,
-            port,
-            configuration=configuration,
-            create_protocol=lambda *a, **kw: TransferServerProtocol(
-                *a, event_log=event_log, quic_lb=quic_lb, **kw
-            ),
-        )
+
+        def create_protocol(*a, **kw) -> TransferServerProtocol:
+            return TransferServerProtocol(*a, event_log=event_log, quic_lb=quic_lb, **kw)
+
+        if args.process:
+            # aioquic's serve() without its bind: the socket of a steered reuse-port group.
+            _, server = await asyncio.get_running_loop().create_datagram_endpoint(
+                lambda: QuicServer(configuration=configuration, create_protocol=create_protocol),
+                sock=reuse_port_socket(host, port),
+            )
+        else:
+            server = await serve(
+                host, port, configuration=configuration, create_protocol=create_protocol
+            )
         if args.socket_buffer:
             # QuicServer keeps its transport private (aioquic 1.7.2); it is the one socket.
             enlarge_buffers(server._transport.get_extra_info("socket"), args.socket_buffer)
@@ -237,6 +287,9 @@ def main() -> None:
     parser.add_argument("--quic-lb-server-id", help="hex; issue QUIC-LB CIDs carrying it")
     parser.add_argument("--quic-lb-nonce-len", type=int, default=6)
     parser.add_argument("--quic-lb-key", help="hex AES-128 key (default: plaintext CIDs)")
+    parser.add_argument(
+        "--process", type=_process, help="I/N: process I of N sharing the port (SO_REUSEPORT)"
+    )
     asyncio.run(serve_forever(parser.parse_args()))
 
 

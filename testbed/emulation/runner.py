@@ -51,6 +51,11 @@ CLIENT_EXIT_GRACE_S = 15.0
 STOP_POLL_S = 0.1
 REPOSITORY = Path(__file__).resolve().parent.parent
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+# Every client process has this long to set up before the run's connections start without
+# the late ones (measured: ~0.3 s of CPU per process; 50 processes share 2 cores).
+CLIENTS_READY_TIMEOUT_S = 60.0
+START_MARGIN_S = 0.05  # from the start time written to the connections' first packets
+START_FILE = "start"
 
 
 @dataclass(frozen=True)
@@ -272,19 +277,21 @@ class ExperimentRunner:
         emulation.forget_neighbours()
         decision_log = emulation.start_controller(config, artifacts)
         controller_memory_start = emulation.controller.memory_kib()
-        servers = [
-            (self._start_server(scenario, emulation, server, artifacts), events_path)
-            for server in roles.servers(_load_balanced(scenario))
-            for events_path in [artifacts / f"server-events-{server.host}.jsonl"]
-        ]
-        for process, events_path in servers:
-            self._wait_for_server(process, events_path)
+        servers = []
+        for server in roles.servers(_load_balanced(scenario)):
+            for process in range(scenario.workload.server_processes):
+                # One at a time: processes sharing a port are its sockets in binding order.
+                events_path = artifacts / _server_file(server, process, "events", "jsonl")
+                launched = self._start_server(scenario, emulation, server, process, artifacts)
+                self._wait_for_server(launched, events_path)
+                servers.append((launched, events_path))
         captures = start_captures(emulation, artifacts / "pcap") if scenario.artifacts.pcap else []
         seed = repetition_seed(self.seed, spec.repetition)
         clients = [
             (client, self._start_client(emulation, client, spec, seed, artifacts))
             for client in roles.clients
         ]
+        self._start_connections(clients, artifacts)
         flood = self._start_flood(emulation, spec, seed, artifacts) if scenario.flood else None
         reports = [
             self._await_client(scenario, process, artifacts, client.host)
@@ -309,58 +316,77 @@ class ExperimentRunner:
         decisions = read_decisions(decision_log)
         hops = tuple(datapath.dpid for datapath in roles.middleboxes)
         stateful = spec.variant != "baseline"
-        for (client, _), report in zip(clients, reports, strict=True):
-            record = build_record(
-                variant=spec.variant,
-                agent_mode=spec.agent_mode,
-                functions=scenario.functions,
-                migration_kind=spec.migration,
-                repetition=spec.repetition,
-                addresses=client.ips,
-                report=report,
-                server_events=events,
-                decisions=decisions,
-                hops=hops,
-                # baseline keeps no middlebox state, so it applies no limit to leak from.
-                ratelimit=scenario.ratelimit.limit()
-                if "ratelimit" in scenario.functions and stateful
-                else None,
-                nat="nat" in scenario.functions and stateful,
-            )
-            record["topology"] = scenario.topology.name
-            record["parameters"] = scenario.parameters
-            if spec.migration:
-                unit, value = scenario.migration.trigger_for(client.index, seed)
-                record["migration_trigger"] = {unit: value}
-            record["artifacts"] = str(artifacts.relative_to(self.out_dir))
-            record["controller_cpu_s"] = (
-                controller_cpu_s / len(clients) if controller_cpu_s is not None else None
-            )
-            record.update(
-                controller_memory(controller_memory_start, controller_memory_end, decisions)
-            )
-            if flood_report is not None:
-                record["flood"] = flood_report
-                record.update(flood_effect(decisions))
-            self._append_record(record)
-        outcome = _outcome(self.records[-len(clients) :])
+        shared_host = scenario.workload.connections > 1
+        records = []
+        connections = sum(len(host_reports) for host_reports in reports)
+        for (client, _), host_reports in zip(clients, reports, strict=True):
+            for connection, report in enumerate(host_reports):
+                record = build_record(
+                    variant=spec.variant,
+                    agent_mode=spec.agent_mode,
+                    functions=scenario.functions,
+                    migration_kind=spec.migration,
+                    repetition=spec.repetition,
+                    addresses=client.ips,
+                    report=report,
+                    server_events=events,
+                    decisions=decisions,
+                    hops=hops,
+                    # baseline keeps no middlebox state, so it applies no limit to leak from.
+                    ratelimit=scenario.ratelimit.limit()
+                    if "ratelimit" in scenario.functions and stateful
+                    else None,
+                    nat="nat" in scenario.functions and stateful,
+                    shared_host=shared_host,
+                )
+                record["topology"] = scenario.topology.name
+                record["parameters"] = scenario.parameters
+                if spec.migration:
+                    index = _first_index(client, scenario) + connection
+                    unit, value = scenario.migration.trigger_for(index, seed)
+                    record["migration_trigger"] = {unit: value}
+                record["artifacts"] = str(artifacts.relative_to(self.out_dir))
+                record["controller_cpu_s"] = (
+                    controller_cpu_s / connections if controller_cpu_s is not None else None
+                )
+                record.update(
+                    controller_memory(controller_memory_start, controller_memory_end, decisions)
+                )
+                if flood_report is not None:
+                    record["flood"] = flood_report
+                    record.update(flood_effect(decisions))
+                records.append(record)
+        self._append_records(records)
+        outcome = _outcome(records)
         progress.end(spec.index, spec.describe(), outcome, time.monotonic() - started)
 
     def _start_server(
-        self, scenario: Scenario, emulation: Emulation, server: ServerRole, artifacts: Path
+        self,
+        scenario: Scenario,
+        emulation: Emulation,
+        server: ServerRole,
+        process: int,
+        artifacts: Path,
     ) -> ManagedProcess:
         argv = [
             sys.executable, "-m", "testbed.apps.server",
             "--listen", f"{server.ip}:{emulation.roles.service_port}",
-            "--events", str(artifacts / f"server-events-{server.host}.jsonl"),
+            "--events", str(artifacts / _server_file(server, process, "events", "jsonl")),
             "--idle-timeout", str(scenario.timeouts.idle_s),
-            "--max-lifetime", str(scenario.timeouts.run_s + 2 * CLIENT_EXIT_GRACE_S),
+            "--max-lifetime", str(
+                scenario.timeouts.run_s + scenario.workload.start_window_s
+                + 2 * CLIENT_EXIT_GRACE_S
+            ),
         ]  # fmt: skip
         if _load_balanced(scenario):
             # Every variant meets the same servers: QUIC-LB CIDs whatever the balancer reads.
             argv += ["--quic-lb-server-id", server.server_id]
+        elif scenario.workload.server_processes > 1:
+            processes = scenario.workload.server_processes
+            argv += ["--process", f"{process}/{processes}"]
         argv += self._endpoint_artifacts(scenario, emulation, artifacts)
-        return emulation.start_on_host(server.host, argv, artifacts / f"server-{server.host}.log")
+        log = artifacts / _server_file(server, process, "", "log")
+        return emulation.start_on_host(server.host, argv, log)
 
     def _endpoint_artifacts(self, scenario: Scenario, emulation: Emulation, artifacts: Path):
         """Options both apps take: qlog on request; big socket buffers when a link delays
@@ -400,6 +426,8 @@ class ExperimentRunner:
                 keys={c.agent_id: self._client_key(c).hex() for c in roles.clients},
                 addresses={c.agent_id: list(c.ips) for c in roles.clients},
                 mode=spec.agent_mode,
+                reports_per_s=scenario.agent.reports_per_s,
+                report_burst=scenario.agent.report_burst,
             )
         nat = scenario.nat
         hops = tuple(
@@ -463,14 +491,24 @@ class ExperimentRunner:
             "--idle-timeout", str(scenario.timeouts.idle_s),
             "--timeout", str(scenario.timeouts.run_s),
             "--out", str(artifacts / f"client-{client.host}.json"),
+            "--connections", str(scenario.workload.connections),
+            "--first-index", str(_first_index(client, scenario)),
+            "--total-connections", str(len(roles.clients) * scenario.workload.connections),
+            "--start-window", str(scenario.workload.start_window_s),
+            "--ready-file", str(_ready_file(client, artifacts)),
+            "--start-file", str(artifacts / START_FILE),
         ]  # fmt: skip
         argv += self._endpoint_artifacts(scenario, emulation, artifacts)
         if scenario.artifacts.keylog:
             argv += ["--keylog", str(artifacts / f"client-{client.host}.keylog")]
         if spec.migration:
+            migration = scenario.migration
             argv += ["--migrate", spec.migration, "--migrate-ip", *client.targets[spec.migration]]
-            unit, value = scenario.migration.trigger_for(client.index, seed)
-            argv += [f"--{unit.replace('_', '-')}", str(value)]
+            if migration.at_bytes is not None:
+                argv += ["--at-bytes", str(migration.at_bytes)]
+            else:
+                argv += ["--at-seconds", str(migration.at_seconds)]
+            argv += ["--spread", str(migration.spread)]
             if scenario.migration.repeat_every_s:
                 argv += ["--repeat-every", str(scenario.migration.repeat_every_s)]
         if spec.variant == "qasm":
@@ -510,34 +548,61 @@ class ExperimentRunner:
                 f"({exc}): {flood.log_tail()}"
             ) from exc
 
+    def _start_connections(
+        self, clients: list[tuple[ClientRole, ManagedProcess]], artifacts: Path
+    ) -> None:
+        """Once every client process is set up (or gone), tells them all when the run's
+        connections start: launching a process costs ~0.3 s of CPU, so connections started
+        at launch would be spread over the launches, not over the start window."""
+        deadline = time.monotonic() + CLIENTS_READY_TIMEOUT_S
+        waiting = list(clients)
+        while waiting and time.monotonic() < deadline:
+            waiting = [
+                (client, process)
+                for client, process in waiting
+                if process.popen.poll() is None and not _ready_file(client, artifacts).exists()
+            ]
+            self.stop_signals.check()
+            time.sleep(STOP_POLL_S / 10)
+        start_file = artifacts / START_FILE
+        temporary = start_file.with_suffix(".tmp")
+        temporary.write_text(f"{time.monotonic() + START_MARGIN_S}\n")
+        temporary.replace(start_file)
+
     def _await_client(
         self, scenario: Scenario, process: ManagedProcess, artifacts: Path, name: str
-    ) -> dict:
-        limit = scenario.timeouts.run_s + CLIENT_EXIT_GRACE_S
+    ) -> list[dict]:
+        """The reports of every connection of one client host's process."""
+        names = [
+            name if scenario.workload.connections == 1 else f"{name}/{k + 1}"
+            for k in range(scenario.workload.connections)
+        ]
+        limit = scenario.timeouts.run_s + scenario.workload.start_window_s + CLIENT_EXIT_GRACE_S
         deadline = time.monotonic() + limit
         while process.popen.poll() is None:
             if time.monotonic() > deadline:
                 process.stop()
-                return {
-                    "client": name,
-                    "failure": f"client process still running after {limit:g} s",
-                }
+                failure = f"client process still running after {limit:g} s"
+                return [{"client": n, "failure": failure} for n in names]
             self.stop_signals.check()
             time.sleep(STOP_POLL_S)
         report_path = artifacts / f"client-{name}.json"
         try:
             return json.loads(report_path.read_text())
         except (OSError, ValueError):
-            return {
-                "client": name,
-                "failure": f"client process exited with code {process.popen.returncode} "
-                f"without a report: {process.log_tail()}",
-            }
+            failure = (
+                f"client process exited with code {process.popen.returncode} "
+                f"without a report: {process.log_tail()}"
+            )
+            return [{"client": n, "failure": failure} for n in names]
 
-    def _append_record(self, record: dict) -> None:
-        self.records.append(record)
+    def _append_records(self, records: list[dict]) -> None:
+        """A run's records, appended and fsynced together, then the summary rewritten once
+        (per record it would cost a bootstrap per record: quadratic at 1,000 connections)."""
+        self.records += records
         with open(self.out_dir / "records.jsonl", "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(record) + "\n")
+            for record in records:
+                stream.write(json.dumps(record) + "\n")
             stream.flush()
             os.fsync(stream.fileno())
         self._write_json("summary.json", summarize(self.records, seed=self.seed))
@@ -554,14 +619,37 @@ class ExperimentRunner:
 
 
 def _outcome(records: list[dict]) -> str:
-    """One line for a run: "ok", or "18/20 ok; FAILED c3: reason; ..." for many clients."""
+    """One line for a run: "ok" or "FAILED (reason)" for one client; for many,
+    "980/1000 ok; 15 × reason (c3, c17, c40, …); 5 × other reason (c9)": failures grouped by
+    reason (testbed.analysis.summary.failure_reasons), most frequent first, a few examples."""
+    from testbed.analysis.summary import failure_reason, failure_reasons, failure_text
+
     failed = [r for r in records if not (r["completed"] and r["verified"])]
     if not failed:
         return "ok" if len(records) == 1 else f"{len(records)}/{len(records)} ok"
     if len(records) == 1:
-        return f"FAILED ({failed[0]['failure']})"
-    reasons = "; ".join(f"FAILED {r['client']}: {r['failure']}" for r in failed)
+        return f"FAILED ({failure_reason(failed[0])})"
+    # Whatever the clients, one line: the 4 most frequent reasons in about two terminal
+    # lines of text, and the first 3 clients of each as examples to look up.
+    reasons = failure_text(
+        failure_reasons(failed), max_reasons=4, width=200, clients=3, times=" × "
+    )
     return f"{len(records) - len(failed)}/{len(records)} ok; {reasons}"
+
+
+def _first_index(client: ClientRole, scenario: Scenario) -> int:
+    """The run-wide 1-based index of a client host's first connection."""
+    return (client.index - 1) * scenario.workload.connections + 1
+
+
+def _server_file(server: ServerRole, process: int, what: str, suffix: str) -> str:
+    """server-events-q1234srv.jsonl, or with several server processes -p1, -p2, ..."""
+    number = f"-p{process + 1}" if process else ""
+    return f"server-{what + '-' if what else ''}{server.host}{number}.{suffix}"
+
+
+def _ready_file(client: ClientRole, artifacts: Path) -> Path:
+    return artifacts / f"client-{client.host}.ready"
 
 
 def _load_balanced(scenario: Scenario) -> bool:

@@ -135,14 +135,22 @@ def _releases(event) -> tuple[NatMapping, ...]:
 
 
 def client_events(
-    decisions: Iterable[Logged], hops: tuple[int, ...], addresses: Iterable[str]
+    decisions: Iterable[Logged],
+    hops: tuple[int, ...],
+    addresses: Iterable[str],
+    sockets: Iterable[tuple[str, int]] | None = None,
 ) -> dict[int, list[Logged]]:
     """Per hop dpid (path order; a run without middlebox hops has one plain switch, keyed
-    0), the events about this client's packets, paths and connections."""
+    0), the events about this client's packets, paths and connections. The client is its
+    host's `addresses`, or with `sockets` (a host with several connections) the (ip, port)
+    pairs this one connection used."""
     by_dpid: dict[int, list[Logged]] = {}
     for logged in decisions:
         by_dpid.setdefault(getattr(logged.event, "dpid", None), []).append(logged)
-    endpoints = _Endpoints(ips=set(addresses))
+    if sockets is None:
+        endpoints = _Endpoints(ips=set(addresses))
+    else:
+        endpoints = _Endpoints(sockets={(ip, int(port)) for ip, port in sockets})
     result: dict[int, list[Logged]] = {}
     if not hops:
         plain = [e for dpid, events in by_dpid.items() for e in events if dpid is not None]
@@ -328,11 +336,16 @@ def build_record(
     agent_mode: str | None = None,
     ratelimit=None,
     nat: bool = False,
+    shared_host: bool = False,
 ) -> dict:
+    """One connection's record. With `shared_host` its host runs other connections too, so
+    its events are told apart by the sockets it used, not by the host's addresses (the
+    host's ARP and agent reports are then nobody's in particular)."""
     addresses = tuple(addresses)
-    per_hop = client_events(decisions, hops, addresses)
+    sockets = connection_sockets(report) if shared_host else None
+    per_hop = client_events(decisions, hops, addresses, sockets)
     mine = [e for events in per_hop.values() for e in events]
-    reports = agent_reports(decisions, addresses)
+    reports = [] if shared_host else agent_reports(decisions, addresses)
     migration = report.get("migration")
     migrations = report.get("migrations") or ([migration] if migration else [])
     failure = report.get("failure")
@@ -397,6 +410,12 @@ def build_record(
         "smoothed_rtt_ms": report.get("smoothed_rtt_ms"),
     }
     return record
+
+
+def connection_sockets(report: dict) -> list[tuple[str, int]]:
+    """Every (ip, port) a connection sent from: its first socket and each migration's."""
+    first = [tuple(report["local_address"])] if report.get("local_address") else []
+    return first + [tuple(m["to"]) for m in report.get("migrations") or []]
 
 
 def migration_rate_hz(report: dict) -> float | None:

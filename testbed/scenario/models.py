@@ -15,7 +15,6 @@ Schema of `Scenario` to scenarios/schema.json for editors.
 
 import hashlib
 import json
-import random
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from pydantic import (
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from qasm.agents.tracking import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from qasm.controller.pipeline import AGENT_MODES, FUNCTIONS, VARIANTS
 from qasm.functions.firewall import SniPolicy
 from qasm.functions.ratelimit import RateLimit
@@ -45,9 +45,12 @@ from qasm.state.connections import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIO
 from testbed.analysis.regression import BLOCK_JSON_SCHEMA, Tolerance, check_block
 from testbed.apps.transfer import SERVER_NAME
 from testbed.emulation.links import IMPAIRMENTS, LIMITS, LINK_KINDS, LinkConditions, link_conditions
-from testbed.migration import MIGRATION_KINDS
+from testbed.migration import MIGRATION_KINDS, trigger
 
 MAX_CLIENTS = 100
+MAX_CONNECTIONS_PER_HOST = 1000
+MAX_SERVER_PROCESSES = 8
+MAX_AGENT_REPORTS_PER_S = 100_000
 MAX_BACKENDS = 8
 MAX_HOPS = 8
 MAX_REPETITIONS = 1000
@@ -339,12 +342,24 @@ AnyTopology = Annotated[DualhomedTopology | ChainTopology, Field(discriminator="
 
 
 class Workload(Section):
-    """What each client transfers."""
+    """What each connection transfers, how many connections each client host drives and
+    when they start."""
 
     bytes: Integer(1, MAX_BYTES) = Field(
-        description="payload per client, verified by SHA-256 at both ends"
+        description="payload per connection, verified by SHA-256 at both ends"
     )
     server_name: HostName() = Field(SERVER_NAME, description="the SNI every client asks for")
+    connections: Integer(1, MAX_CONNECTIONS_PER_HOST) = Field(
+        1, description="QUIC connections per client host, driven by one process (asyncio)"
+    )
+    start_window_s: Number(0, MAX_SECONDS, inclusive=True) = Field(
+        0.0, description="the run's connections start evenly spread over this many seconds"
+    )
+    server_processes: Integer(1, MAX_SERVER_PROCESSES) = Field(
+        1,
+        description="server processes sharing the service port (SO_REUSEPORT; each "
+        "connection's packets reach its process by the server ID in its CIDs)",
+    )
 
 
 def _spread_in_the_trigger_unit(value: Any, info: ValidationInfo) -> int | float:
@@ -401,14 +416,10 @@ class Migration(Section):
             errors += [_again(error) for error in exc.errors(include_url=False)]
         raise ValidationError.from_exception_data(cls.__name__, errors)
 
-    def trigger_for(self, client_index: int, seed: int) -> tuple[str, float]:
-        """("at_bytes" | "at_seconds", value) of one client: its own, reproducible schedule."""
-        offset = (
-            random.Random(f"{seed}:{client_index}").uniform(0, self.spread) if self.spread else 0
-        )
-        if self.at_bytes is not None:
-            return "at_bytes", self.at_bytes + int(offset)
-        return "at_seconds", self.at_seconds + offset
+    def trigger_for(self, index: int, seed: int) -> tuple[str, float]:
+        """("at_bytes" | "at_seconds", value) of connection `index`: its own, reproducible
+        schedule (testbed.migration.trigger)."""
+        return trigger(self.at_bytes, self.at_seconds, self.spread, index, seed)
 
 
 class Timeouts(Section):
@@ -427,6 +438,14 @@ class Agent(Section):
         alias="mode",
         description="how announcements reach the middlebox hops: push (the Tracking Agent "
         "installs them) or pull (a hop looks them up); a list runs qasm in each",
+    )
+    reports_per_s: Number(0, MAX_AGENT_REPORTS_PER_S) = Field(
+        DEFAULT_RATE_PER_S,
+        description="each client's authenticated reports the Tracking Agent takes per second "
+        "(a token bucket; a client migrating N times a second sends about N)",
+    )
+    report_burst: Integer(1, MAX_AGENT_REPORTS_PER_S) = Field(
+        DEFAULT_BURST, description="the bucket's size, reports"
     )
 
 
@@ -643,6 +662,19 @@ class Scenario(Section):
             if not topology.backends:
                 raise problems((("backends",), "expected 2 or more (functions has loadbalancer)"))
         return topology
+
+    @field_validator("workload")
+    @classmethod
+    def _one_server_process_per_backend(cls, workload: Workload, info: ValidationInfo):
+        if workload.server_processes > 1 and "loadbalancer" in info.data.get("functions", ()):
+            raise problems(
+                (
+                    ("server_processes",),
+                    "expected 1 with functions loadbalancer (each backend's CIDs carry its own "
+                    "server ID)",
+                )
+            )
+        return workload
 
     @field_validator("migration")
     @classmethod

@@ -53,10 +53,12 @@ def test_a_retirement_whose_socket_came_late_still_leaves_before_the_next_announ
                 _retire(counter) if kind == "retire" else _announce(counter)
             )
 
-        retirement = asyncio.create_task(link.exchange(lambda: report("retire"), "10.0.1.1", "x"))
+        retirement = asyncio.create_task(
+            link.exchange(lambda: report("retire"), "10.0.1.1", "x", "c1")
+        )
         await asyncio.sleep(0)
         announcement = asyncio.create_task(
-            link.exchange(lambda: report("announce"), "10.0.2.1", "y")
+            link.exchange(lambda: report("announce"), "10.0.2.1", "y", "c1")
         )
         await asyncio.sleep(0.01)
         retire_socket.set_result(None)

@@ -244,8 +244,7 @@ def test_runs_are_interleaved_and_rotated_per_repetition():
 def test_each_record_is_appended_and_the_summary_rewritten(tmp_path):
     scenario = load_scenario(REPOSITORY / "scenarios" / "default.yaml")
     runner = ExperimentRunner(scenario, tmp_path)
-    for record in _records("baseline", [40, 41]):
-        runner._append_record(record)
+    runner._append_records(_records("baseline", [40, 41]))
     lines = (tmp_path / "records.jsonl").read_text().splitlines()
     assert [json.loads(line)["goodput_mbps"] for line in lines] == [40, 41]
     summary = json.loads((tmp_path / "summary.json").read_text())

@@ -1,0 +1,56 @@
+"""A reduced scenarios/scale.yaml on the real emulation: 200 concurrent connections from
+10 client hosts (one process each, 20 connections), every one migrating actively once,
+through a firewall and NAT, two server processes sharing the port."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.integration.conftest import REPOSITORY, read_records, run_scenario
+
+pytestmark = pytest.mark.integration
+HOSTS, PER_HOST = 10, 20
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    scenario = yaml.safe_load((REPOSITORY / "scenarios" / "scale.yaml").read_text())
+    scenario.update(variants=["baseline", "qasm"])
+    scenario["topology"]["clients"] = HOSTS
+    scenario["workload"].update(bytes=60000, start_window_s=2)
+    scenario["migration"].update(at_seconds=0.3, spread=2)
+    del scenario["sweep"]
+    run_dir = tmp_path_factory.mktemp("scale")
+    path = run_dir.parent / "scale-reduced.yaml"
+    path.write_text(yaml.safe_dump(scenario))
+    printed = run_scenario(path, run_dir, timeout_s=600)
+    return printed, read_records(run_dir)
+
+
+@pytest.mark.parametrize("variant", ["baseline", "qasm"])
+def test_at_least_99_percent_of_200_connections_complete_and_verify(run, variant):
+    records = [r for r in run[1] if r["variant"] == variant]
+    assert len(records) == HOSTS * PER_HOST
+    assert len({r["client"] for r in records}) == len(records)  # each connection its record
+    verified = [r for r in records if r["completed"] and r["verified"]]
+    assert len(verified) >= 0.99 * len(records), {r["failure"] for r in records} - {None}
+    migrated = [r for r in verified if r["migrated"]]
+    assert len(migrated) >= 0.95 * len(verified)
+
+
+def test_no_migrated_qasm_connection_costs_a_packet_in(run):
+    for record in run[1]:
+        if record["variant"] == "qasm" and record["migrated"] and record["completed"]:
+            assert record["migration_packet_ins"] == 0, record["client"]
+            assert record["per_hop"]["nat_mappings"] == [1]
+
+
+def test_connections_start_within_the_window_and_each_migrates_at_its_own_moment(run):
+    records = [r for r in run[1] if r["variant"] == "baseline"]
+    assert len({r["migration_trigger"]["at_seconds"] for r in records}) == len(records)
+
+
+def test_the_progress_line_summarises_instead_of_listing(run):
+    printed = run[0]
+    assert all(len(line) < 400 for line in printed.splitlines())
