@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class FlowKey:
-    """A UDP 5-tuple (protocol implied), in the direction the packet travelled."""
+class FlowKey(NamedTuple):
+    """A UDP 5-tuple (protocol implied), in the direction the packet travelled.
+
+    A named tuple, not a dataclass: a middlebox hashes several per packet-in and holds one per
+    path of every connection, and a tuple's hash is computed in C."""
 
     src_ip: str
     src_port: int

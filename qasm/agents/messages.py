@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import json
+import socket
 from dataclasses import dataclass
 
 PROTOCOL_VERSION = 1
@@ -113,21 +113,41 @@ def _parse_body(datagram: bytes) -> dict:
     return body
 
 
+@dataclass(frozen=True)
+class Sealed:
+    """A datagram's body, parsed once: who it claims to be from, before authentication (to
+    pick the key to verify with), then `open(key)`."""
+
+    datagram: bytes
+    body: dict
+
+    @property
+    def client(self) -> str:
+        client = self.body.get("client")
+        if not isinstance(client, str) or not 0 < len(client) <= MAX_CLIENT_ID:
+            raise AgentMessageError(f"client: expected a string of 1..{MAX_CLIENT_ID} characters")
+        return client
+
+    def open(self, key: bytes) -> Message:
+        """Verifies the tag, then checks every field."""
+        expected = hmac.new(key, self.datagram[TAG_SIZE:], hashlib.sha256).digest()
+        if not hmac.compare_digest(expected, self.datagram[:TAG_SIZE]):
+            raise AgentMessageError("tag: HMAC does not verify (forged or wrong key)")
+        return _message(self.body)
+
+
+def unseal(datagram: bytes) -> Sealed:
+    return Sealed(datagram, _parse_body(datagram))
+
+
 def peek_client(datagram: bytes) -> str:
     """The claimed client id, read before authentication to pick the key to verify with."""
-    client = _parse_body(datagram).get("client")
-    if not isinstance(client, str) or not 0 < len(client) <= MAX_CLIENT_ID:
-        raise AgentMessageError(f"client: expected a string of 1..{MAX_CLIENT_ID} characters")
-    return client
+    return unseal(datagram).client
 
 
 def open_sealed(datagram: bytes, key: bytes) -> Message:
     """Verifies the tag, then parses and checks every field."""
-    body = _parse_body(datagram)
-    expected = hmac.new(key, datagram[TAG_SIZE:], hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, datagram[:TAG_SIZE]):
-        raise AgentMessageError("tag: HMAC does not verify (forged or wrong key)")
-    return _message(body)
+    return unseal(datagram).open(key)
 
 
 def _field(body: dict, name: str, kind: type):
@@ -154,8 +174,8 @@ def _address(body: dict, name: str) -> Address:
         raise AgentMessageError(f"{name}: expected [ipv4, port]")
     ip, port = value
     try:
-        ipaddress.IPv4Address(ip)
-    except (ValueError, TypeError) as exc:
+        socket.inet_pton(socket.AF_INET, ip)  # dotted quad only, as ipaddress, but in C
+    except (OSError, TypeError) as exc:
         raise AgentMessageError(f"{name}: expected an IPv4 address, got {ip!r:.40}") from exc
     if type(port) is not int or not 0 < port < 65536:
         raise AgentMessageError(f"{name}: expected a port 1..65535, got {port!r:.20}")

@@ -38,9 +38,8 @@ from qasm.agents.messages import (
     AgentMessageError,
     Announce,
     Retire,
-    open_sealed,
-    peek_client,
     seal,
+    unseal,
 )
 from qasm.controller.events import Reason, Refusal
 from qasm.flow import FlowKey
@@ -153,14 +152,15 @@ class TrackingAgent:
 
     def _receive(self, datagram, source_ip, now, table, apply) -> Report:
         try:
-            client = peek_client(datagram)
+            sealed = unseal(datagram)
+            client = sealed.client
         except AgentMessageError as exc:
             return self._report(False, Reason.MALFORMED, str(exc))
         key = self.keys.get(client)
         if key is None:
             return self._report(False, Reason.UNKNOWN_CLIENT, "", client)
         try:
-            message = open_sealed(datagram, key)
+            message = sealed.open(key)
         except AgentMessageError as exc:
             forged = str(exc).startswith("tag:")
             return self._report(

@@ -7,8 +7,9 @@ and log it instead of crashing.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import struct
+import sys
 from dataclasses import dataclass
 
 from qasm.flow import FlowKey
@@ -18,6 +19,9 @@ ETH_TYPE_ARP = 0x0806
 IP_PROTO_UDP = 17
 _ETH_HEADER = 14
 _UDP_HEADER = 8
+_ETH_TYPE = struct.Struct("!H")
+_IPV4_LENGTHS = struct.Struct("!HxxH")  # total length, then flags and fragment offset
+_UDP_HEADER_FIELDS = struct.Struct("!HHH")
 
 
 class FrameError(ValueError):
@@ -40,53 +44,52 @@ class Frame:
         return tuple(a for a in (self.ip_src, self.ip_dst) if a)
 
 
-def _mac(raw: bytes) -> str:
-    return raw.hex(":")
-
-
 def parse_frame(data: bytes) -> Frame:
+    # Offsets into `data` (no copies of the packet but the UDP payload), addresses through
+    # inet_ntoa and interned: a controller keeps millions of 5-tuples naming the same hosts.
     if len(data) < _ETH_HEADER:
         raise FrameError(f"ethernet: {len(data)} bytes, expected at least {_ETH_HEADER}")
-    eth_dst, eth_src = _mac(data[0:6]), _mac(data[6:12])
-    (eth_type,) = struct.unpack_from("!H", data, 12)
+    eth_dst, eth_src = data[0:6].hex(":"), data[6:12].hex(":")
+    (eth_type,) = _ETH_TYPE.unpack_from(data, 12)
     if eth_type == ETH_TYPE_ARP:
         # RFC 826 for IPv4 over Ethernet: sender protocol address at 14, target at 24.
         if len(data) < _ETH_HEADER + 28:
             raise FrameError(f"arp: {len(data) - _ETH_HEADER} bytes, expected 28")
-        (operation,) = struct.unpack_from("!H", data, 20)
+        (operation,) = _ETH_TYPE.unpack_from(data, 20)
         return Frame(
             eth_src,
             eth_dst,
             eth_type,
             arp_request=operation == 1,
-            ip_src=str(ipaddress.IPv4Address(data[28:32])),
-            ip_dst=str(ipaddress.IPv4Address(data[38:42])),
+            ip_src=_address(data, 28),
+            ip_dst=_address(data, 38),
         )
     if eth_type != ETH_TYPE_IPV4:
         return Frame(eth_src, eth_dst, eth_type)
-    ip = data[_ETH_HEADER:]
-    if len(ip) < 20:
-        raise FrameError(f"ipv4: {len(ip)} bytes, expected at least 20")
-    version, header_len = ip[0] >> 4, (ip[0] & 0x0F) * 4
+    ip_length = len(data) - _ETH_HEADER
+    if ip_length < 20:
+        raise FrameError(f"ipv4: {ip_length} bytes, expected at least 20")
+    first = data[_ETH_HEADER]
+    version, header_len = first >> 4, (first & 0x0F) * 4
     if version != 4 or header_len < 20:
         raise FrameError(
             f"ipv4: version {version} header length {header_len}, expected 4 and >= 20"
         )
-    (total_len,) = struct.unpack_from("!H", ip, 2)
-    if total_len < header_len or total_len > len(ip):
-        raise FrameError(f"ipv4: total length {total_len} outside [{header_len}, {len(ip)}]")
-    (fragment,) = struct.unpack_from("!H", ip, 6)
-    proto = ip[9]
-    src, dst = str(ipaddress.IPv4Address(ip[12:16])), str(ipaddress.IPv4Address(ip[16:20]))
-    frame = Frame(eth_src, eth_dst, eth_type, ip_src=src, ip_dst=dst, ip_proto=proto)
+    total_len, fragment = _IPV4_LENGTHS.unpack_from(data, _ETH_HEADER + 2)
+    if total_len < header_len or total_len > ip_length:
+        raise FrameError(f"ipv4: total length {total_len} outside [{header_len}, {ip_length}]")
+    proto = data[_ETH_HEADER + 9]
+    src, dst = _address(data, _ETH_HEADER + 12), _address(data, _ETH_HEADER + 16)
     if proto != IP_PROTO_UDP or fragment & 0x1FFF:
-        return frame  # not UDP, or a later fragment that carries no UDP header
-    udp = ip[header_len:total_len]
-    if len(udp) < _UDP_HEADER:
-        raise FrameError(f"udp: {len(udp)} bytes, expected at least {_UDP_HEADER}")
-    src_port, dst_port, udp_len = struct.unpack_from("!HHH", udp, 0)
-    if udp_len < _UDP_HEADER or udp_len > len(udp):
-        raise FrameError(f"udp: length field {udp_len} outside [{_UDP_HEADER}, {len(udp)}]")
+        # Not UDP, or a later fragment that carries no UDP header.
+        return Frame(eth_src, eth_dst, eth_type, ip_src=src, ip_dst=dst, ip_proto=proto)
+    udp = _ETH_HEADER + header_len
+    udp_available = total_len - header_len
+    if udp_available < _UDP_HEADER:
+        raise FrameError(f"udp: {udp_available} bytes, expected at least {_UDP_HEADER}")
+    src_port, dst_port, udp_len = _UDP_HEADER_FIELDS.unpack_from(data, udp)
+    if udp_len < _UDP_HEADER or udp_len > udp_available:
+        raise FrameError(f"udp: length field {udp_len} outside [{_UDP_HEADER}, {udp_available}]")
     return Frame(
         eth_src,
         eth_dst,
@@ -95,8 +98,12 @@ def parse_frame(data: bytes) -> Frame:
         ip_dst=dst,
         ip_proto=proto,
         flow=FlowKey(src, src_port, dst, dst_port),
-        udp_payload=bytes(udp[_UDP_HEADER:udp_len]),
+        udp_payload=data[udp + _UDP_HEADER : udp + udp_len],
     )
+
+
+def _address(data: bytes, offset: int) -> str:
+    return sys.intern(socket.inet_ntoa(data[offset : offset + 4]))
 
 
 def _ipv4_checksum(header: bytes) -> int:
@@ -117,9 +124,9 @@ def build_arp_reply(sender_mac: str, sender_ip: str, target_mac: str, target_ip:
         + _mac_bytes(sender_mac)
         + struct.pack("!HHHBBH", ETH_TYPE_ARP, 1, ETH_TYPE_IPV4, 6, 4, 2)
         + _mac_bytes(sender_mac)
-        + ipaddress.IPv4Address(sender_ip).packed
+        + socket.inet_aton(sender_ip)
         + _mac_bytes(target_mac)
-        + ipaddress.IPv4Address(target_ip).packed
+        + socket.inet_aton(target_ip)
     )
 
 
@@ -131,7 +138,7 @@ def build_udp_frame(
     total = 20 + len(udp) + len(payload)
     header = struct.pack(
         "!BBHHHBBH4s4s", 0x45, 0, total, 0, 0x4000, ttl, IP_PROTO_UDP, 0,
-        ipaddress.IPv4Address(flow.src_ip).packed, ipaddress.IPv4Address(flow.dst_ip).packed,
+        socket.inet_aton(flow.src_ip), socket.inet_aton(flow.dst_ip),
     )  # fmt: skip
     header = header[:10] + struct.pack("!H", _ipv4_checksum(header)) + header[12:]
     ethernet = _mac_bytes(eth_dst) + _mac_bytes(eth_src) + struct.pack("!H", ETH_TYPE_IPV4)

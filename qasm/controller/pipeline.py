@@ -670,7 +670,8 @@ class Middlebox(Switch):
     def _touches_service(self, frame: Frame) -> bool:
         if frame.eth_type != ETH_TYPE_IPV4:
             return False
-        return self.config.service_ip in frame.addresses() or frame.ip_src in self._backend_ips
+        service = self.config.service_ip
+        return service in (frame.ip_src, frame.ip_dst) or frame.ip_src in self._backend_ips
 
     def _client_path(self, flow: FlowKey) -> tuple[FlowKey | Refusal, bool]:
         """The client→service 5-tuple a packet belongs to and whether it travels that way;
@@ -724,7 +725,7 @@ class Middlebox(Switch):
         rules = self._rules(connection, path)
         if rules is None:
             # A side's location not learnt yet: deliver this packet, install rules later.
-            forward, backward, _ = self._rewrites(connection, path)
+            _, forward, backward, _ = self._translations(connection, path)
             rewrite = forward if to_service else backward
             messages.append(PacketOut(in_port, PORT_FLOOD, data, rewrite))
         else:
@@ -762,10 +763,11 @@ class Middlebox(Switch):
             found = self._locate_by_dcid(path, payload, now)
             if found is not None:
                 return found
-        refusals = [r for f in self.functions if (r := f.admit(payload)) is not None]
+        problem = client_initial_problem(payload)
+        refusals = [r for f in self.functions if (r := f.admit(problem)) is not None]
         if refusals:
             return refusals[0]
-        initial = client_initial_problem(payload) is None
+        initial = problem is None
         connection = self.table.put(path, now)
         self._release_ended()  # what the bound evicted, before this connection allocates
         # Only a connection that starts with its handshake has server SCIDs to observe; one
@@ -833,13 +835,9 @@ class Middlebox(Switch):
             service_port = translation.service_port or service_port
         return flow, forward, backward, service_port
 
-    def _rewrites(self, connection: Connection, path: FlowKey):
-        flow, forward, backward, _ = self._translations(connection, path)
-        return forward, backward, flow
-
-    def _ends(self, connection: Connection, path: FlowKey, functions=None):
-        """The path's two ends on this switch, or None while one is not located."""
-        flow, _, _, service_port = self._translations(connection, path, functions)
+    def _ends(self, path: FlowKey, flow: FlowKey, service_port: int | None):
+        """The two ends on this switch of `path`, which the service sees as `flow`, or None
+        while one is not located."""
         client_port = self._port_of_ip.get(path.src_ip)
         service_port = service_port or self._port_of_ip.get(flow.dst_ip)
         client_mac = self._mac_of_ip.get(path.src_ip)
@@ -853,11 +851,11 @@ class Middlebox(Switch):
         """(ends, both directions' rules, forward and backward rewrites), or None while an
         end is not located. The client's direction goes under the connection's meter."""
         functions = self.functions if functions is None else functions
-        ends = ends or connection.ends.get(path) or self._ends(connection, path, functions)
+        flow, forward, backward, service_port = self._translations(connection, path, functions)
+        ends = ends or connection.ends.get(path) or self._ends(path, flow, service_port)
         if ends is None:
             return None
         connection.ends[path] = ends
-        flow, forward, backward, _ = self._translations(connection, path, functions)
         if backward:
             backward += (("eth_dst", ends.client_mac),)
         meter = next((m for f in functions if (m := f.meter(connection)) is not None), None)

@@ -85,8 +85,9 @@ class MiddleboxFunction:
         """IPv4 address → MAC this function makes the hop answer ARP for."""
         return {}
 
-    def admit(self, payload: bytes) -> Refusal | None:
-        """Whether a new connection may open with this first client datagram."""
+    def admit(self, initial_problem: str | None) -> Refusal | None:
+        """Whether a new connection may open with its first client datagram, given why that
+        datagram is not a QUIC client Initial (None: it is one; parsed once per packet)."""
         return None
 
     def opened(self, connection, payload: bytes) -> None:

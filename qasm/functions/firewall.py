@@ -98,9 +98,8 @@ class Firewall(MiddleboxFunction):
     def __init__(self, sni: SniPolicy | None = None) -> None:
         self.sni = sni
 
-    def admit(self, payload: bytes) -> Refusal | None:
-        problem = client_initial_problem(payload)
-        return Refusal(Reason.NOT_AN_INITIAL, problem) if problem else None
+    def admit(self, initial_problem: str | None) -> Refusal | None:
+        return Refusal(Reason.NOT_AN_INITIAL, initial_problem) if initial_problem else None
 
     def opened(self, connection, payload: bytes) -> None:
         if self.sni is not None:
