@@ -432,6 +432,32 @@ def link_emulation_table(link_emulation) -> Table | None:
     return Table((("emulation",) if several else ()) + header, tuple(rows))
 
 
+def _rate_table(rows: list[dict]) -> Table:
+    header = (
+        "point", "variant", "migration", "verified/runs", "achieved Hz", "goodput ratio",
+        "migration packet-ins", "NAT mappings peak", "NAT mappings at end",
+        "agent messages/migration",
+    )  # fmt: skip
+    return Table(
+        header,
+        tuple(
+            (
+                row["point"] or "-",
+                row["variant"],
+                row["migration"],
+                f"{row['verified']}/{row['runs']}",
+                _fmt(row["achieved_hz"], 1),
+                _comparison_text(row["goodput_ratio"]) if row["goodput_ratio"] else "-",
+                _fmt(row["migration_packet_ins"], 1),
+                _fmt(row["nat_mappings_peak"]),
+                _fmt(row["nat_mappings_end"], 1),
+                _fmt(row["agent_messages_per_migration"], 2),
+            )  # fmt: skip
+            for row in rows
+        ),
+    )
+
+
 def _summary_blocks(summary: dict, level: int) -> list:
     blocks: list = [
         Heading(level, "Results per variant and migration kind"),
@@ -514,6 +540,17 @@ def build_blocks(run: RunDir, summary: dict, images: list[Image]) -> list:
                 "goodput and disruption of the connections that survived."
             ),
             _curve_table(rows, key),
+        ]
+    if summary.get("rates"):
+        blocks += [
+            Heading(2, "Against the achieved migration rate"),
+            Paragraph(
+                "Per sweep point, variant and kind: the median migration rate the clients "
+                "achieved, the goodput ratio to baseline at the same point with its 95% "
+                "interval, the median migration packet-ins, the most NAT mappings a hop held "
+                "at once and at the end, and the agent's messages per migration."
+            ),
+            _rate_table(summary["rates"]),
         ]
     if summary.get("matrix"):
         blocks += [
@@ -788,6 +825,47 @@ def plot_all(run: RunDir, summary: dict, plots_dir: Path) -> list[Image]:
                     axis.legend(fontsize=8)
         figure.tight_layout()
         save(figure, f"against-{key}.png", f"goodput, handshake and disruption against {key}")
+
+    rates = summary.get("rates") or []
+    if rates:
+        panels = (
+            ("goodput_ratio", "goodput ratio to baseline"),
+            ("migration_packet_ins", "migration packet-ins"),
+            ("nat_mappings_peak", "NAT mappings held at once (peak)"),
+        )
+        figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+        lines = sorted(
+            {(r["variant"], r["migration"]) for r in rates},
+            key=lambda k: (_variant_key(k[0]), k[1]),
+        )
+        for axis, (field, label) in zip(axes[0], panels, strict=True):
+            for variant, kind in lines:
+                line = sorted(
+                    (r for r in rates if (r["variant"], r["migration"]) == (variant, kind)),
+                    key=lambda r: r["achieved_hz"],
+                )
+                xs, ys = [], []
+                for row in line:
+                    value = row[field]
+                    if isinstance(value, dict):
+                        value = value.get("estimate")
+                    if value is not None:
+                        xs.append(row["achieved_hz"])
+                        ys.append(value)
+                if xs:
+                    style = "-" if kind == "nat-rebind" else "--"
+                    axis.plot(xs, ys, style, marker="o", color=colours[variant],
+                              label=f"{variant} {kind}")  # fmt: skip
+            if field == "goodput_ratio":
+                axis.axhline(0.95, color="grey", linestyle=":", linewidth=1)
+            axis.set_xscale("log")
+            axis.set(xlabel="achieved migrations per second", ylabel=label)
+            axis.grid(alpha=0.3)
+            if axis.get_legend_handles_labels()[0]:
+                axis.legend(fontsize=7)
+        figure.tight_layout()
+        alt = "goodput ratio, migration packet-ins and NAT mappings against the achieved rate"
+        save(figure, "against-migration-rate.png", alt)
 
     matrix = summary.get("matrix")
     if matrix:

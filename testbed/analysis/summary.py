@@ -366,6 +366,7 @@ def summarize(records: list[dict], seed: int = 0, split_points: bool = True) -> 
     summary["matrix"] = survival_matrix(records)
     if split_points:
         summary["curves"] = {key: curves(records, key, seed) for key in curve_parameters(records)}
+        summary["rates"] = rate_rows(records, seed)
     labels = sorted({parameters_label(r.get("parameters") or {}) for r in records})
     if split_points and labels != [""] and labels:
         summary["points"] = [
@@ -498,3 +499,56 @@ def curves(records: list[dict], key: str, seed: int = 0) -> list[dict]:
             row[metric] = {"median": _median(values), "ci95": median_interval(values, seed)}
         rows.append(row)
     return rows
+
+
+def rate_rows(records: list[dict], seed: int = 0) -> list[dict]:
+    """Against the migration rate actually achieved: per (sweep point, variant, kind) with
+    repeated migration, the median achieved rate (records' `migration_rate_hz`), the goodput
+    ratio to baseline at the same point and kind with its 95% interval, the migration
+    packet-ins, the most NAT mappings a hop held at once and at the end, and the agent's
+    messages per migration. Empty when no record migrated more than once."""
+    rated = [r for r in records if r.get("migration_rate_hz") is not None]
+    if not rated:
+        return []
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        point = parameters_label(record.get("parameters") or {})
+        groups.setdefault((point, record["variant"], str(record["migration"])), []).append(record)
+    rows = []
+    for (point, variant, kind), group in groups.items():
+        rates = _values(group, "migration_rate_hz")
+        if not rates:
+            continue
+        baseline = groups.get((point, "baseline", kind), [])
+        migrations = sum(r.get("migrations") or 0 for r in group)
+        messages = sum(r.get("agent_messages") or 0 for r in group)
+        peaks = _values(group, "nat_mappings_peak")
+        rows.append(
+            {
+                "point": point,
+                "variant": variant,
+                "migration": kind,
+                "runs": len(group),
+                "verified": sum(bool(r["completed"] and r["verified"]) for r in group),
+                "achieved_hz": _median(rates),
+                "goodput_ratio": (
+                    _comparison(
+                        _values(group, "goodput_mbps"), _values(baseline, "goodput_mbps"),
+                        "ratio", seed,
+                    )
+                    if baseline and variant != "baseline"
+                    else None
+                ),
+                "migration_packet_ins": _median(_values(group, "migration_packet_ins")),
+                "nat_mappings_peak": max(peaks) if peaks else None,
+                "nat_mappings_end": _median(_values(group, "nat_mappings")),
+                "agent_messages_per_migration": (
+                    round(messages / migrations, 3) if migrations and messages else None
+                ),
+            }
+        )  # fmt: skip
+    # Each variant and kind as a curve, slowest first.
+    return sorted(
+        rows,
+        key=lambda r: (r["variant"] != "baseline", r["variant"], r["migration"], r["achieved_hz"]),
+    )

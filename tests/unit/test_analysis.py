@@ -496,3 +496,36 @@ def test_overhead_draws_only_comparisons_some_variant_has_and_none_without(tmp_p
     written = sorted(path.name for path in (run / "plots").iterdir())
     assert written == ["disruption.png", "goodput-around-migration.png", "matrix.png"]
     assert "overhead.png" not in (run / "report.md").read_text()
+
+
+def test_the_report_plots_what_repeated_migration_costs_against_the_achieved_rate(tmp_path):
+    records = []
+    for period, achieved in ((0.1, 9.5), (0.01, 80.0), (0.005, 150.0)):
+        for repetition in range(3):
+            parameters = {"migration.repeat_every_s": period}
+            records.append(record("baseline", repetition, 45.0, parameters=parameters,
+                                  migration_rate_hz=achieved, migrations=int(achieved * 4)))  # fmt: skip
+            records.append(
+                record(
+                    "qasm",
+                    repetition,
+                    44.0 - (achieved / 100),
+                    parameters=parameters,
+                    migration_rate_hz=achieved * 0.9,
+                    migrations=int(achieved * 3.6),
+                    agent_messages=int(achieved * 3.6) + 1,
+                    nat_mappings=1,
+                    nat_mappings_peak=2,
+                )  # fmt: skip
+            )
+    rows = summarize(records, seed=1)["rates"]
+    qasm = [r for r in rows if r["variant"] == "qasm"]
+    assert [r["achieved_hz"] for r in qasm] == [8.55, 72.0, 135.0]  # slowest first
+    fastest = qasm[-1]
+    assert fastest["goodput_ratio"]["estimate"] == pytest.approx((44.0 - 1.5) / 45.0)
+    assert fastest["nat_mappings_peak"] == 2 and fastest["nat_mappings_end"] == 1
+    assert fastest["agent_messages_per_migration"] == pytest.approx(541 * 3 / (540 * 3), abs=1e-3)
+    run = write_run(tmp_path / "run", records)
+    assert main(["report", str(run)]) == 0
+    assert (run / "plots" / "against-migration-rate.png").exists()
+    assert "Against the achieved migration rate" in (run / "report.md").read_text()
