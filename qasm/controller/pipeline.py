@@ -644,7 +644,7 @@ class Middlebox(Switch):
         being decided; `ended_decision` then reports it."""
         for connection, cause in self.table.take_ended():
             self._ended[cause].append(connection.id)
-            for path in connection.paths | connection.retired_paths:
+            for path in (*connection.paths, *connection.retired_paths):
                 self._ended_change.messages += self._remove_path_rules(connection, path)
             for function in self.functions:
                 self._ended_change.merge(function.connection_ended(connection))

@@ -75,7 +75,7 @@ def sni_matches(pattern: str, name: str) -> bool:
     return name == pattern
 
 
-@dataclass
+@dataclass(slots=True)
 class FirewallState:
     """A connection whose SNI is still to be read: the ClientHello's crypto stream so far
     (contiguous prefix and out-of-order fragments) and the DCID its Initial keys derive from

@@ -80,7 +80,7 @@ def backend_by_server_id(settings: LoadBalancerSettings, dcid: bytes) -> Backend
     return next((b for b in settings.backends if b.server_id == server_id), None)
 
 
-@dataclass
+@dataclass(slots=True)
 class LoadBalancerState:
     backend: str | None = None  # the backend's IP, chosen when the connection's first path came
 

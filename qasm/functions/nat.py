@@ -84,7 +84,7 @@ class NatPool:
         return FlowKey(self.settings.public_ip, port, path.dst_ip, path.dst_port)
 
 
-@dataclass
+@dataclass(slots=True)
 class NatState:
     """The public port of each path of the connection (retired ones until released)."""
 

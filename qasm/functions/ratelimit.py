@@ -21,7 +21,7 @@ class RateLimit:
     burst_kbit: int
 
 
-@dataclass
+@dataclass(slots=True)
 class RateLimitState:
     meter_id: int | None = None  # set once the meter is on the switch
 

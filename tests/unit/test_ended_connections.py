@@ -168,7 +168,7 @@ def assert_allocated(hop: Hop, admitted: Decision, sport: int, meter: bool):
     assert mapping.path == path and hop.pool.path_of(mapping.public_port) == path
     assert hop.pool.in_use == 1 and hop.pool.exhausted == 0
     (connection,) = hop.hop.table.connections()
-    assert connection.id == admitted.event.connection and connection.paths == {path}
+    assert connection.id == admitted.event.connection and connection.paths == (path,)
     assert hop.admitted_paths() == {path, FlowKey(SERVER_IP, 4433, PUBLIC_IP, mapping.public_port)}
     assert hop.switch.meters == ({connection.id} if meter else set())
     if meter:

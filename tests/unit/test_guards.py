@@ -59,7 +59,7 @@ def test_an_announce_is_accepted_only_for_a_new_address_of_the_client():
     bench = Bench()
     assert rejected(bench.announce(1, new=("10.0.9.9", 6000)), Reason.NEW_ADDRESS_NOT_CLIENTS)
     assert rejected(bench.announce(2, new=(ELSEWHERE, 6000)), Reason.NEW_ADDRESS_NOT_CLIENTS)
-    assert bench.applied == [] and bench.connection.paths == {path(WIFI, 5000)}
+    assert bench.applied == [] and bench.connection.paths == (path(WIFI, 5000),)
     accepted = bench.announce(3, new=(LTE, 6000))
     assert accepted.accepted and accepted.reason is Reason.ANNOUNCED
     assert accepted.new_path == path(LTE, 6000)
@@ -193,7 +193,7 @@ def test_an_announce_refused_on_a_later_hop_changes_no_hop():
     while second.table.associate_path(full, path("10.0.100.1", 40000 + len(full.paths)), 1.0):
         pass  # the second hop's connection is at its maximum of paths
     (connection,) = first.table.connections()
-    paths_before, cids_before = set(connection.paths), set(connection.server_cids)
+    paths_before, cids_before = connection.paths, connection.server_cids
     bench.net.events.clear()
     _, datagram = bench.agent.announce(
         bench.pair.client, (CHAIN_WIFI_IP, 50000), (CHAIN_LTE_IP, 6000), True

@@ -90,9 +90,9 @@ def connections(draw) -> Connection:
         id=draw(st.integers(1, 2**40)),
         created_at=draw(times),
         last_seen=draw(times),
-        paths=live,
-        retired_paths=retired,
-        server_cids=draw(st.sets(cids, max_size=8)),
+        paths=tuple(live),
+        retired_paths=tuple(retired),
+        server_cids=tuple(draw(st.sets(cids, max_size=8))),
         owner=draw(st.none() | st.text(min_size=1, max_size=32)),
         migrations=draw(st.integers(0, 1000)),
         observing=draw(st.booleans()),
@@ -136,9 +136,9 @@ def test_a_pending_sni_assembly_with_fragments_out_of_order_round_trips_and_resu
     first, second, third = client_hello_datagrams("blocked.example")
     path = FlowKey("10.0.1.1", 50000, SERVER_IP, 4433)
     connection = Connection(
-        id=7, created_at=1.0, last_seen=2.5, paths={path, FlowKey("10.0.2.1", 6000, SERVER_IP, 4433)},
-        retired_paths={FlowKey("10.0.1.1", 49999, SERVER_IP, 4433)},
-        server_cids={b"\x01" * 8, b"\x02" * 8}, owner="c1", migrations=1, observing=True,
+        id=7, created_at=1.0, last_seen=2.5, paths=(path, FlowKey("10.0.2.1", 6000, SERVER_IP, 4433)),
+        retired_paths=(FlowKey("10.0.1.1", 49999, SERVER_IP, 4433),),
+        server_cids=(b"\x01" * 8, b"\x02" * 8), owner="c1", migrations=1, observing=True,
         ends={path: PathEnds(2, "02:00:00:00:00:01", 1)}, rules_sent_at={path: 2.0},
         functions={
             "ratelimit": RateLimitState(7),

@@ -234,7 +234,7 @@ def test_qasm_retirement_removes_the_old_paths_rules(quic_pair):
     removed = {m.match for m in retired.messages if isinstance(m, RemoveFlow)}
     assert removed == {Match(flow=OLD_PATH), Match(flow=OLD_PATH.reversed())}
     assert box.hops[0].table.by_path(OLD_PATH, now=3.0) is None
-    assert connection.paths == {NEW_PATH} and connection.retired_paths == {OLD_PATH}
+    assert connection.paths == (NEW_PATH,) and connection.retired_paths == (OLD_PATH,)
     # The server going back to the old path (its validation of the new one timed out).
     fallback = one(box.packet_in(1, SERVER_PORT, from_server(b"\x40" + bytes(40)), now=3.5))
     assert (fallback.event.verdict, fallback.event.reason) == (Verdict.DROP, Reason.RETIRED_PATH)
@@ -276,7 +276,7 @@ def test_qasm_rejects_forged_replayed_oversized_and_foreign_reports(quic_pair):
     assert report_of(stranger).reason is Reason.SOURCE_NOT_CLIENTS and flow_mods(stranger) == 0
     assert box.tracking.counters["accepted"] == 2
     (connection,) = box.hops[0].table.connections()
-    assert connection.paths == {NEW_PATH}  # only the authentic reports changed anything
+    assert connection.paths == (NEW_PATH,)  # only the authentic reports changed anything
 
 
 def test_ratelimit_keeps_a_migrated_connection_under_one_meter_only_when_cid_aware(quic_pair):
