@@ -277,6 +277,8 @@ class ExperimentRunner:
         emulation.forget_neighbours()
         decision_log = emulation.start_controller(config, artifacts)
         controller_memory_start = emulation.controller.memory_kib()
+        # CPU spent starting up (imports, os-ken, the switches' connection): not the run's.
+        controller_cpu_start = emulation.controller.cpu_seconds()
         servers = []
         for server in roles.servers(_load_balanced(scenario)):
             for process in range(scenario.workload.server_processes):
@@ -303,7 +305,12 @@ class ExperimentRunner:
             _write_json_file(artifacts / "pcap" / "captures.json", counters)
         emulation.dump_flows(artifacts / "flows.txt")  # the switches' tables as the run left them
         failure = emulation.controller_failure() or emulation.link_failure()
-        controller_cpu_s = emulation.controller.cpu_seconds()
+        controller_cpu_end = emulation.controller.cpu_seconds()
+        controller_cpu_s = (
+            controller_cpu_end - controller_cpu_start
+            if controller_cpu_end is not None and controller_cpu_start is not None
+            else None
+        )
         controller_memory_end = emulation.controller.memory_kib()
         for process, _ in servers:
             emulation.stop_process(process)
@@ -346,6 +353,7 @@ class ExperimentRunner:
                     unit, value = scenario.migration.trigger_for(index, seed)
                     record["migration_trigger"] = {unit: value}
                 record["artifacts"] = str(artifacts.relative_to(self.out_dir))
+                record["controller_cpu_startup_s"] = controller_cpu_start
                 record["controller_cpu_s"] = (
                     controller_cpu_s / connections if controller_cpu_s is not None else None
                 )
