@@ -10,7 +10,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 OVS_CTL := /usr/share/openvswitch/scripts/ovs-ctl
-APT_PACKAGES := mininet openvswitch-switch iproute2 ethtool tcpdump procps psmisc iptables
+APT_PACKAGES := mininet openvswitch-switch iproute2 ethtool tcpdump procps psmisc iptables \
+    nftables conntrack util-linux
 SCENARIO ?= scenarios/default.yaml
 OUT ?= results/$(notdir $(basename $(SCENARIO)))-$(shell date +%Y%m%d-%H%M%S)
 

@@ -7,7 +7,8 @@ and `configure(net)` for the per-host set-up a Topo cannot declare.
 
 from topologies.chain import Chain
 from topologies.dualhomed import DualHomed
+from topologies.routed import Routed
 
-TOPOLOGIES = {"dualhomed": DualHomed, "chain": Chain}
+TOPOLOGIES = {"dualhomed": DualHomed, "chain": Chain, "routed": Routed}
 
 __all__ = ["TOPOLOGIES"]

@@ -5,8 +5,9 @@ with source-based policy routing so a socket bound to an interface's address lea
 that interface (needed for active migration to really change the path). The wifi interface
 also holds a second address, the target of an address rebinding.
 
-Addresses (client i = 1..100): wifi 10.0.1.i, wifi's second address 10.0.3.i, lte 10.0.2.i;
-the server 10.0.0.250; backends 10.0.4.1..N.
+Addresses in a /16 `net` (10.0 by default; client i = 1..100): wifi net.1.i, wifi's second
+address net.3.i, lte net.2.i; the server net.0.250; backends net.4.1..N. Behind a router
+(`gateway`), hosts route everything off their subnet through it.
 """
 
 from __future__ import annotations
@@ -15,24 +16,23 @@ from mininet.topo import Topo
 
 from topologies.roles import ClientRole, Interface, ServerRole
 
-SUBNET = "10.0.0.0/16"
+NET = "10.0"
 PREFIX_LENGTH = 16
-SERVER_IP = "10.0.0.250"
-SERVER_MAC = "02:00:00:00:04:00"
 SERVER_PORT = 1  # the server's port on its switch
 FIRST_BACKEND_PORT = 201
+SERVER_MAC = "02:00:00:00:04:00"
 
 
 def add_clients(
-    topo: Topo, prefix: str, switch: str, count: int, bandwidths: dict
+    topo: Topo, prefix: str, switch: str, count: int, bandwidths: dict, net: str = NET
 ) -> tuple[ClientRole, ...]:
     """Client hosts 1..count, wifi on port 2i and lte on port 2i+1 of `switch`."""
     clients = []
     for index in range(1, count + 1):
         host = f"{prefix}c{index}"
-        wifi = Interface(f"{host}-wifi", f"10.0.1.{index}", "wifi")
-        lte = Interface(f"{host}-lte", f"10.0.2.{index}", "lte")
-        wifi_alt_ip = f"10.0.3.{index}"
+        wifi = Interface(f"{host}-wifi", f"{net}.1.{index}", "wifi")
+        lte = Interface(f"{host}-lte", f"{net}.2.{index}", "lte")
+        wifi_alt_ip = f"{net}.3.{index}"
         topo.addHost(host, ip=f"{wifi.ip}/{PREFIX_LENGTH}")
         for interface, port in ((wifi, 2 * index), (lte, 2 * index + 1)):
             topo.addLink(
@@ -57,19 +57,21 @@ def add_clients(
     return tuple(clients)
 
 
-def add_server(topo: Topo, prefix: str, switch: str, bandwidths: dict) -> ServerRole:
-    server = ServerRole(f"{prefix}srv", SERVER_IP, SERVER_MAC, SERVER_PORT, "00")
+def add_server(
+    topo: Topo, prefix: str, switch: str, bandwidths: dict, net: str = NET
+) -> ServerRole:
+    server = ServerRole(f"{prefix}srv", f"{net}.0.250", SERVER_MAC, SERVER_PORT, "00")
     _add_server_host(topo, server, switch, bandwidths)
     return server
 
 
 def add_backends(
-    topo: Topo, prefix: str, switch: str, count: int, bandwidths: dict
+    topo: Topo, prefix: str, switch: str, count: int, bandwidths: dict, net: str = NET
 ) -> tuple[ServerRole, ...]:
     backends = tuple(
         ServerRole(
             f"{prefix}srv{i}",
-            f"10.0.4.{i}",
+            f"{net}.4.{i}",
             f"02:00:00:00:04:{i:02x}",
             FIRST_BACKEND_PORT + i - 1,
             f"{i:02x}",
@@ -88,8 +90,11 @@ def _add_server_host(topo: Topo, server: ServerRole, switch: str, bandwidths: di
     )
 
 
-def configure_clients(net, clients: tuple[ClientRole, ...]) -> None:
-    """Per-host set-up a Topo cannot declare: the second address and policy routing."""
+def configure_clients(
+    net, clients: tuple[ClientRole, ...], subnet: str = f"{NET}.0.0/16", gateway: str | None = None
+) -> None:
+    """Per-host set-up a Topo cannot declare: the second address and policy routing (through
+    `gateway`, the router, when the service is off the clients' subnet)."""
     for client in clients:
         host = net.get(client.host)
         # Per-namespace sysctls: answer ARP only on the interface owning the address and
@@ -109,7 +114,19 @@ def configure_clients(net, clients: tuple[ClientRole, ...]) -> None:
             (103, wifi_alt_ip, wifi.name),
         ):
             host.cmd("ip", "rule", "add", "from", ip, "table", str(table))
-            host.cmd("ip", "route", "add", SUBNET, "dev", intf, "src", ip, "table", str(table))
+            host.cmd("ip", "route", "add", subnet, "dev", intf, "src", ip, "table", str(table))
+            if gateway:
+                host.cmd(
+                    "ip", "route", "add", "default", "via", gateway, "dev", intf, "src", ip,
+                    "table", str(table),
+                )  # fmt: skip
+        if gateway:
+            host.cmd("ip", "route", "add", "default", "via", gateway, "dev", wifi.name)
+
+
+def route_servers(net, servers: tuple[ServerRole, ...], gateway: str) -> None:
+    for server in servers:
+        net.get(server.host).cmd("ip", "route", "add", "default", "via", gateway)
 
 
 def bandwidth(bw_mbit: float | None) -> dict:

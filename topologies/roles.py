@@ -79,6 +79,17 @@ class DatapathRole:
 
 
 @dataclass(frozen=True)
+class RouterRole:
+    """A host that routes between the clients' subnet and the service's (IP forwarding), where
+    the kernel variants run Linux's own middlebox (qasm/kernel/netfilter.py)."""
+
+    host: str
+    client_side: Interface  # its address is the clients' gateway
+    service_side: Interface  # its address is the servers' gateway and the NAT's public one
+    clients_subnet: str
+
+
+@dataclass(frozen=True)
 class Roles:
     clients: tuple[ClientRole, ...]
     server: ServerRole  # the service when it is not load balanced
@@ -91,6 +102,7 @@ class Roles:
     agent_ip: str = AGENT_IP
     agent_port: int = AGENT_PORT
     agent_mac: str = AGENT_MAC
+    router: RouterRole | None = None
 
     def service_ip(self, load_balanced: bool) -> str:
         return self.vip if load_balanced else self.server.ip

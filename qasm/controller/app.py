@@ -25,7 +25,8 @@ from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3
 
-from qasm.controller.events import SwitchConnected
+from qasm.controller.events import KernelPath, SwitchConnected
+from qasm.controller.kernel_anchor import ConntrackAnchor
 from qasm.controller.openflow import encode
 from qasm.controller.pipeline import Controller, Decision, MiddleboxConfig
 
@@ -65,6 +66,11 @@ class MiddleboxApp(app_manager.OSKenApp):
         with open(CONF.qasm_config, encoding="utf-8") as stream:
             self.config = MiddleboxConfig.from_json(stream.read())
         self.controller = Controller(self.config)
+        self.kernel = (
+            ConntrackAnchor(self.config.kernel_netns_pid)
+            if self.config.kernel_netns_pid is not None
+            else None
+        )
         self.decision_log = open(  # noqa: SIM115 (lives as long as the process)
             CONF.qasm_decision_log, "a", encoding="utf-8", buffering=1 << 20
         )
@@ -101,6 +107,12 @@ class MiddleboxApp(app_manager.OSKenApp):
     def _send_and_log(self, decisions: list[Decision]) -> None:
         now = time.monotonic()
         for decision in decisions:
+            if isinstance(decision.event, KernelPath):
+                # Carried out here, before the decisions after it (the agent's ack).
+                (change,) = decision.messages
+                ok, text = self.kernel.apply(change)
+                self._log(replace(decision.event, ok=ok, text=text), now)
+                continue
             datapath = self._datapaths.get(decision.dpid)
             if datapath is None:
                 raise RuntimeError(f"decision for datapath {decision.dpid}, not connected")

@@ -187,6 +187,21 @@ class PathRetired(Event):
 
 
 @dataclass(frozen=True)
+class KernelPath(Event):
+    """What the Tracking Agent asked of the router's conntrack (netfilter-qasm), and how it
+    went (`ok`, `text`: filled in by the app that carried it out)."""
+
+    name: ClassVar[str] = "kernel_path"
+    dpid: int
+    client: str
+    old_path: FlowKey | None = None
+    new_path: FlowKey | None = None
+    retired_path: FlowKey | None = None
+    ok: bool | None = None
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class ConnectionsEnded(Event):
     """Connections a hop forgot: idle past the timeout, or evicted at the table's bound."""
 
@@ -242,6 +257,7 @@ EVENTS: dict[str, type[Event]] = {
         AgentReport,
         PathInstalled,
         PathRetired,
+        KernelPath,
         ConnectionsEnded,
         HopStats,
         ConnectionState,

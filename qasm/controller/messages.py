@@ -87,8 +87,23 @@ class PacketOut:
 
 
 @dataclass(frozen=True, slots=True)
+class KernelPathChange:
+    """Not for the switch: for the router's kernel (variant netfilter-qasm). `new` belongs to
+    the connection on `old` (its conntrack entry is copied: NAT binding, mark, established);
+    `retired` is gone (its entry deleted). The app carries it out (qasm/controller/
+    kernel_anchor.py) before the decisions after it, the Client Agent's ack among them."""
+
+    client: str
+    old: FlowKey | None = None
+    new: FlowKey | None = None
+    retired: FlowKey | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ClearFlows:
     """Delete every flow entry and meter: a (re)connected switch may hold a previous run's."""
 
 
-SwitchMessage = FlowRule | RemoveFlow | MeterRule | RemoveMeter | PacketOut | ClearFlows
+SwitchMessage = (
+    FlowRule | RemoveFlow | MeterRule | RemoveMeter | PacketOut | ClearFlows | KernelPathChange
+)

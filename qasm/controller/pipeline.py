@@ -41,6 +41,7 @@ from qasm.controller.events import (
     ConnectionState,
     Event,
     HopStats,
+    KernelPath,
     NatMapping,
     PacketIn,
     PathInstalled,
@@ -72,6 +73,7 @@ from qasm.controller.messages import (
     PRIORITY_VIP_REPLY,
     ClearFlows,
     FlowRule,
+    KernelPathChange,
     Match,
     PacketOut,
     RemoveFlow,
@@ -163,6 +165,9 @@ class MiddleboxConfig:
     ratelimit: RateLimit | None = None
     loadbalancer: LoadBalancerSettings | None = None
     sni: SniPolicy | None = None  # the firewall's allow/deny lists for the ClientHello's SNI
+    # netfilter-qasm: the router's network namespace (a process in it), where the Tracking
+    # Agent anchors announced paths in conntrack instead of on switches.
+    kernel_netns_pid: int | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -186,6 +191,8 @@ class MiddleboxConfig:
             raise ConfigError("hops: the nat function needs every hop's public address and pool")
         if "loadbalancer" in self.functions and self.loadbalancer is None:
             raise ConfigError("loadbalancer: the loadbalancer function needs its backends")
+        if self.kernel_netns_pid is not None and (self.variant != "qasm" or self.hops):
+            raise ConfigError("kernel_netns_pid: expected variant qasm with no middlebox hops")
         if self.variant == "quic-lb" and self.functions != ("loadbalancer",):
             raise ConfigError("functions: the quic-lb variant is a load balancer only")
 
@@ -320,7 +327,7 @@ class Controller:
         def apply(message: Announce | Retire, connection: Connection | None) -> Refusal | None:
             if isinstance(message, Announce):
                 return self._announce(message, connection, switch, in_port, now, installs)
-            self._retire(message, connection, now, installs)
+            self._retire(message, connection, now, installs, switch.dpid)
             return None
 
         first_hop = self.hops[0].table if self.hops else None
@@ -353,6 +360,9 @@ class Controller:
         now: float,
         installs: list[Decision],
     ) -> Refusal | None:
+        if self.config.kernel_netns_pid is not None:
+            installs.append(self._kernel_change(switch.dpid, message))
+            return None
         if connection is None:
             return None  # no middlebox hop: nothing to anchor
         if self.config.agent.mode == "pull":
@@ -367,8 +377,9 @@ class Controller:
             # the new one (at most two paths, and two NAT ports, per connection).
             retire = Retire(message.client, message.counter, message.connection_cid, message.retire)
             self._retire(
-                retire, self.hops[0].table.by_cid(message.connection_cid, now), now, installs
-            )
+                retire, self.hops[0].table.by_cid(message.connection_cid, now), now, installs,
+                switch.dpid,
+            )  # fmt: skip
         installs += [installed.decision for installed in done]
         return None
 
@@ -407,9 +418,31 @@ class Controller:
             new_path = installed.next_hop_path
         return done
 
+    def _kernel_change(self, dpid: int, message: Announce | Retire) -> Decision:
+        """netfilter-qasm: what the router's conntrack must now hold for the client's paths."""
+        service = (self.config.service_ip, self.config.service_port)
+        if isinstance(message, Retire):
+            change = KernelPathChange(message.client, retired=FlowKey(*message.path, *service))
+        else:
+            retired = FlowKey(*message.retire, *service) if message.retire else None
+            change = KernelPathChange(
+                message.client, FlowKey(*message.old, *service), FlowKey(*message.new, *service),
+                retired,
+            )  # fmt: skip
+        event = KernelPath(dpid, change.client, change.old, change.new, change.retired)
+        return Decision(dpid, (change,), event)
+
     def _retire(
-        self, message: Retire, connection: Connection | None, now: float, installs: list
+        self,
+        message: Retire,
+        connection: Connection | None,
+        now: float,
+        installs: list,
+        dpid: int,
     ) -> None:
+        if self.config.kernel_netns_pid is not None:
+            installs.append(self._kernel_change(dpid, message))
+            return
         if connection is None:
             return
         path = FlowKey(*message.path, self.config.service_ip, self.config.service_port)

@@ -49,7 +49,8 @@ NUMERIC_METRICS = (
     "flow_mods",
     "controller_cpu_s",
 )
-# Exact per-record counts; `state_entries` appears once the controller records it.
+# Exact per-record counts, each reported where the records carry it (`conntrack_entries`:
+# the kernel variants).
 COUNTERS = (
     "packet_ins",
     "flow_mods",
@@ -57,6 +58,7 @@ COUNTERS = (
     "agent_messages",
     "agent_bytes",
     "state_entries",
+    "conntrack_entries",
 )
 # name -> (record field, "ratio" | "diff"); every variant against baseline.
 COMPARISONS = {

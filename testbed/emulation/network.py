@@ -28,6 +28,7 @@ from mininet.net import Mininet
 from mininet.node import OVSSwitch, RemoteController
 
 from qasm.controller.pipeline import MiddleboxConfig
+from testbed.emulation.kernel import RouterKernel
 from testbed.emulation.link_emulation import EmulatedLinks, LinkEnd, LinkSetupError
 from testbed.emulation.ownership import RunRecord, process_start_time, remove_run_resources
 from testbed.emulation.pinning import (
@@ -157,6 +158,8 @@ class Emulation:
         self.log_dir = log_dir
         self.topo = TOPOLOGIES[topology.name](prefix=record.prefix, **topology.topo_kwargs())
         self.roles: Roles = self.topo.roles
+        # The router host's kernel middlebox (topologies with a router), once it runs.
+        self.kernel: RouterKernel | None = None
         self._conditions = topology.link_conditions()
         self.openflow_port = _free_tcp_port()
         self.net: Mininet | None = None
@@ -214,6 +217,8 @@ class Emulation:
                 )
         self._disable_offloads()
         self.topo.configure(self.net)
+        if self.roles.router is not None:
+            self.kernel = RouterKernel(self.net.get(self.roles.router.host).popen)
         if self.layout is not None:
             self._pin_switch()
         self._apply_link_conditions()

@@ -28,9 +28,12 @@ from qasm.agents.messages import derive_client_key
 from qasm.controller.pipeline import AgentSettings, HopSettings, MiddleboxConfig
 from qasm.functions.loadbalancer import Backend, LoadBalancerSettings
 from qasm.functions.nat import NatSettings
+from qasm.kernel.netfilter import KERNEL_VARIANTS, KernelSettings
 from testbed.analysis.matrix import format_matrix, survival_matrix
 from testbed.analysis.summary import format_table, summarize
+from testbed.emulation import kernel as router_kernel
 from testbed.emulation.captures import start_captures, stop_captures
+from testbed.emulation.kernel import ConntrackSampler
 from testbed.emulation.network import Emulation, InfrastructureError, ManagedProcess
 from testbed.emulation.ownership import emulation_lock, new_run_record
 from testbed.emulation.progress import Progress
@@ -39,8 +42,10 @@ from testbed.records.metrics import (
     build_record,
     controller_memory,
     flood_effect,
+    kernel_record,
     read_decisions,
 )
+from testbed.records.wire_checks import wire_record
 from testbed.scenario import Scenario
 from topologies.roles import ClientRole, Roles, ServerRole
 
@@ -231,12 +236,19 @@ class ExperimentRunner:
         (self.out_dir / "records.jsonl").touch()
         specs = plan_runs(self.scenario, self.variants, self.repetitions)
         try:
+            if any(spec.variant in KERNEL_VARIANTS for spec in specs):
+                # Before anything starts: a kernel that cannot run the variant is named.
+                problem = router_kernel.probe()
+                if problem:
+                    raise InfrastructureError(f"the kernel variants cannot run here: {problem}")
             with (
                 self.stop_signals,
                 emulation_lock(on_wait=lambda: self.log("waiting for another qasm emulation")),
             ):
                 progress = Progress(len(specs))  # elapsed and ETA exclude the wait
                 record = new_run_record(str(self.out_dir))
+                # Every bridge, link and host process of the run starts with it.
+                metadata["emulation_prefix"] = record.prefix
                 for _, group in itertools.groupby(specs, key=lambda spec: spec.topology_key):
                     group = list(group)
                     point = group[0].scenario
@@ -273,7 +285,11 @@ class ExperimentRunner:
         roles = emulation.roles
         artifacts = self.out_dir / "artifacts" / spec.name
         artifacts.mkdir(parents=True, exist_ok=True)
-        config = self._middlebox_config(scenario, spec, roles)
+        config = self._middlebox_config(scenario, spec, roles, emulation)
+        if emulation.kernel is not None:
+            emulation.kernel.clear()  # no rules or entries of the run before
+            if spec.variant in KERNEL_VARIANTS:
+                emulation.kernel.apply(_kernel_settings(scenario, spec.variant, roles))
         emulation.forget_neighbours()
         decision_log = emulation.start_controller(config, artifacts)
         controller_memory_start = emulation.controller.memory_kib()
@@ -295,10 +311,21 @@ class ExperimentRunner:
         ]
         self._start_connections(clients, artifacts)
         flood = self._start_flood(emulation, spec, seed, artifacts) if scenario.flood else None
-        reports = [
-            self._await_client(scenario, process, artifacts, client.host)
-            for client, process in clients
-        ]
+        service = (config.service_ip, config.service_port)
+        prefix = emulation.record.prefix
+        with contextlib.ExitStack() as sampling:
+            sampler = None
+            if spec.variant in KERNEL_VARIANTS:
+                sampler = sampling.enter_context(
+                    ConntrackSampler(emulation.kernel, {c.host: c.ips for c, _ in clients}, service)
+                )
+            reports = [
+                self._await_client(scenario, process, artifacts, client.host)
+                for client, process in clients
+            ]
+        conntrack = emulation.kernel.entries() if spec.variant in KERNEL_VARIANTS else None
+        if conntrack is not None:
+            (artifacts / "conntrack.txt").write_text("".join(f"{entry}\n" for entry in conntrack))
         flood_report = self._stop_flood(emulation, flood, artifacts) if flood else None
         if captures:
             counters = stop_captures(emulation, captures)
@@ -322,6 +349,8 @@ class ExperimentRunner:
         )
         decisions = read_decisions(decision_log)
         hops = tuple(datapath.dpid for datapath in roles.middleboxes)
+        if spec.variant in KERNEL_VARIANTS:
+            hops = ()  # the switches only forward: the router is the middlebox
         stateful = spec.variant != "baseline"
         shared_host = scenario.workload.connections > 1
         records = []
@@ -363,6 +392,22 @@ class ExperimentRunner:
                 if flood_report is not None:
                     record["flood"] = flood_report
                     record.update(flood_effect(decisions))
+                if conntrack is not None:
+                    record.update(
+                        kernel_record(
+                            conntrack, client.ips, service, scenario.functions, shared_host
+                        )
+                    )
+                    record["conntrack_over_time"] = sampler.samples[client.host]
+                if scenario.artifacts.pcap and scenario.artifacts.keylog:
+                    record["wire"] = wire_record(
+                        [
+                            artifacts / "pcap" / f"{i.name.removeprefix(prefix)}.pcap"
+                            for i in client.interfaces
+                        ],
+                        artifacts / f"client-{client.host}.keylog",
+                        service, spec.migration, shared_host,
+                    )  # fmt: skip
                 records.append(record)
         self._append_records(records)
         outcome = _outcome(records)
@@ -418,22 +463,28 @@ class ExperimentRunner:
         else:
             metadata["link_emulation"].setdefault("emulations", []).append(entry)
         metadata["cpu_pinning"] = emulation.layout.to_dict() if emulation.layout else None
+        if emulation.kernel is not None:
+            # What the router's conntrack keeps for UDP (the kernel variants' middlebox).
+            entry["conntrack"] = emulation.kernel.sysctls()
         self._write_json("metadata.json", metadata)
         return entry
 
     def _client_key(self, client: ClientRole) -> bytes:
         return derive_client_key(self.scenario.agent.secret.encode(), client.agent_id)
 
-    def _middlebox_config(self, scenario: Scenario, spec: RunSpec, roles: Roles) -> MiddleboxConfig:
+    def _middlebox_config(
+        self, scenario: Scenario, spec: RunSpec, roles: Roles, emulation: Emulation
+    ) -> MiddleboxConfig:
         agent = None
-        if spec.variant == "qasm":
+        if _uses_agent(spec.variant):
             agent = AgentSettings(
                 ip=roles.agent_ip,
                 port=roles.agent_port,
                 mac=roles.agent_mac,
                 keys={c.agent_id: self._client_key(c).hex() for c in roles.clients},
                 addresses={c.agent_id: list(c.ips) for c in roles.clients},
-                mode=spec.agent_mode,
+                # netfilter-qasm anchors in conntrack, which cannot ask: push.
+                mode=spec.agent_mode or "push",
                 reports_per_s=scenario.agent.reports_per_s,
                 report_burst=scenario.agent.report_burst,
             )
@@ -448,6 +499,19 @@ class ExperimentRunner:
             for datapath in roles.middleboxes
         )
         load_balanced = _load_balanced(scenario)
+        if spec.variant in KERNEL_VARIANTS:
+            # The router's kernel is the middlebox: the switches only forward, and the
+            # Tracking Agent (netfilter-qasm) anchors announced paths in its conntrack.
+            router = emulation.net.get(roles.router.host)
+            return MiddleboxConfig(
+                variant="qasm" if agent else "baseline",
+                service_ip=roles.service_ip(load_balanced),
+                service_port=roles.service_port,
+                functions=(),
+                hops=(),
+                agent=agent,
+                kernel_netns_pid=router.pid if agent else None,
+            )
         return MiddleboxConfig(
             variant=spec.variant,
             service_ip=roles.service_ip(load_balanced),
@@ -519,7 +583,7 @@ class ExperimentRunner:
             argv += ["--spread", str(migration.spread)]
             if scenario.migration.repeat_every_s:
                 argv += ["--repeat-every", str(scenario.migration.repeat_every_s)]
-        if spec.variant == "qasm":
+        if _uses_agent(spec.variant):
             argv += [
                 "--agent", f"{roles.agent_ip}:{roles.agent_port}",
                 "--agent-id", client.agent_id,
@@ -541,7 +605,7 @@ class ExperimentRunner:
             "--seed", str(seed),
             "--out", str(artifacts / "flood.json"),
         ]  # fmt: skip
-        if spec.variant == "qasm":
+        if _uses_agent(spec.variant):
             argv += ["--agent", f"{roles.agent_ip}:{roles.agent_port}"]
             argv += ["--agent-client", client.agent_id]
         return emulation.start_on_host(client.host, argv, artifacts / "flood.log")
@@ -643,6 +707,31 @@ def _outcome(records: list[dict]) -> str:
         failure_reasons(failed), max_reasons=4, width=200, clients=3, times=" × "
     )
     return f"{len(records) - len(failed)}/{len(records)} ok; {reasons}"
+
+
+def _uses_agent(variant: str) -> bool:
+    """Whether the variant's clients run the Client Agent (and a Tracking Agent listens)."""
+    return variant in ("qasm", "netfilter-qasm")
+
+
+def _kernel_settings(scenario: Scenario, variant: str, roles: Roles) -> KernelSettings:
+    router = roles.router
+    load_balanced = _load_balanced(scenario)
+    limit = scenario.ratelimit.limit() if scenario.ratelimit else None
+    return KernelSettings(
+        variant=variant,
+        functions=scenario.functions,
+        service_ip=roles.service_ip(load_balanced),
+        service_port=roles.service_port,
+        clients=router.clients_subnet,
+        service_side=router.service_side.name,
+        endpoints=tuple(b.ip for b in roles.backends) if load_balanced else (),
+        # kube-proxy's --cluster-cidr: the endpoints' /24.
+        endpoints_cidr=f"{roles.backends[0].ip.rpartition('.')[0]}.0/24" if load_balanced else None,
+        rate_kbytes=limit.rate_kbps // 8 if limit else None,
+        burst_kbytes=max(1, limit.burst_kbit // 8) if limit else None,
+        agent_ip=roles.agent_ip,
+    )
 
 
 def _first_index(client: ClientRole, scenario: Scenario) -> int:

@@ -44,6 +44,7 @@ from qasm.controller.events import (
     read_event,
 )
 from qasm.flow import FlowKey
+from qasm.kernel.netfilter import ConntrackEntry, service_entries
 
 
 def arm(variant: str, agent_mode: str | None) -> str:
@@ -416,6 +417,28 @@ def connection_sockets(report: dict) -> list[tuple[str, int]]:
     """Every (ip, port) a connection sent from: its first socket and each migration's."""
     first = [tuple(report["local_address"])] if report.get("local_address") else []
     return first + [tuple(m["to"]) for m in report.get("migrations") or []]
+
+
+def kernel_record(
+    entries: list[ConntrackEntry],
+    addresses: Iterable[str],
+    service: tuple[str, int],
+    functions: Iterable[str],
+    shared_host: bool,
+) -> dict:
+    """What the router's conntrack held for this client's paths to the service when its run
+    ended (the kernel variants): its entries, those source-NATed (the NAT mappings held), and
+    whether they were DNATed to more than one endpoint (kube-proxy moved it). A host with
+    several connections shares these counts among them (conntrack cannot tell connections
+    apart)."""
+    mine = service_entries(entries, addresses, service)
+    targets = {e.dnat_target for e in mine if e.dnat_target is not None}
+    return {
+        "conntrack_entries": len(mine),
+        "conntrack_shared_by_host": shared_host,
+        "nat_mappings": sum(1 for e in mine if e.snat_source) if "nat" in functions else None,
+        "backend_changed": len(targets) > 1 if "loadbalancer" in functions and targets else None,
+    }
 
 
 def migration_rate_hz(report: dict) -> float | None:

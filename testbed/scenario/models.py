@@ -41,6 +41,7 @@ from qasm.agents.tracking import DEFAULT_BURST, DEFAULT_RATE_PER_S
 from qasm.controller.pipeline import AGENT_MODES, FUNCTIONS, VARIANTS
 from qasm.functions.firewall import SniPolicy
 from qasm.functions.ratelimit import RateLimit
+from qasm.kernel.netfilter import KERNEL_VARIANTS
 from qasm.state.connections import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from testbed.analysis.regression import BLOCK_JSON_SCHEMA, Tolerance, check_block
 from testbed.apps.transfer import SERVER_NAME
@@ -338,7 +339,19 @@ class ChainTopology(Topology):
     hops: Integer(0, MAX_HOPS) = Field(1, description="middlebox hops in series")
 
 
-AnyTopology = Annotated[DualhomedTopology | ChainTopology, Field(discriminator="name")]
+class RoutedTopology(Topology):
+    """An edge switch, a router host (where the kernel variants run netfilter), a service-side
+    switch (where the SDN variants run), then the server or backends."""
+
+    name: Literal["routed"] = Field(description="topologies/routed.py: clients, router, service")
+    backends: Integer(2, MAX_BACKENDS) | None = Field(
+        None, description="the Service's endpoints behind its ClusterIP (functions: loadbalancer)"
+    )
+
+
+AnyTopology = Annotated[
+    DualhomedTopology | ChainTopology | RoutedTopology, Field(discriminator="name")
+]
 
 
 class Workload(Section):
@@ -588,7 +601,7 @@ class Scenario(Section):
     description: Text = Field("", description="free text")
     seed: Integer(0) = Field(0, description="payload and per-repetition seeds derive from it")
     repetitions: Integer(1, MAX_REPETITIONS) = Field(1, description="runs of each cell")
-    variants: Choices(VARIANTS) = Field(
+    variants: Choices((*VARIANTS, *KERNEL_VARIANTS)) = Field(
         description="the middlebox variants compared (../shared/DESIGN.md)"
     )
     functions: Choices(FUNCTIONS) = Field(
@@ -650,13 +663,24 @@ class Scenario(Section):
 
     @field_validator("topology")
     @classmethod
+    def _kernel_variants_on_a_router(cls, topology: Topology, info: ValidationInfo):
+        kernel = [v for v in info.data.get("variants", ()) if v in KERNEL_VARIANTS]
+        if kernel and not isinstance(topology, RoutedTopology):
+            raise problems(
+                (("name",), f"expected routed: variant {kernel[0]} runs on a router host")
+            )
+        return topology
+
+    @field_validator("topology")
+    @classmethod
     def _backends_for_the_load_balancer(cls, topology: Topology, info: ValidationInfo):
         if "loadbalancer" in info.data.get("functions", ()):
-            if not isinstance(topology, DualhomedTopology):
+            if not isinstance(topology, DualhomedTopology | RoutedTopology):
                 raise problems(
                     (
                         ("backends",),
-                        "expected a topology with backends (dualhomed), functions has loadbalancer",
+                        "expected a topology with backends (dualhomed, routed), functions has "
+                        "loadbalancer",
                     )
                 )
             if not topology.backends:
@@ -729,6 +753,12 @@ class Scenario(Section):
         functions = info.data.get("functions")
         if firewall is not None and functions is not None and "firewall" not in functions:
             raise problem("expected functions to include firewall")
+        kernel = [v for v in info.data.get("variants", ()) if v in KERNEL_VARIANTS]
+        if firewall is not None and (firewall.sni_allow or firewall.sni_deny) and kernel:
+            raise problem(
+                f"expected no SNI lists with variant {kernel[0]} (netfilter cannot read the "
+                "ClientHello, which the Initial's keys protect)"
+            )
         return firewall
 
     # --- what the runner reads besides the keys -----------------------------------------------

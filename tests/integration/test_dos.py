@@ -1,6 +1,7 @@
 """scenarios/dos.yaml on the real emulation: one QUIC connection rebinds to a new UDP source
-port every 0.3 s through a rate limiter and an 8-port NAT, in every variant. What each
-variant's rate limiter and NAT make of it, judged from the records."""
+port every 0.3 s through a rate limiter and an 8-port NAT, in every variant, and through
+Linux's (netfilter, netfilter-qasm on the router host). What each variant's rate limiter and
+NAT make of it, judged from the records."""
 
 from __future__ import annotations
 
@@ -88,3 +89,20 @@ def test_completion_goes_with_the_pool_not_running_out(records):
     for variant, record in records.items():
         if record["nat_pool_exhausted"] is not None:
             assert record["completed"] == (record["nat_pool_exhausted"] == 0), variant
+
+
+def test_the_kernels_nat_keeps_an_entry_per_port_and_qasm_only_the_live_ones(records, scenario):
+    """The paper's NAT-exhaustion story on Linux: masquerade has the whole port range, so the
+    connection completes, but conntrack keeps every port's entry for the stream timeout."""
+    netfilter, anchored = records["netfilter"], records["netfilter-qasm"]
+    for record in (netfilter, anchored):
+        assert record["completed"] and record["verified"], record["failure"]
+        # The meter is per source address, which a rebinding keeps: one bucket.
+        assert record["leakage_bytes"] == 0
+    assert netfilter["conntrack_entries"] == netfilter["nat_mappings"]
+    assert netfilter["conntrack_entries"] >= netfilter["migrations"]  # one per port used
+    held = [count for _, count in netfilter["conntrack_over_time"]]
+    assert held == sorted(held) and held[-1] >= scenario.nat.ports  # only ever grows
+    live = 2 + math.ceil(OLD_SOCKET_GRACE_S / scenario.migration.repeat_every_s)
+    assert max(count for _, count in anchored["conntrack_over_time"]) <= live
+    assert anchored["conntrack_entries"] == anchored["nat_mappings"] == 1

@@ -31,7 +31,10 @@ def public_address(hop: int) -> tuple[str, str]:
 class ChainBench:
     """Client (wifi, lte) → hops 1..K → server, one QUIC connection between them."""
 
-    def __init__(self, variant: str, hops: int, functions=("nat",), mode="push", ports=16):
+    def __init__(
+        self, variant: str, hops: int, functions=("nat",), mode="push", ports=16,
+        kernel_netns_pid: int | None = None,
+    ) -> None:  # fmt: skip
         self.hops = hops
         agent = AgentSettings(
             ip=AGENT_IP, port=7400, mac=AGENT_MAC,
@@ -45,6 +48,7 @@ class ChainBench:
                 for i in range(1, hops + 1)
             ),
             agent=agent if variant == "qasm" else None,
+            kernel_netns_pid=kernel_netns_pid,
         )  # fmt: skip
         self.controller = Controller(config)
         self.net = FakeNetwork(self.controller)

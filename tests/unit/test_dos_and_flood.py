@@ -114,7 +114,8 @@ def test_bad_flood_block_names_its_line(tmp_path, flood, expected):
 def test_shipped_dos_and_flood_scenarios_are_valid():
     dos = load_scenario("scenarios/dos.yaml")
     assert dos.functions == ("ratelimit", "nat") and dos.migration.repeat_every_s
-    assert set(dos.variants) == {"baseline", "tuple", "cid", "qasm"}
+    assert set(dos.variants) == {"baseline", "tuple", "cid", "qasm", "netfilter", "netfilter-qasm"}
+    assert dos.topology.name == "routed"  # where the kernel variants run
     assert load_scenario("scenarios/flood.yaml").flood.pps
 
 

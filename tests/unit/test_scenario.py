@@ -252,11 +252,11 @@ def test_middlebox_state_bounds_default_to_rfc9312_and_are_configurable(tmp_path
         (VALID + "timeouts: [3, 60]\n", "10: timeouts: expected a mapping"),
         (
             VALID.replace("  name: dualhomed\n", ""),
-            "2: topology.name: expected this key (missing), one of dualhomed, chain",
+            "2: topology.name: expected this key (missing), one of dualhomed, chain, routed",
         ),
         (
             VALID.replace("name: dualhomed", "name: ring"),
-            "3: topology.name: expected one of dualhomed, chain, got 'ring'",
+            "3: topology.name: expected one of dualhomed, chain, routed, got 'ring'",
         ),
         (
             VALID.replace("clients: 1", "clients: 1\n  hops: 2"),
@@ -264,7 +264,8 @@ def test_middlebox_state_bounds_default_to_rfc9312_and_are_configurable(tmp_path
         ),
         (
             VALID.replace("tuple]", "tuple, tuple]"),
-            "1: variants: expected each of baseline, tuple, cid, qasm, quic-lb once",
+            "1: variants: expected each of baseline, tuple, cid, qasm, quic-lb, netfilter, "
+            "netfilter-qasm once",
         ),
         (VALID.replace("[baseline, tuple]", "[]"), "1: variants: expected at least one of"),
         (
@@ -360,8 +361,8 @@ def test_chain_topology_has_hops_and_no_backends(tmp_path):
     balancer = chain.replace("tuple]", "tuple]\nfunctions: [loadbalancer]")
     found = scenario_problems(tmp_path, balancer)
     assert any(
-        "3: topology.backends: expected a topology with backends (dualhomed), functions has "
-        "loadbalancer" in p
+        "3: topology.backends: expected a topology with backends (dualhomed, routed), "
+        "functions has loadbalancer" in p
         for p in found
     ), found
 
@@ -492,3 +493,24 @@ def test_every_shipped_point_dumps_to_what_its_file_says(tmp_path):
                 data, path=path, text="", raw=data, sweeping=bool(scenario.sweep)
             )
             assert again.model_dump() == point.model_dump(), path
+
+
+def test_kernel_variants_run_on_the_routed_topology_without_sni_lists(tmp_path):
+    routed = VALID.replace("[baseline, tuple]", "[netfilter, netfilter-qasm, qasm]").replace(
+        "name: dualhomed", "name: routed"
+    )
+    scenario = load_scenario_text(tmp_path, routed)
+    assert scenario.variants == ("netfilter", "netfilter-qasm", "qasm")
+    found = scenario_problems(tmp_path, routed.replace("name: routed", "name: dualhomed"))
+    assert any(
+        "3: topology.name: expected routed: variant netfilter runs on a router host" in p
+        for p in found
+    ), found
+    sni = routed + "functions: [firewall]\nfirewall: {sni_deny: ['*.blocked.example']}\n"
+    found = scenario_problems(tmp_path, sni)
+    assert any(
+        "11: firewall: expected no SNI lists with variant netfilter (netfilter cannot read" in p
+        for p in found
+    ), found
+    sdn_only = sni.replace("[netfilter, netfilter-qasm, qasm]", "[qasm]")
+    assert load_scenario_text(tmp_path, sdn_only).firewall.sni_deny == ("*.blocked.example",)

@@ -18,6 +18,7 @@ from qasm.controller.events import (
     ConnectionsEnded,
     ConnectionState,
     HopStats,
+    KernelPath,
     Logged,
     NatMapping,
     PacketIn,
@@ -187,6 +188,10 @@ EXAMPLES = [
         backend="10.0.4.2", flow_mods=2,
     ),
     PathRetired(dpid=2, client="c1", connection=5, path=PATH, nat_released=(MAPPING,), flow_mods=2),
+    KernelPath(
+        dpid=1, client="c1", old_path=PATH, new_path=NEW, retired_path=PATH, ok=False,
+        text="no conntrack entry",
+    ),
     ConnectionsEnded(dpid=1, expired=(1, 2), evicted=(3,), nat_released=(MAPPING,), flow_mods=6),
     HopStats(
         dpid=1, connections=3, max_connections=100, evicted=4, expired=5, locations=6,

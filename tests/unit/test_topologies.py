@@ -7,6 +7,7 @@ import pytest
 from topologies import TOPOLOGIES
 from topologies.chain import Chain, hop_public_address
 from topologies.dualhomed import DualHomed
+from topologies.routed import Routed
 
 
 def test_dualhomed_has_one_middlebox_switch_with_clients_server_and_backends():
@@ -54,4 +55,4 @@ def test_a_chain_of_no_hops_is_one_plain_switch():
 
 
 def test_every_topology_is_registered_by_its_scenario_name():
-    assert {"dualhomed": DualHomed, "chain": Chain} == TOPOLOGIES
+    assert {"dualhomed": DualHomed, "chain": Chain, "routed": Routed} == TOPOLOGIES
