@@ -13,11 +13,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from aioquic.quic.crypto import CipherSuite, CryptoContext
 
-from qasm.wire.capture import read_udp_datagrams
 from testbed.emulation import links
 from testbed.emulation.pinning import OVS_PIDFILE
+from testbed.records.wire_checks import CHECKS
 from tests.integration.conftest import (
     QASM,
     REPOSITORY,
@@ -157,35 +156,17 @@ def test_qlog_per_connection_end_readable_as_qlog_json(harness_run):
         assert "transport:packet_received" in names and "transport:packet_sent" in names
 
 
-def test_keylog_decrypts_the_captured_1rtt_packets(harness_run):
-    """What Wireshark does with SSLKEYLOGFILE, done with aioquic's own crypto: the client's
-    traffic secret from the keylog removes header protection and opens the AEAD of the
-    first 1-RTT packet the client sent in the capture (RFC 9001 §5)."""
-    artifacts = _artifacts(harness_run[0])
-    (keylog,) = artifacts.glob("client-*.keylog")
-    secrets = dict(line.split()[0::2] for line in keylog.read_text().splitlines())
-    assert "CLIENT_TRAFFIC_SECRET_0" in secrets and "SERVER_TRAFFIC_SECRET_0" in secrets
-    secret = bytes.fromhex(secrets["CLIENT_TRAFFIC_SECRET_0"])
-    first_short = next(
-        d.payload
-        for d in read_udp_datagrams(str(artifacts / "pcap" / "c1-wifi.pcap"))
-        if d.dst[1] == 4433 and not d.payload[0] & 0x80
-    )
-    suites = {
-        32: [CipherSuite.AES_128_GCM_SHA256, CipherSuite.CHACHA20_POLY1305_SHA256],
-        48: [CipherSuite.AES_256_GCM_SHA384],
-    }[len(secret)]
-    opened = []
-    for suite in suites:
-        context = CryptoContext()
-        context.setup(cipher_suite=suite, secret=secret, version=1)
-        try:
-            # aioquic's default server CID length is 8 bytes.
-            _, payload, number, _ = context.decrypt_packet(first_short, 1 + 8, 0)
-        except Exception:  # noqa: BLE001 (a wrong suite fails authentication)
-            continue
-        opened.append((payload, number))
-    assert opened, "no cipher suite opened the packet with the logged secret"
+def test_the_record_judges_the_migration_on_the_wire(harness_run):
+    """quic-interop-runner's migration checks, from the run's own client pcaps and key log
+    (testbed/records/wire_checks.py): the active migration was validated with a
+    PATH_CHALLENGE, moved to a DCID never used before, did not carry the old DCID onto the
+    new path, and the server switched DCIDs too."""
+    _, record, _, _ = harness_run
+    wire = record["wire"]
+    verdicts = tuple(wire[check] for check in CHECKS)
+    assert verdicts == (True, True, False, True), wire["reasons"]
+    assert wire["detail"]["undecryptable"] == 0 and wire["detail"]["opened"] > 0
+    assert len(wire["detail"]["paths"]) == 2  # wifi, then lte
 
 
 def test_the_switch_flow_table_is_dumped_after_the_run(harness_run):

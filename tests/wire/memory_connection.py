@@ -107,3 +107,30 @@ class MemoryConnection:
 
     def client_issued_cids(self) -> list[bytes]:
         return [c.cid for c in self.client._host_cids]
+
+    # --- as captured -----------------------------------------------------------------------
+
+    def write_client_pcaps(self, directory, interface_of: dict[str, str]) -> list:
+        """One pcap per client interface (`interface_of`: client address → name), each with the
+        datagrams of the paths from that address, as tcpdump on the client host writes them."""
+        from scapy.layers.inet import IP, UDP
+        from scapy.layers.l2 import Ether
+        from scapy.packet import Raw
+        from scapy.utils import wrpcap
+
+        frames: dict[str, list] = {name: [] for name in interface_of.values()}
+        for datagram in self.datagrams:
+            client = datagram.src if datagram.from_client else datagram.dst
+            frame = (
+                Ether()
+                / IP(src=datagram.src[0], dst=datagram.dst[0])
+                / UDP(sport=datagram.src[1], dport=datagram.dst[1])
+                / Raw(load=datagram.payload)
+            )
+            frame.time = 1_700_000_000 + datagram.time
+            frames[interface_of[client[0]]].append(frame)
+        paths = []
+        for name, captured in frames.items():
+            paths.append(directory / f"{name}.pcap")
+            wrpcap(str(paths[-1]), captured)
+        return paths

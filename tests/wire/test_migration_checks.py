@@ -186,26 +186,7 @@ def test_keys_and_cid_lengths_found_by_trial_without_the_handshake():
 
 
 def test_from_pcaps_of_the_client_interfaces(active, tmp_path):
-    from scapy.layers.inet import IP, UDP
-    from scapy.layers.l2 import Ether
-    from scapy.packet import Raw
-    from scapy.utils import wrpcap
-
-    interfaces = {"wifi": [], "lte": []}
-    for datagram in active.datagrams:
-        client = datagram.src if datagram.from_client else datagram.dst
-        frame = (
-            Ether()
-            / IP(src=datagram.src[0], dst=datagram.dst[0])
-            / UDP(sport=datagram.src[1], dport=datagram.dst[1])
-            / Raw(load=datagram.payload)
-        )
-        frame.time = 1_700_000_000 + datagram.time
-        interfaces["lte" if client == LTE_ADDR else "wifi"].append(frame)
-    paths = []
-    for name, frames in interfaces.items():
-        paths.append(tmp_path / f"{name}.pcap")
-        wrpcap(str(paths[-1]), frames)
+    paths = active.write_client_pcaps(tmp_path, {CLIENT_ADDR[0]: "wifi", LTE_ADDR[0]: "lte"})
     datagrams = datagrams_from_pcaps(paths, SERVER_ADDR)
     assert [d.payload for d in datagrams] == [d.payload for d in active.datagrams]
     assert [d.from_client for d in datagrams] == [d.from_client for d in active.datagrams]
