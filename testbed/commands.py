@@ -7,19 +7,31 @@ import datetime
 import sys
 from pathlib import Path
 
-from qasm.controller.pipeline import VARIANTS
 from testbed.emulation.network import InfrastructureError
 from testbed.emulation.ownership import clean_dead_runs
+from testbed.emulation.resume import (
+    ResumeError,
+    check_resumable,
+    code_fingerprint,
+    finished_runs,
+    read_run_dir,
+)
 from testbed.scenario import ScenarioError, load_scenario
+from testbed.scenario.models import ALL_VARIANTS
 
 EXIT_OK, EXIT_INFRASTRUCTURE, EXIT_INVALID = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="run a scenario and write RUN_DIR")
-    run.add_argument("scenario")
+    run.add_argument("scenario", nargs="?", help="the scenario file (with --resume: optional)")
     run.add_argument("--out", help="run directory (default results/NAME-TIMESTAMP)")
-    run.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)}")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="go on with an interrupted run: keep its finished runs, do the others",
+    )
+    run.add_argument("--variants", help=f"comma-separated subset of {','.join(ALL_VARIANTS)}")
     run.add_argument("--repetitions", type=int)
     run.add_argument("--seed", type=int)
     run.add_argument(
@@ -53,8 +65,26 @@ def validate_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from testbed.emulation.runner import ExperimentRunner  # imports Mininet; not needed to validate
+    # Imports Mininet: not needed to validate.
+    from testbed.emulation.runner import REPOSITORY, ExperimentRunner, plan_runs, records_per_run
 
+    metadata, records = None, []
+    if args.resume is not None:
+        if args.out is not None:
+            return _print_problems(["--out: expected nothing with --resume (it names the run)"])
+        try:
+            metadata, records = read_run_dir(Path(args.resume))
+        except ResumeError as exc:
+            return _print_problems([f"--resume: {exc}"])
+        args.out = args.resume
+        args.scenario = args.scenario or metadata.get("scenario")
+        options = metadata.get("options") or {}
+        args.variants = args.variants or ",".join(options.get("variants") or ()) or None
+        args.repetitions = args.repetitions or options.get("repetitions")
+        args.seed = options.get("seed") if args.seed is None else args.seed
+        args.pin_cpus = args.pin_cpus or bool(options.get("cpu_pinning"))
+    if args.scenario is None:
+        return _print_problems(["scenario: expected a scenario file (or --resume RUN_DIR)"])
     try:
         scenario = load_scenario(args.scenario)
     except ScenarioError as exc:
@@ -63,10 +93,10 @@ def run_command(args: argparse.Namespace) -> int:
     variants = None
     if args.variants is not None:
         variants = tuple(v for v in args.variants.split(",") if v)
-        unknown = [v for v in variants if v not in VARIANTS]
+        unknown = [v for v in variants if v not in ALL_VARIANTS]
         if unknown or not variants:
             problems.append(
-                f"--variants: expected names from {', '.join(VARIANTS)}, got {args.variants!r}"
+                f"--variants: expected names from {', '.join(ALL_VARIANTS)}, got {args.variants!r}"
             )
     if args.repetitions is not None and args.repetitions < 1:
         problems.append(f"--repetitions: expected an integer >= 1, got {args.repetitions}")
@@ -84,6 +114,19 @@ def run_command(args: argparse.Namespace) -> int:
         args.seed,
         cpu_pinning=True if args.pin_cpus else None,  # else as the scenario says
     )
+    if metadata is not None:
+        problems = check_resumable(
+            metadata, scenario.sha256, code_fingerprint(REPOSITORY), runner.options()
+        )
+        if problems:
+            return _print_problems([f"--resume {args.resume}: {p}" for p in problems])
+        expected = records_per_run(plan_runs(scenario, runner.variants, runner.repetitions))
+        runner.resume = finished_runs(metadata, records, expected)
+        print(
+            f"qasm: resuming {out_dir}: {len(runner.resume.finished)} of {len(expected)} runs "
+            "finished before",
+            flush=True,
+        )
     print(f"qasm: running {scenario.path} into {out_dir}", flush=True)
     try:
         runner.run()

@@ -24,19 +24,23 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, stream: TextIO | None = None, clock=time.monotonic) -> None:
+    def __init__(
+        self, total: int, stream: TextIO | None = None, clock=time.monotonic, done_before: int = 0
+    ) -> None:
         self.total = total
         self.stream = stream or sys.stdout
         self.clock = clock
         self.started = clock()
-        self.finished = 0
+        self.finished = 0  # by this process
+        self.done_before = done_before  # a resumed run's runs finished before it
         self.interactive = self.stream.isatty()
 
     def eta(self) -> str:
         if not self.finished:
             return "?"
         elapsed = self.clock() - self.started
-        return _clock(elapsed / self.finished * (self.total - self.finished))
+        left = self.total - self.done_before - self.finished
+        return _clock(elapsed / self.finished * left)
 
     def status(self) -> str:
         return f"elapsed {_clock(self.clock() - self.started)}, ETA {self.eta()}"

@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +38,7 @@ from testbed.emulation.kernel import ConntrackSampler
 from testbed.emulation.network import Emulation, InfrastructureError, ManagedProcess
 from testbed.emulation.ownership import emulation_lock, new_run_record
 from testbed.emulation.progress import Progress
+from testbed.emulation.resume import Resumption, code_fingerprint
 from testbed.records.metrics import (
     arm,
     build_record,
@@ -54,7 +56,7 @@ SERVER_READY_TIMEOUT_S = 15.0
 CLIENT_EXIT_GRACE_S = 15.0
 # How often the runner looks for a stop signal that Python swallowed (see _StopSignals).
 STOP_POLL_S = 0.1
-REPOSITORY = Path(__file__).resolve().parent.parent
+REPOSITORY = Path(__file__).resolve().parents[2]
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 # Every client process has this long to set up before the run's connections start without
 # the late ones (measured: ~0.3 s of CPU per process; 50 processes share 2 cores).
@@ -108,6 +110,14 @@ def plan_runs(scenario: Scenario, variants: tuple[str, ...], repetitions: int) -
                 for variant, mode in order:
                     specs.append(RunSpec(len(specs) + 1, repetition, kind, variant, point, mode))
     return specs
+
+
+def records_per_run(specs: list[RunSpec]) -> dict[str, int]:
+    """How many records each run writes when it finishes: one per connection."""
+    return {
+        spec.name: spec.scenario.topology.clients * spec.scenario.workload.connections
+        for spec in specs
+    }
 
 
 def repetition_seed(scenario_seed: int, repetition: int) -> int:
@@ -216,6 +226,7 @@ class ExperimentRunner:
         seed: int | None = None,
         log=print,
         cpu_pinning: bool | None = None,
+        resume: Resumption | None = None,
     ) -> None:
         self.scenario = scenario
         self.out_dir = out_dir
@@ -226,15 +237,44 @@ class ExperimentRunner:
         self.cpu_pinning = scenario.cpu_pinning if cpu_pinning is None else cpu_pinning
         self.records: list[dict] = []
         self.stop_signals = _StopSignals()
+        self.resume = resume
+
+    def options(self) -> dict:
+        """What, besides the scenario file, decides the runs (a resumed run must match)."""
+        return {
+            "variants": list(self.variants),
+            "repetitions": self.repetitions,
+            "seed": self.seed,
+            "cpu_pinning": self.cpu_pinning,
+        }
 
     def run(self) -> list[dict]:
         """Runs everything; raises InfrastructureError (or KeyboardInterrupt) after saving
         what finished."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        metadata = collect_metadata(self.scenario, self.seed, self.variants, self.repetitions)
-        self._write_json("metadata.json", metadata)
-        (self.out_dir / "records.jsonl").touch()
         specs = plan_runs(self.scenario, self.variants, self.repetitions)
+        if self.resume is None:
+            metadata = collect_metadata(self.scenario, self.seed, self.variants, self.repetitions)
+            metadata["options"] = self.options()
+            metadata["code_sha256"] = code_fingerprint(REPOSITORY)
+            (self.out_dir / "records.jsonl").touch()
+        else:
+            metadata = self.resume.metadata
+            metadata.setdefault("resumed", []).append(
+                {
+                    "at": datetime.datetime.now(datetime.UTC).isoformat(),
+                    "runs_finished_before": len(self.resume.finished),
+                    "argv": sys.argv,
+                }
+            )
+            metadata["status"] = "running"
+            # Only the finished runs' records stay; the others' runs are done again.
+            self.records = list(self.resume.records)
+            temporary = self.out_dir / ".records.jsonl.tmp"
+            temporary.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            temporary.replace(self.out_dir / "records.jsonl")
+            specs = [spec for spec in specs if spec.name not in self.resume.finished]
+        self._write_json("metadata.json", metadata)
         try:
             if any(spec.variant in KERNEL_VARIANTS for spec in specs):
                 # Before anything starts: a kernel that cannot run the variant is named.
@@ -245,7 +285,9 @@ class ExperimentRunner:
                 self.stop_signals,
                 emulation_lock(on_wait=lambda: self.log("waiting for another qasm emulation")),
             ):
-                progress = Progress(len(specs))  # elapsed and ETA exclude the wait
+                done_before = len(self.resume.finished) if self.resume else 0
+                # Elapsed and ETA exclude the wait.
+                progress = Progress(len(specs) + done_before, done_before=done_before)
                 record = new_run_record(str(self.out_dir))
                 # Every bridge, link and host process of the run starts with it.
                 metadata["emulation_prefix"] = record.prefix
@@ -284,7 +326,9 @@ class ExperimentRunner:
         scenario = spec.scenario
         roles = emulation.roles
         artifacts = self.out_dir / "artifacts" / spec.name
-        artifacts.mkdir(parents=True, exist_ok=True)
+        if artifacts.exists():  # a resumed run's unfinished attempt: its files go
+            shutil.rmtree(artifacts)
+        artifacts.mkdir(parents=True)
         config = self._middlebox_config(scenario, spec, roles, emulation)
         if emulation.kernel is not None:
             emulation.kernel.clear()  # no rules or entries of the run before

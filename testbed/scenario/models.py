@@ -48,6 +48,8 @@ from testbed.apps.transfer import SERVER_NAME
 from testbed.emulation.links import IMPAIRMENTS, LIMITS, LINK_KINDS, LinkConditions, link_conditions
 from testbed.migration import MIGRATION_KINDS, trigger
 
+# The SDN variants (the controller), then the router's kernel ones.
+ALL_VARIANTS = (*VARIANTS, *KERNEL_VARIANTS)
 MAX_CLIENTS = 100
 MAX_CONNECTIONS_PER_HOST = 1000
 MAX_SERVER_PROCESSES = 8
@@ -601,7 +603,7 @@ class Scenario(Section):
     description: Text = Field("", description="free text")
     seed: Integer(0) = Field(0, description="payload and per-repetition seeds derive from it")
     repetitions: Integer(1, MAX_REPETITIONS) = Field(1, description="runs of each cell")
-    variants: Choices((*VARIANTS, *KERNEL_VARIANTS)) = Field(
+    variants: Choices(ALL_VARIANTS) = Field(
         description="the middlebox variants compared (../shared/DESIGN.md)"
     )
     functions: Choices(FUNCTIONS) = Field(

@@ -82,3 +82,37 @@ def test_qasm_clean_removes_what_a_killed_run_left_and_nothing_else(tmp_path):
     assert {p.what for p in owned} >= {"controller"}
     still_running = [p for p in owned if p.alive()]
     assert still_running == []
+
+
+def test_a_killed_run_resumes_where_it_stopped_with_the_runs_it_would_have_made(tmp_path):
+    run = _start_run(tmp_path)
+    record = _wait_for(lambda: _run_record(tmp_path), 60, "the run to start")
+    _wait_for(lambda: _first_record_written(tmp_path), 120, "the first finished run")
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=30)
+    finished_before = read_records(tmp_path)
+    subprocess.run([*QASM, "clean"], capture_output=True, text=True, cwd=REPOSITORY, check=True)
+    assert leftovers(record["prefix"]) == []
+    result = subprocess.run(
+        [*QASM, "run", "--resume", str(tmp_path)],
+        capture_output=True, text=True, timeout=600, cwd=REPOSITORY,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"{len(finished_before)} of 4 runs finished before" in result.stdout
+    records = read_records(tmp_path)
+    # The finished runs' records kept as they were, then exactly the runs still to do.
+    assert records[: len(finished_before)] == finished_before
+    identity = sorted((r["variant"], r["migration"], r["repetition"]) for r in records)
+    assert identity == sorted(
+        (variant, kind, 0) for variant in ("baseline", "tuple") for kind in ("nat-rebind", "active")
+    )
+    names = [r["artifacts"] for r in records]
+    assert len(set(names)) == len(names) == 4
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    assert metadata["status"] == "finished"
+    assert metadata["resumed"][0]["runs_finished_before"] == len(finished_before)
+    # Going on again is refused: there is nothing left to do.
+    again = subprocess.run(
+        [*QASM, "run", "--resume", str(tmp_path)], capture_output=True, text=True, cwd=REPOSITORY
+    )
+    assert again.returncode == 2 and "the run finished: nothing to resume" in again.stderr

@@ -57,3 +57,11 @@ def test_an_outcome_spanning_lines_stays_one_line_per_run():
         "[1/1] qasm active rep 0: FAILED (server exited: Traceback ... ) "
         "(2.0 s; elapsed 0:00, ETA 0:00)\n"
     )
+
+
+def test_a_resumed_run_counts_only_the_runs_left_in_its_eta():
+    clock, stream = FakeClock(), io.StringIO()
+    progress = Progress(10, stream, clock, done_before=6)  # 4 left
+    clock.now = 20.0
+    progress.end(7, "tuple active rep 1", "ok", 20.0)
+    assert stream.getvalue().endswith("(20.0 s; elapsed 0:20, ETA 1:00)\n")
