@@ -30,9 +30,9 @@ def add_clients(
     clients = []
     for index in range(1, count + 1):
         host = f"{prefix}c{index}"
-        wifi = Interface(f"{host}-wifi", f"{net}.1.{index}", "wifi")
-        lte = Interface(f"{host}-lte", f"{net}.2.{index}", "lte")
         wifi_alt_ip = f"{net}.3.{index}"
+        wifi = Interface(f"{host}-wifi", f"{net}.1.{index}", "wifi", (wifi_alt_ip,))
+        lte = Interface(f"{host}-lte", f"{net}.2.{index}", "lte")
         topo.addHost(host, ip=f"{wifi.ip}/{PREFIX_LENGTH}")
         for interface, port in ((wifi, 2 * index), (lte, 2 * index + 1)):
             topo.addLink(
@@ -51,7 +51,6 @@ def add_clients(
                     "addr-rebind": (wifi_alt_ip, wifi.ip),
                     "active": (lte.ip, wifi.ip),
                 },
-                extra_ips=(wifi_alt_ip,),
             )
         )
     return tuple(clients)
@@ -106,7 +105,7 @@ def configure_clients(
         ):
             host.cmd("sysctl", "-qw", setting)
         wifi, lte = client.interface("wifi"), client.interface("lte")
-        (wifi_alt_ip,) = client.extra_ips
+        (wifi_alt_ip,) = wifi.extra_ips
         host.cmd("ip", "addr", "add", f"{wifi_alt_ip}/{PREFIX_LENGTH}", "dev", wifi.name)
         for table, ip, intf in (
             (101, wifi.ip, wifi.name),

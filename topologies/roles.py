@@ -27,6 +27,11 @@ class Interface:
     name: str  # the host-side interface
     ip: str
     link: str  # the link kind whose conditions apply to it: wifi, lte or server
+    extra_ips: tuple[str, ...] = ()  # more addresses on it (addr-rebind's)
+
+    @property
+    def ips(self) -> tuple[str, ...]:
+        return (self.ip, *self.extra_ips)
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,6 @@ class ClientRole:
     # migration kind → the addresses the client moves to, in turn (a repeated migration
     # cycles through them; nat-rebind stays on its address with a fresh port each time).
     targets: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    extra_ips: tuple[str, ...] = ()  # addresses beyond one per interface (addr-rebind's)
 
     @property
     def agent_id(self) -> str:
@@ -48,7 +52,7 @@ class ClientRole:
     @property
     def ips(self) -> tuple[str, ...]:
         """Every address the client owns: what the Tracking Agent lets it announce."""
-        return (*(i.ip for i in self.interfaces), *self.extra_ips)
+        return tuple(ip for interface in self.interfaces for ip in interface.ips)
 
     def interface(self, link: str) -> Interface:
         return next(i for i in self.interfaces if i.link == link)

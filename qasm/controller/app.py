@@ -147,7 +147,7 @@ class MiddleboxApp(app_manager.OSKenApp):
         # rather than hang the runner's teardown (the end state is then missing, not wrong).
         if self._lock.acquire(timeout=STOP_LOCK_TIMEOUT_S):
             now = time.monotonic()
-            for state in self.controller.snapshot():
+            for state in (*self.controller.snapshot(), *self.controller.locations()):
                 self._log(state, now)
             self.decision_log.flush()
         os._exit(0)

@@ -37,6 +37,7 @@ class Reason(enum.StrEnum):
     OUR_ADDRESS = "our_address"  # ARP for an address the controller answers (VIP, NAT, agent)
     ARP_REPLY_TO_US = "arp_reply_to_us"
     FRAME_UNREADABLE = "frame_unreadable"
+    SPOOFED_SOURCE = "spoofed_source"  # a source address that does not belong to the in-port
     HANDSHAKE_COPY = "handshake_copy"  # a server packet copied to learn its SCIDs
     # Service traffic.
     KNOWN_PATH = "known_path"
@@ -231,6 +232,16 @@ class HopStats(Event):
 
 
 @dataclass(frozen=True)
+class Locations(Event):
+    """Where a hop believes each address is (address, port) when the controller stops: with
+    location integrity, always a port the address belongs to."""
+
+    name: ClassVar[str] = "locations"
+    dpid: int
+    ports: dict[str, int]  # address → port
+
+
+@dataclass(frozen=True)
 class ConnectionState(Event):
     """One connection as a hop holds it when the controller stops (the table at the end)."""
 
@@ -261,6 +272,7 @@ EVENTS: dict[str, type[Event]] = {
         ConnectionsEnded,
         HopStats,
         ConnectionState,
+        Locations,
     )
 }
 

@@ -42,6 +42,7 @@ from qasm.controller.events import (
     Event,
     HopStats,
     KernelPath,
+    Locations,
     NatMapping,
     PacketIn,
     PathInstalled,
@@ -121,6 +122,7 @@ AGENT_MODES = ("push", "pull")
 # Packet-ins of a path (or a MAC) whose rules went out less than this long ago were already
 # queued before the switch had the rules; forward them without sending the rules again.
 RULES_IN_FLIGHT_S = 1.0
+UNSPECIFIED_ADDRESS = "0.0.0.0"  # an ARP probe's sender (RFC 5227)
 
 
 class ConfigError(ValueError):
@@ -145,10 +147,13 @@ class AgentSettings:
 
 @dataclass(frozen=True)
 class HopSettings:
-    """One middlebox datapath; `nat` gives it its own public address and port pool."""
+    """One middlebox datapath; `nat` gives it its own public address and port pool;
+    `sources` the source addresses each port may carry (topologies/bindings.py): a packet
+    from any other is dropped as spoofed. A port not listed is not checked."""
 
     dpid: int
     nat: NatSettings | None = None
+    sources: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,11 @@ class MiddleboxConfig:
                 values["functions"] = tuple(values["functions"])
             if "hops" in values:
                 values["hops"] = tuple(
-                    HopSettings(hop["dpid"], NatSettings(**hop["nat"]) if hop.get("nat") else None)
+                    HopSettings(
+                        hop["dpid"],
+                        NatSettings(**hop["nat"]) if hop.get("nat") else None,
+                        tuple((port, tuple(ips)) for port, ips in hop.get("sources", ())),
+                    )
                     for hop in values["hops"]
                 )
             if values.get("agent") is not None:
@@ -296,6 +305,15 @@ class Controller:
         except FrameError as exc:
             event = PacketIn(dpid, in_port, Verdict.DROP, Reason.FRAME_UNREADABLE, str(exc))
             return [Decision(dpid, (), event)]
+        if switch.spoofed(in_port, frame):
+            # Not learnt: a spoofed source would move the address's location (and its
+            # traffic and rules) to the sender's port.
+            context = switch.context(in_port, frame)
+            text = f"source {frame.ip_src} does not belong to port {in_port}"
+            return [
+                switch.decide([], **context, verdict=Verdict.DROP, reason=Reason.SPOOFED_SOURCE,
+                              text=text)
+            ]  # fmt: skip
         if self.tracking and frame.ip_dst == self.config.agent.ip:
             switch.learn(in_port, frame)
             return self._agent_datagram(switch, in_port, frame, now)
@@ -308,6 +326,10 @@ class Controller:
     def snapshot(self) -> list[ConnectionState]:
         """Every connection every hop holds now (logged when the controller stops)."""
         return [state for hop in self.hops for state in hop.snapshot()]
+
+    def locations(self) -> list[Locations]:
+        """Where each hop locates each address now (logged when the controller stops)."""
+        return [Locations(hop.dpid, hop.locations()) for hop in self.hops]
 
     # --- the Tracking Agent ---------------------------------------------------------------
 
@@ -462,9 +484,10 @@ class Switch:
     """A datapath that forwards by MAC learning and answers ARP for addresses the controller
     owns. Locations (port per MAC and per IPv4 address) are learnt from packet-ins."""
 
-    def __init__(self, dpid: int) -> None:
+    def __init__(self, dpid: int, sources: tuple[tuple[int, tuple[str, ...]], ...] = ()) -> None:
         self.dpid = dpid
         self.arp_answers: dict[str, str] = {}  # IPv4 → MAC this datapath answers for
+        self._sources = {port: frozenset(ips) for port, ips in sources}
         self._port_of_mac: dict[str, int] = {}
         self._port_of_ip: dict[str, int] = {}
         self._mac_of_ip: dict[str, str] = {}
@@ -474,6 +497,20 @@ class Switch:
     def connected(self) -> list[SwitchMessage]:
         self._l2_rules_sent.clear()  # ClearFlows removes them from the switch
         return [ClearFlows(), FlowRule(PRIORITY_TABLE_MISS, Match(), PORT_CONTROLLER)]
+
+    def spoofed(self, in_port: int, frame: Frame) -> bool:
+        """Whether the packet's source address may not arrive on this port (strict uRPF over
+        the topology's bindings; an ARP probe's 0.0.0.0 is anyone's)."""
+        allowed = self._sources.get(in_port)
+        return (
+            allowed is not None
+            and frame.ip_src is not None
+            and frame.ip_src not in allowed
+            and frame.ip_src != UNSPECIFIED_ADDRESS
+        )
+
+    def locations(self) -> dict[str, int]:
+        return dict(self._port_of_ip)
 
     def located_port(self, ip: str) -> int | None:
         return self._port_of_ip.get(ip)
@@ -492,9 +529,9 @@ class Switch:
         answer = self._arp_answer(frame)
         if answer is not None:
             return [self.arp_reply(in_port, frame, answer)]
-        return [self.l2_forward(in_port, frame, data, now, self._context(in_port, frame))]
+        return [self.l2_forward(in_port, frame, data, now, self.context(in_port, frame))]
 
-    def _context(self, in_port: int, frame: Frame) -> dict:
+    def context(self, in_port: int, frame: Frame) -> dict:
         return dict(dpid=self.dpid, in_port=in_port, addrs=frame.addresses(), flow=frame.flow)
 
     def _arp_answer(self, frame: Frame) -> str | None:
@@ -508,7 +545,7 @@ class Switch:
         return Decision(self.dpid, tuple(messages), packet_in)
 
     def arp_reply(self, in_port: int, frame: Frame, mac: str) -> Decision:
-        context = self._context(in_port, frame)
+        context = self.context(in_port, frame)
         if not frame.arp_request:
             return self.decide([], **context, verdict=Verdict.DROP, reason=Reason.ARP_REPLY_TO_US)
         reply = build_arp_reply(mac, frame.ip_dst, frame.eth_src, frame.ip_src)
@@ -537,7 +574,7 @@ class Middlebox(Switch):
     function (so its own NAT pool and public address)."""
 
     def __init__(self, config: MiddleboxConfig, hop: HopSettings, pull=None) -> None:
-        super().__init__(hop.dpid)
+        super().__init__(hop.dpid, hop.sources)
         self.config = config
         self.variant = config.variant
         self.stateful = config.variant in STATEFUL_VARIANTS
@@ -645,7 +682,7 @@ class Middlebox(Switch):
         self, in_port: int, frame: Frame, data: bytes, now: float, cookie: int = 0
     ) -> list[Decision]:
         self.learn(in_port, frame)
-        context = self._context(in_port, frame)
+        context = self.context(in_port, frame)
         self.table.expire(now)
         self._release_ended()
         if cookie == COOKIE_OBSERVE:

@@ -1,7 +1,7 @@
 """Garbage flooder: malformed QUIC to the service and forged agent reports, at a set rate.
 
     python -m testbed.apps.flood --source-ip IP --service IP:PORT --pps N --out FILE
-        [--agent IP:PORT --agent-client ID] [--seed S] [--duration S]
+        [--agent IP:PORT --agent-client ID] [--spoof-as IP,IP...] [--seed S] [--duration S]
 
 Run on an emulated host while a real transfer goes on, it tests that the middlebox survives
 what an attacker on the client's network can send (RFC 9312 §4.7: a middlebox must expect
@@ -24,6 +24,12 @@ To the Tracking Agent (with `--agent`; qasm/agents/messages.py is the format):
 - `unknown_client`: a well-formed body naming a client without a key;
 - `replayed`: the real client's own reports, captured on this host (a packet socket with a BPF
   filter) and sent again at least REPLAY_DELAY_S later, so the original always arrives first.
+
+Spoofing (with `--spoof-as`): every datagram to the service carries a source address drawn
+from those victims' instead of `--source-ip` (the socket stays bound to `--source-ip`, so it
+still leaves by that address's interface), and a further kind, `spoofed_service_reply`, sends
+short headers from the service's address and port to a victim: an attempt to move the
+victims' and the server's locations to this host's port (BCP 38).
 
 SIGTERM (or `--duration`) ends it; it then writes one JSON object: packets sent per kind,
 send errors, the achieved rate.
@@ -48,7 +54,7 @@ from testbed.apps.sockets import SO_ATTACH_FILTER, attach_classic_bpf
 # Flood source ports stay below Linux's default ephemeral range (32768..60999), where the
 # real client's sockets live; the capture filter tells the two apart by that.
 FLOOD_PORTS = (1024, 32767)
-EPHEMERAL_FIRST = 32768
+EPHEMERAL_FIRST, EPHEMERAL_LAST = 32768, 60999
 TICK_S = 0.005
 REPLAY_DELAY_S = 1.0
 MAX_CAPTURED = 64
@@ -66,6 +72,7 @@ AGENT_KINDS = {
     "unknown_client": 4,
     "replayed": 8,
 }
+SPOOFED_REPLY_WEIGHT = 30  # with --spoof-as, as often as the service kinds together
 _ETH_P_ALL = 0x0003
 
 
@@ -234,9 +241,12 @@ class Flooder:
         self.agent = parse_address(args.agent) if args.agent else None
         self.factory = PacketFactory(self.rng, args.agent_client)
         self.capture = ReportCapture(self.agent) if self.agent else None
+        self.spoof_as = [ip for ip in (args.spoof_as or "").split(",") if ip]
         weights = dict(SERVICE_KINDS)
         if self.agent:
             weights.update(AGENT_KINDS)
+        if self.spoof_as:
+            weights["spoofed_service_reply"] = SPOOFED_REPLY_WEIGHT
         self.kinds, self.weights = list(weights), list(weights.values())
         self.sent: collections.Counter = collections.Counter()
         self.skipped: collections.Counter = collections.Counter()
@@ -248,6 +258,13 @@ class Flooder:
     def _packet(self, kind: str, now: float) -> tuple[bytes, str] | None:
         """(IP packet, destination address), or None when nothing of that kind is ready."""
         src, sport = self.args.source_ip, self.rng.randint(*FLOOD_PORTS)
+        if self.spoof_as:
+            src = self.rng.choice(self.spoof_as)
+        if kind == "spoofed_service_reply":
+            ip, port = self.service
+            victim = self.rng.choice(self.spoof_as)
+            dport = self.rng.randint(EPHEMERAL_FIRST, EPHEMERAL_LAST)
+            return _ipv4_udp(ip, port, victim, dport, self.factory.random_cid_short()), victim
         if kind in SERVICE_KINDS:
             ip, port = self.service
             if kind == "bad_udp_length":
@@ -294,6 +311,7 @@ class Flooder:
         return {
             "pps": self.args.pps,
             "source_ip": self.args.source_ip,
+            "spoofed_sources": self.spoof_as,
             "started_at": started,
             "ended_at": ended,
             "sent": dict(self.sent),
@@ -312,6 +330,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--service", required=True, help="IPv4:PORT of the QUIC service")
     parser.add_argument("--agent", help="Tracking Agent IPv4:PORT (adds forged reports)")
     parser.add_argument("--agent-client", default="c1", help="client id forged reports claim")
+    parser.add_argument(
+        "--spoof-as", help="comma-separated victim addresses to send from (spoofing)"
+    )
     parser.add_argument("--pps", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, help="seconds (default: until SIGTERM)")

@@ -39,6 +39,7 @@ from testbed.emulation.pinning import (
     plan_layout,
 )
 from topologies import TOPOLOGIES
+from topologies.bindings import source_bindings
 from topologies.roles import Roles
 
 OFFLOADS = ("tx", "rx", "tso", "gso", "gro")
@@ -158,6 +159,8 @@ class Emulation:
         self.log_dir = log_dir
         self.topo = TOPOLOGIES[topology.name](prefix=record.prefix, **topology.topo_kwargs())
         self.roles: Roles = self.topo.roles
+        # Which source addresses each middlebox port may carry (location integrity).
+        self.source_bindings = source_bindings(self.topo, self.roles)
         # The router host's kernel middlebox (topologies with a router), once it runs.
         self.kernel: RouterKernel | None = None
         self._conditions = topology.link_conditions()

@@ -44,6 +44,7 @@ from testbed.records.metrics import (
     build_record,
     controller_memory,
     flood_effect,
+    hijacked_locations,
     kernel_record,
     read_decisions,
 )
@@ -436,6 +437,13 @@ class ExperimentRunner:
                 if flood_report is not None:
                     record["flood"] = flood_report
                     record.update(flood_effect(decisions))
+                    record["hijacked_locations"] = hijacked_locations(
+                        decisions,
+                        {
+                            d.dpid: emulation.source_bindings[d.switch]
+                            for d in roles.middleboxes
+                        },
+                    )
                 if conntrack is not None:
                     record.update(
                         kernel_record(
@@ -539,6 +547,10 @@ class ExperimentRunner:
                 NatSettings(datapath.nat_public_ip, datapath.nat_public_mac, ports=nat.ports)
                 if nat
                 else None,
+                tuple(
+                    (port, tuple(sorted(ips)))
+                    for port, ips in sorted(emulation.source_bindings[datapath.switch].items())
+                ),
             )
             for datapath in roles.middleboxes
         )
@@ -641,9 +653,10 @@ class ExperimentRunner:
         reports only where a Tracking Agent listens."""
         roles = emulation.roles
         client = roles.clients[0]
+        source_ip = client.interface("lte").ip
         argv = [
             sys.executable, "-m", "testbed.apps.flood",
-            "--source-ip", client.interface("lte").ip,
+            "--source-ip", source_ip,
             "--service", f"{roles.service_ip(_load_balanced(spec.scenario))}:{roles.service_port}",
             "--pps", str(spec.scenario.flood.pps),
             "--seed", str(seed),
@@ -652,6 +665,10 @@ class ExperimentRunner:
         if _uses_agent(spec.variant):
             argv += ["--agent", f"{roles.agent_ip}:{roles.agent_port}"]
             argv += ["--agent-client", client.agent_id]
+        if spec.scenario.flood.spoof:
+            # Every address but the one it sends from: its own wifi's, the other clients'.
+            victims = [ip for c in roles.clients for ip in c.ips if ip != source_ip]
+            argv += ["--spoof-as", ",".join(victims)]
         return emulation.start_on_host(client.host, argv, artifacts / "flood.log")
 
     def _stop_flood(self, emulation, flood: ManagedProcess, artifacts: Path) -> dict:

@@ -34,6 +34,7 @@ from qasm.controller.events import (
     ConnectionsEnded,
     ConnectionState,
     HopStats,
+    Locations,
     Logged,
     NatMapping,
     PacketIn,
@@ -280,6 +281,20 @@ def flood_effect(decisions: Iterable[Logged]) -> dict:
         "controller_drops": dict(drops),
         "controller_dropped": sum(drops.values()),
     }
+
+
+def hijacked_locations(
+    decisions: Iterable[Logged], bindings: dict[int, dict[int, frozenset[str]]]
+) -> int:
+    """Addresses a hop located, when the controller stopped, on a port they do not belong to
+    (topologies/bindings.py): a location a spoofing host moved to itself."""
+    return sum(
+        1
+        for logged in decisions
+        if isinstance(logged.event, Locations) and logged.event.dpid in bindings
+        for ip, port in logged.event.ports.items()
+        if ip not in bindings[logged.event.dpid].get(port, frozenset())
+    )
 
 
 def controller_memory(start: dict | None, end: dict | None, decisions: Iterable[Logged]) -> dict:

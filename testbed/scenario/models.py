@@ -514,6 +514,11 @@ class Flood(Section):
     """Garbage from client 1's lte address while the clients run (testbed/apps/flood.py)."""
 
     pps: Integer(1, MAX_FLOOD_PPS) = Field(description="packets per second")
+    spoof: Flag = Field(
+        False,
+        description="send from the other clients', client 1's wifi and the server's "
+        "addresses instead of its own (location hijacking, BCP 38)",
+    )
 
 
 def _sweep_axes(value: Any) -> dict[str, tuple[Any, ...]]:

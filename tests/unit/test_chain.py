@@ -33,7 +33,7 @@ class ChainBench:
 
     def __init__(
         self, variant: str, hops: int, functions=("nat",), mode="push", ports=16,
-        kernel_netns_pid: int | None = None,
+        kernel_netns_pid: int | None = None, sources=(),
     ) -> None:  # fmt: skip
         self.hops = hops
         agent = AgentSettings(
@@ -44,7 +44,9 @@ class ChainBench:
         config = MiddleboxConfig(
             variant=variant, service_ip=SERVER_IP, service_port=4433, functions=functions,
             hops=tuple(
-                HopSettings(i, NatSettings(*public_address(i), ports=ports))
+                HopSettings(
+                    i, NatSettings(*public_address(i), ports=ports), sources if i == 1 else ()
+                )
                 for i in range(1, hops + 1)
             ),
             agent=agent if variant == "qasm" else None,

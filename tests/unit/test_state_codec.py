@@ -19,6 +19,7 @@ from qasm.controller.events import (
     ConnectionState,
     HopStats,
     KernelPath,
+    Locations,
     Logged,
     NatMapping,
     PacketIn,
@@ -197,6 +198,7 @@ EXAMPLES = [
         dpid=1, connections=3, max_connections=100, evicted=4, expired=5, locations=6,
         nat_in_use=2, nat_exhausted=1, agent={"accepted": 3, "rejected: forged": 9}, rss_kib=51200,
     ),
+    Locations(dpid=1, ports={"10.0.1.1": 2, "10.0.0.250": 1}),
     ConnectionState(
         dpid=1, connection=5, owner="c1", paths=(NEW,), retired_paths=(PATH,),
         server_cids=(b"\x01" * 8, b"\xff" * 20), nat_mappings=(OTHER,),
