@@ -9,14 +9,24 @@ same conditions. To add a benchmark, append its function to BENCHMARKS.
 from __future__ import annotations
 
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from qasm.controller import benchmarks as controller
 from qasm.state import benchmarks as state
 from qasm.wire import benchmarks as wire
+from testbed.redis_server import RedisServer
 
 Figure = tuple[str, str]
 Benchmark = Callable[[], Iterable[Figure]]
+
+
+def redis_store() -> list[Figure]:
+    """The connection store, memory vs Redis, against a private redis-server on loopback."""
+    with tempfile.TemporaryDirectory() as base, RedisServer(Path(base)) as server:
+        return state.store_operations(server.url)
+
 
 BENCHMARKS: list[Benchmark] = [
     wire.dcid_extraction,
@@ -24,6 +34,7 @@ BENCHMARKS: list[Benchmark] = [
     wire.reassembly_memory,
     state.connection_memory,
     state.cid_lookup,
+    redis_store,
     controller.sans_io_decisions,
     controller.openflow_decisions,
 ]

@@ -3,6 +3,14 @@
 Memory per connection is what a middlebox operator sizes the hard bound with; the lookup
 figures compare finding a connection by CID (what a QUIC-aware middlebox does per packet-in
 after a migration) with a bare dict lookup of the same keys, interleaved in one run.
+
+`store_operations(url)` runs one hop's state work on the memory table and NAT pool and on
+their shared Redis counterparts, interleaved, against the Redis server at `url`: a new
+connection (put, its server CID, a NAT port, save), a lookup by CID, and an active migration
+(found by CID, the next CID, the new path and its port, the old path retired and its port
+given back, save); what the controller would do per packet-in, one round trip at a time.
+Plus the one pipelined read (`connections()`), Redis round trips per new connection and per
+migration, and Redis's bytes per connection (MEMORY USAGE of its keys).
 """
 
 from __future__ import annotations
@@ -11,10 +19,14 @@ import gc
 import os
 import time
 import tracemalloc
+import uuid
 
 from qasm.flow import FlowKey
-from qasm.functions.nat import NatState
-from qasm.state.connections import ConnectionTable
+from qasm.functions.nat import NatPool, NatSettings, NatState
+from qasm.state.connections import ConnectionStore, ConnectionTable
+from qasm.state.redis_layout import StoreKeys, cid_field, path_field, retired_field
+from qasm.state.redis_nat import SharedNatPool
+from qasm.state.redis_store import RedisConnectionTable, connect_redis
 
 Figure = tuple[str, str]
 # A migrated connection as the qasm variant holds it: two paths (one retired) and the
@@ -22,7 +34,7 @@ Figure = tuple[str, str]
 CIDS_PER_CONNECTION = 3
 
 
-def _fill(table: ConnectionTable, connections: int, migrated: bool = True) -> list[bytes]:
+def _fill(table: ConnectionStore, connections: int, migrated: bool = True) -> list[bytes]:
     """Connections as a qasm hop with a NAT holds them: migrated ones with two paths (one
     retired) and three server CIDs, or fresh ones with their first path and CID."""
     cids = []
@@ -41,6 +53,7 @@ def _fill(table: ConnectionTable, connections: int, migrated: bool = True) -> li
             table.associate_cid(connection, cid, now=0.0)
             cids.append(cid)
         connection.functions["nat"] = NatState(ports)
+        table.save(connection, now=0.0)
     return cids
 
 
@@ -85,3 +98,130 @@ def cid_lookup(connections: int = 20_000, repeats: int = 9) -> list[Figure]:
         ("cid_lookup_vs_dict", f"{table_s / dict_s:.1f}x"),
         ("cid_lookup_ns", f"{table_s / len(cids) * 1e9:.0f}"),
     ]
+
+
+# --- memory vs Redis ----------------------------------------------------------------------
+
+SERVICE = ("10.0.0.250", 4433)
+NAT_SETTINGS = NatSettings("10.0.100.1", "02:00:00:00:01:01", first_port=20000, ports=8192)
+STORE_CONNECTIONS = 2000
+
+
+def _client_path(i: int, port: int) -> FlowKey:
+    return FlowKey(f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", port, *SERVICE)
+
+
+def _cid(i: int, generation: int) -> bytes:
+    return i.to_bytes(6, "big") + generation.to_bytes(2, "big")
+
+
+def _new_connections(
+    table: ConnectionStore, pool: NatPool | SharedNatPool, connections: int
+) -> None:
+    for i in range(connections):
+        path = _client_path(i, 40000)
+        connection = table.put(path, 1.0)
+        table.associate_cid(connection, _cid(i, 0), 1.0)
+        connection.functions["nat"] = NatState({path: pool.allocate(path)})
+        table.save(connection, 1.0)
+
+
+def _lookups(table: ConnectionStore, connections: int) -> None:
+    for i in range(connections):
+        table.by_cid(_cid(i, 0), 2.0)
+
+
+def _migrations(table: ConnectionStore, pool: NatPool | SharedNatPool, connections: int) -> None:
+    for i in range(connections):
+        old, new = _client_path(i, 40000), _client_path(i, 40001)
+        connection = table.by_cid(_cid(i, 0), 3.0)
+        table.associate_cid(connection, _cid(i, 1), 3.0)
+        table.associate_path(connection, new, 3.0)
+        ports = connection.functions["nat"].ports
+        ports[new] = pool.allocate(new)
+        table.retire_path(connection, old)
+        del ports[old]
+        pool.release(old)
+        connection.migrations += 1
+        table.save(connection, 3.0)
+
+
+def _timed(operation, *args) -> float:
+    start = time.perf_counter()
+    operation(*args)
+    return time.perf_counter() - start
+
+
+def store_operations(
+    redis_url: str, connections: int = STORE_CONNECTIONS, repeats: int = 3
+) -> list[Figure]:
+    client = connect_redis(redis_url)
+    best: dict[str, float] = {}
+    trips: dict[str, float] = {}
+
+    def keep(name: str, seconds: float) -> None:
+        best[name] = min(best.get(name, float("inf")), seconds)
+
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
+        memory, memory_pool = ConnectionTable(), NatPool(NAT_SETTINGS)
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        shared = RedisConnectionTable(client, prefix, {"nat": NatState})
+        shared_pool = SharedNatPool(client, prefix, NAT_SETTINGS)
+        steps = (
+            ("new_connection", _new_connections, (memory, memory_pool), (shared, shared_pool)),
+            ("lookup", _lookups, (memory,), (shared,)),
+            ("migration", _migrations, (memory, memory_pool), (shared, shared_pool)),
+        )
+        for name, operation, on_memory, on_redis in steps:
+            keep(f"{name} memory", _timed(operation, *on_memory, connections))
+            before = shared.round_trips + shared_pool.round_trips
+            keep(f"{name} redis", _timed(operation, *on_redis, connections))
+            after = shared.round_trips + shared_pool.round_trips
+            trips[name] = (after - before) / connections
+        keep("listing redis", _timed(shared.connections))
+        client.delete(*client.scan_iter(f"{prefix}:*"))
+    figures = []
+    for name, _, _, _ in steps:
+        memory_s, redis_s = best[f"{name} memory"], best[f"{name} redis"]
+        figures += [
+            (f"store_{name}_memory_ops_s", f"{connections / memory_s:.0f}"),
+            (f"store_{name}_redis_ops_s", f"{connections / redis_s:.0f}"),
+            (f"store_{name}_memory_vs_redis", f"{redis_s / memory_s:.1f}x"),
+        ]
+    listing_s = best["listing redis"]
+    figures += [
+        ("store_read_redis_pipelined_ops_s", f"{connections / listing_s:.0f}"),
+        ("store_read_redis_pipelined_vs_lookup", f"{best['lookup redis'] / listing_s:.1f}x"),
+        ("redis_round_trips_per_new_connection", f"{trips['new_connection']:.1f}"),
+        ("redis_round_trips_per_lookup", f"{trips['lookup']:.1f}"),
+        ("redis_round_trips_per_migration", f"{trips['migration']:.1f}"),
+    ]
+    return figures + _redis_bytes_per_connection(client, connections)
+
+
+def _redis_bytes_per_connection(client, connections: int) -> list[Figure]:
+    """MEMORY USAGE of each connection's keys (its hash and the index entries it owns),
+    summed; the LRU sorted set, shared by all, is its own figure."""
+    figures = []
+    for migrated, name in (
+        (False, "redis_bytes_per_connection"),
+        (True, "redis_bytes_per_migrated_connection"),
+    ):
+        prefix = f"bench-{uuid.uuid4().hex[:8]}"
+        table = RedisConnectionTable(client, prefix, {"nat": NatState}, max_connections=connections)
+        _fill(table, connections, migrated)
+        keys = StoreKeys(prefix)
+        pipeline = client.pipeline(transaction=False)
+        for connection in table.connections():
+            pipeline.memory_usage(keys.connection(connection.id), samples=0)
+            owned = [path_field(p) for p in connection.paths]
+            owned += [retired_field(p) for p in connection.retired_paths]
+            owned += [cid_field(cid) for cid in connection.server_cids]
+            for field in owned:
+                pipeline.memory_usage(keys.index(field), samples=0)
+        figures.append((name, f"{sum(pipeline.execute()) / connections:.0f}"))
+        if not migrated:
+            lru = client.memory_usage(keys.lru, samples=0) / connections
+            figures.append(("redis_lru_bytes_per_connection", f"{lru:.0f}"))
+        client.delete(*client.scan_iter(f"{prefix}:*"))
+    return figures

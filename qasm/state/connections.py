@@ -12,6 +12,9 @@ the caller gives back what they held (qasm/functions/base.py: `connection_ended`
 
 A `Connection` is plain typed data (the functions' shares included), so it serialises with
 `to_json_value` / `from_json_value` and can live in a store shared by middlebox replicas.
+`ConnectionStore` is the interface both stores offer: this in-memory table, the embedded
+default, and `qasm.state.redis_store.RedisConnectionTable`, shared by replicas. Callers change
+a connection in place and then `save` it (a no-op here; a write-back to Redis there).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import itertools
 import typing
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from qasm.codec import from_json_value, to_json_value
 from qasm.flow import FlowKey
@@ -88,8 +91,41 @@ class Connection:
         )
 
 
+class ConnectionStore(Protocol):
+    """What the pipeline, the functions and the Tracking Agent use of a connection table.
+
+    A connection's paths, retired paths and server CIDs change only through the store's
+    methods (they are indexes); everything else of it (its functions' states, `ends`,
+    `owner`, `migrations`...) the caller changes in place and then hands to `save`, before
+    the decision that depends on it leaves the process (another replica may read it next).
+    """
+
+    idle_timeout_s: float
+    max_connections: int
+    evicted: int  # connections this store instance ended at the bound
+    expired: int  # ... and by idle timeout
+    cid_lengths: set[int]
+
+    def __len__(self) -> int: ...
+    def connections(self) -> list[Connection]: ...
+    def by_path(self, path: FlowKey, now: float) -> Connection | None: ...
+    def by_cid(self, cid: bytes, now: float) -> Connection | None: ...
+    def retired_by(self, path: FlowKey) -> Connection | None: ...
+    def put(self, path: FlowKey, now: float) -> Connection: ...
+    def associate_path(self, connection: Connection, path: FlowKey, now: float) -> bool: ...
+    def associate_cid(self, connection: Connection, cid: bytes, now: float) -> bool: ...
+    def forget_path(self, connection: Connection, path: FlowKey) -> None: ...
+    def forget_cid(self, connection: Connection, cid: bytes) -> None: ...
+    def retire_path(self, connection: Connection, path: FlowKey) -> bool: ...
+    def save(self, connection: Connection, now: float) -> bool: ...
+    def expire(self, now: float) -> None: ...
+    def take_ended(self) -> list[tuple[Connection, str]]: ...
+    def remove(self, connection: Connection) -> None: ...
+    def is_live(self, connection: Connection) -> bool: ...
+
+
 class ConnectionTable:
-    """get / put / associate / expire, all taking `now` (the seam for a shared store)."""
+    """get / put / associate / expire, all taking `now`: the in-memory `ConnectionStore`."""
 
     def __init__(
         self,
@@ -211,6 +247,11 @@ class ConnectionTable:
         self._by_path.pop(path, None)
         self._by_retired_path[path] = connection.id
         return True
+
+    def save(self, connection: Connection, now: float) -> bool:
+        """Nothing to write back: the table holds the very object the caller changed.
+        False when the connection is no longer in the table (it ended meanwhile)."""
+        return self.is_live(connection)
 
     def expire(self, now: float) -> None:
         """Ends the connections idle for longer than the timeout (see `take_ended`)."""
