@@ -43,10 +43,12 @@ from qasm.agents.messages import (
 )
 from qasm.controller.events import Reason, Refusal
 from qasm.flow import FlowKey
+from qasm.state.buckets import TokenBuckets
 from qasm.state.connections import Connection, ConnectionTable
 
 DEFAULT_RATE_PER_S = 20.0
 DEFAULT_BURST = 20
+DEFAULT_MAX_PATHS = 256
 # Announcements kept for hops to pull: a client announces one path per migration.
 MAX_REMEMBERED = 100_000
 # Reports may arrive out of counter order: a retirement sent from one interface can be
@@ -55,12 +57,6 @@ MAX_REMEMBERED = 100_000
 # fresh; each is accepted once.
 REPLAY_WINDOW = 64
 ANSWERED_PER_CLIENT = 8  # recent (report, reply) pairs kept to answer a retry again
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
 
 
 @dataclass
@@ -119,13 +115,20 @@ class TrackingAgent:
     addresses: dict[str, frozenset[str]]  # client id -> its IPv4 addresses
     rate_per_s: float = DEFAULT_RATE_PER_S
     burst: int = DEFAULT_BURST
+    # Live paths a client's connections may hold at once (each pre-installs rules and, with
+    # a NAT, a public port on every hop): a valid key is not a licence to fill the switch.
+    max_paths: int = DEFAULT_MAX_PATHS
     counters: Counter = field(default_factory=Counter)
     _windows: dict[str, ReplayWindow] = field(default_factory=dict)
     # The last reports and replies per client: an exact duplicate (the client retrying after
     # a lost ack) gets the same reply again instead of a replay rejection, and changes nothing.
     _answered: dict[str, OrderedDict[bytes, bytes]] = field(default_factory=dict)
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _announced: OrderedDict[bytes, Announce] = field(default_factory=OrderedDict)
+    # The connections each client anchored (pruned of ended ones when counted).
+    _owned: dict[str, list[Connection]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._buckets = TokenBuckets(self.rate_per_s, self.burst, max_keys=len(self.keys) or 1)
 
     def receive(
         self,
@@ -178,7 +181,7 @@ class TrackingAgent:
             return self._reject(
                 key, message, Refusal(Reason.REPLAYED, "counter already used or too old")
             )
-        if not self._take_token(client, now):
+        if not self._buckets.take(client, now):
             # Not answered (the client retries the same datagram) and the counter not
             # consumed, so that retry can still be accepted once tokens are back.
             return self._report(False, Reason.RATE_LIMITED, "", client)
@@ -197,6 +200,9 @@ class TrackingAgent:
             report = self._reject(key, message, refusal)
         else:
             accepted = Reason.ANNOUNCED if isinstance(message, Announce) else Reason.RETIRED
+            owned = self._owned.setdefault(client, [])
+            if connection is not None and not any(c is connection for c in owned):
+                owned.append(connection)
             reply = self._ack(key, message, True, "ok")
             report = self._report(True, accepted, "", client, reply, message)
         answered[datagram] = report.reply
@@ -207,14 +213,13 @@ class TrackingAgent:
     def _report(self, accepted, reason, text="", client=None, reply=None, message=None) -> Report:
         return Report(accepted, reason, text, client, reply, message, self.service)
 
-    def _take_token(self, client: str, now: float) -> bool:
-        bucket = self._buckets.setdefault(client, _Bucket(self.burst, now))
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate_per_s)
-        bucket.updated = now
-        if bucket.tokens < 1:
-            return False
-        bucket.tokens -= 1
-        return True
+    def _live_paths(self, client: str, table: ConnectionTable, connection: Connection) -> int:
+        """The paths the client's connections hold now, `connection` (not yet anchored,
+        maybe) included."""
+        owned = self._owned.setdefault(client, [])
+        owned[:] = [c for c in owned if table.is_live(c)]
+        counted = owned if any(c is connection for c in owned) else [*owned, connection]
+        return sum(len(c.paths) for c in counted)
 
     def _check(self, table: ConnectionTable, message, now: float) -> Connection | Refusal:
         """The client-facing hop's connection the report is about, if the client owns it and
@@ -251,6 +256,10 @@ class TrackingAgent:
             return Refusal(Reason.NEXT_CID_OF_ANOTHER, message.next_cid.hex())
         if table.by_path(new_path, now) not in (None, connection):
             return Refusal(Reason.NEW_PATH_OF_ANOTHER, f"{new_path}")
+        live = self._live_paths(message.client, table, connection)
+        adds = new_path not in connection.paths
+        if live + adds - (message.retire is not None) > self.max_paths:
+            return Refusal(Reason.PATH_QUOTA, f"{live} live paths, at most {self.max_paths}")
         return connection
 
     def _reject(self, key: bytes, message: Announce | Retire, refusal: Refusal) -> Report:

@@ -48,6 +48,7 @@ class Reason(enum.StrEnum):
     DCID_MATCH = "dcid_match"  # a new path of a known connection, by its DCID (RFC 9312 §3.5)
     PULLED_FROM_AGENT = "pulled_from_agent"  # pull mode: the Tracking Agent knew the DCID
     NOT_AN_INITIAL = "not_an_initial"  # the firewall refuses a new 5-tuple
+    ADMISSION_BUDGET = "admission_budget"  # the source opened too many connections too fast
     NOT_UDP = "not_udp"
     PORT_NOT_SERVED = "port_not_served"
     NEVER_ADMITTED = "never_admitted"  # from the service on a 5-tuple no connection holds
@@ -85,6 +86,7 @@ class Reason(enum.StrEnum):
     NEXT_CID_OF_ANOTHER = "next_cid_of_another"
     NEW_PATH_OF_ANOTHER = "new_path_of_another"
     CONNECTION_FULL = "connection_full"  # at its maximum of CIDs or paths
+    PATH_QUOTA = "path_quota"  # the client's connections hold agent.max_paths live paths
     NOT_RETIRABLE = "not_retirable"
 
 

@@ -31,10 +31,16 @@ backend by static rules).
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import asdict, dataclass, field, fields
 
 from qasm.agents.messages import Announce, Retire
-from qasm.agents.tracking import DEFAULT_BURST, DEFAULT_RATE_PER_S, TrackingAgent
+from qasm.agents.tracking import (
+    DEFAULT_BURST,
+    DEFAULT_MAX_PATHS,
+    DEFAULT_RATE_PER_S,
+    TrackingAgent,
+)
 from qasm.controller.events import (
     AgentReport,
     ConnectionsEnded,
@@ -95,6 +101,7 @@ from qasm.functions.loadbalancer import (
 )
 from qasm.functions.nat import Nat, NatSettings
 from qasm.functions.ratelimit import RateLimit, RateLimiter
+from qasm.state.buckets import TokenBuckets
 from qasm.state.connections import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
@@ -123,6 +130,10 @@ AGENT_MODES = ("push", "pull")
 # queued before the switch had the rules; forward them without sending the rules again.
 RULES_IN_FLIGHT_S = 1.0
 UNSPECIFIED_ADDRESS = "0.0.0.0"  # an ARP probe's sender (RFC 5227)
+# A host opens a handful of QUIC connections a second; 20 clients behind one address at
+# start-up, a few hundred at once (scenarios/scale.yaml starts 20 per host in a window).
+DEFAULT_ADMISSION_RATE_PER_S = 100.0
+DEFAULT_ADMISSION_BURST = 400
 
 
 class ConfigError(ValueError):
@@ -143,6 +154,21 @@ class AgentSettings:
     mode: str = "push"
     reports_per_s: float = DEFAULT_RATE_PER_S  # each client's token bucket
     report_burst: int = DEFAULT_BURST
+    max_paths: int = DEFAULT_MAX_PATHS  # live paths a client's connections may hold
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The per-source admission budget for new connections: `rate_per_s` sustained, `burst`
+    at once, per source address masked to `prefix_length` bits (32: per address)."""
+
+    rate_per_s: float = DEFAULT_ADMISSION_RATE_PER_S
+    burst: int = DEFAULT_ADMISSION_BURST
+    prefix_length: int = 32
+
+    def key(self, address: str) -> int:
+        shift = 32 - self.prefix_length
+        return int.from_bytes(socket.inet_aton(address), "big") >> shift
 
 
 @dataclass(frozen=True)
@@ -166,6 +192,9 @@ class MiddleboxConfig:
     hops: tuple[HopSettings, ...] = (HopSettings(1),)
     state_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # New connections each source prefix may open (a token bucket per prefix): a flood of
+    # well-formed Initials may not take every slot of the table and every NAT port.
+    admission: Admission = field(default_factory=Admission)
     agent: AgentSettings | None = None
     ratelimit: RateLimit | None = None
     loadbalancer: LoadBalancerSettings | None = None
@@ -225,6 +254,8 @@ class MiddleboxConfig:
                 )
             if values.get("agent") is not None:
                 values["agent"] = AgentSettings(**values["agent"])
+            if "admission" in values:
+                values["admission"] = Admission(**values["admission"])
             if values.get("ratelimit") is not None:
                 values["ratelimit"] = RateLimit(**values["ratelimit"])
             if values.get("loadbalancer") is not None:
@@ -277,6 +308,7 @@ class Controller:
                 addresses={c: frozenset(a) for c, a in agent.addresses.items()},
                 rate_per_s=agent.reports_per_s,
                 burst=agent.report_burst,
+                max_paths=agent.max_paths,
             )
         pull = self.tracking.announced if self.tracking and config.agent.mode == "pull" else None
         self.hops: list[Middlebox] = [Middlebox(config, hop, pull) for hop in config.hops]
@@ -589,6 +621,8 @@ class Middlebox(Switch):
         # pull mode: next CID → the announcement the Tracking Agent accepted, or None.
         self._pull = pull
         self.table = ConnectionTable(config.state_idle_timeout_s, config.max_connections)
+        self.admission = config.admission
+        self._admitted = TokenBuckets(config.admission.rate_per_s, config.admission.burst)
         self.lb = config.loadbalancer if "loadbalancer" in config.functions else None
         self._backend_ips = {b.ip: b for b in self.lb.backends} if self.lb else {}
         self.functions: list[MiddleboxFunction] = []
@@ -837,6 +871,12 @@ class Middlebox(Switch):
         refusals = [r for f in self.functions if (r := f.admit(problem)) is not None]
         if refusals:
             return refusals[0]
+        if not self._admitted.take(self.admission.key(path.src_ip), now):
+            return Refusal(
+                Reason.ADMISSION_BUDGET,
+                f"new connections from {path.src_ip}/{self.admission.prefix_length} over "
+                f"{self.admission.rate_per_s:g}/s (burst {self.admission.burst})",
+            )
         initial = problem is None
         connection = self.table.put(path, now)
         self._release_ended()  # what the bound evicted, before this connection allocates

@@ -439,10 +439,7 @@ class ExperimentRunner:
                     record.update(flood_effect(decisions))
                     record["hijacked_locations"] = hijacked_locations(
                         decisions,
-                        {
-                            d.dpid: emulation.source_bindings[d.switch]
-                            for d in roles.middleboxes
-                        },
+                        {d.dpid: emulation.source_bindings[d.switch] for d in roles.middleboxes},
                     )
                 if conntrack is not None:
                     record.update(
@@ -539,6 +536,7 @@ class ExperimentRunner:
                 mode=spec.agent_mode or "push",
                 reports_per_s=scenario.agent.reports_per_s,
                 report_burst=scenario.agent.report_burst,
+                max_paths=scenario.agent.max_paths,
             )
         nat = scenario.nat
         hops = tuple(
@@ -579,6 +577,7 @@ class ExperimentRunner:
             sni=scenario.firewall.policy() if scenario.firewall else None,
             state_idle_timeout_s=scenario.middlebox.idle_timeout_s,
             max_connections=scenario.middlebox.max_connections,
+            admission=scenario.middlebox.admission(),
             loadbalancer=LoadBalancerSettings(
                 vip_mac=roles.vip_mac,
                 backends=tuple(

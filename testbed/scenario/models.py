@@ -37,8 +37,15 @@ from pydantic import (
 from pydantic.json_schema import WithJsonSchema
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from qasm.agents.tracking import DEFAULT_BURST, DEFAULT_RATE_PER_S
-from qasm.controller.pipeline import AGENT_MODES, FUNCTIONS, VARIANTS
+from qasm.agents.tracking import DEFAULT_BURST, DEFAULT_MAX_PATHS, DEFAULT_RATE_PER_S
+from qasm.controller.pipeline import (
+    AGENT_MODES,
+    DEFAULT_ADMISSION_BURST,
+    DEFAULT_ADMISSION_RATE_PER_S,
+    FUNCTIONS,
+    VARIANTS,
+    Admission,
+)
 from qasm.functions.firewall import SniPolicy
 from qasm.functions.ratelimit import RateLimit
 from qasm.kernel.netfilter import KERNEL_VARIANTS
@@ -51,6 +58,9 @@ from testbed.migration import MIGRATION_KINDS, trigger
 # The SDN variants (the controller), then the router's kernel ones.
 ALL_VARIANTS = (*VARIANTS, *KERNEL_VARIANTS)
 MAX_CLIENTS = 100
+MAX_AGENT_PATHS = 1_000_000
+MAX_ADMISSION_RATE_PER_S = 1_000_000
+MAX_ADMISSION_BURST = 1_000_000
 MAX_CONNECTIONS_PER_HOST = 1000
 MAX_SERVER_PROCESSES = 8
 MAX_AGENT_REPORTS_PER_S = 100_000
@@ -462,6 +472,11 @@ class Agent(Section):
     report_burst: Integer(1, MAX_AGENT_REPORTS_PER_S) = Field(
         DEFAULT_BURST, description="the bucket's size, reports"
     )
+    max_paths: Integer(2, MAX_AGENT_PATHS) = Field(
+        DEFAULT_MAX_PATHS,
+        description="live paths one client's connections may hold at once; announcements "
+        "beyond are refused (path_quota)",
+    )
 
 
 class Ratelimit(Section):
@@ -500,6 +515,23 @@ class Middlebox(Section):
     max_connections: Integer(1, MAX_CONNECTIONS) = Field(
         DEFAULT_MAX_CONNECTIONS, description="connections held at most (least recently used go)"
     )
+    new_connections_per_s: Number(0, MAX_ADMISSION_RATE_PER_S) = Field(
+        DEFAULT_ADMISSION_RATE_PER_S,
+        description="new connections each source prefix may open per second (a token bucket)",
+    )
+    new_connections_burst: Integer(1, MAX_ADMISSION_BURST) = Field(
+        DEFAULT_ADMISSION_BURST, description="the bucket's size, connections"
+    )
+    new_connections_prefix_length: Integer(0, 32) = Field(
+        32, description="the source prefix a bucket covers, bits (32: one per address)"
+    )
+
+    def admission(self) -> Admission:
+        return Admission(
+            self.new_connections_per_s,
+            self.new_connections_burst,
+            self.new_connections_prefix_length,
+        )
 
 
 class Artifacts(Section):

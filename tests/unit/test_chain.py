@@ -10,7 +10,13 @@ import pytest
 from qasm.agents.client import ClientAgent
 from qasm.agents.messages import derive_client_key
 from qasm.controller.events import PacketIn, PathInstalled, Reason, Verdict
-from qasm.controller.pipeline import AgentSettings, Controller, HopSettings, MiddleboxConfig
+from qasm.controller.pipeline import (
+    Admission,
+    AgentSettings,
+    Controller,
+    HopSettings,
+    MiddleboxConfig,
+)
 from qasm.flow import FlowKey
 from qasm.functions.nat import NatSettings
 from tests.unit.conftest import QuicPair, arp_frame, udp_frame
@@ -33,13 +39,13 @@ class ChainBench:
 
     def __init__(
         self, variant: str, hops: int, functions=("nat",), mode="push", ports=16,
-        kernel_netns_pid: int | None = None, sources=(),
+        kernel_netns_pid: int | None = None, sources=(), max_paths=256, admission=None,
     ) -> None:  # fmt: skip
         self.hops = hops
         agent = AgentSettings(
             ip=AGENT_IP, port=7400, mac=AGENT_MAC,
             keys={"c1": derive_client_key(SECRET, "c1").hex()},
-            addresses={"c1": [WIFI_IP, LTE_IP]}, mode=mode,
+            addresses={"c1": [WIFI_IP, LTE_IP]}, mode=mode, max_paths=max_paths,
         )  # fmt: skip
         config = MiddleboxConfig(
             variant=variant, service_ip=SERVER_IP, service_port=4433, functions=functions,
@@ -50,7 +56,7 @@ class ChainBench:
                 for i in range(1, hops + 1)
             ),
             agent=agent if variant == "qasm" else None,
-            kernel_netns_pid=kernel_netns_pid,
+            kernel_netns_pid=kernel_netns_pid, admission=admission or Admission(),
         )  # fmt: skip
         self.controller = Controller(config)
         self.net = FakeNetwork(self.controller)
