@@ -11,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OVS_CTL := /usr/share/openvswitch/scripts/ovs-ctl
 APT_PACKAGES := mininet openvswitch-switch iproute2 ethtool tcpdump procps psmisc iptables \
-    nftables conntrack util-linux redis-server
+    nftables conntrack util-linux redis-server ngtcp2-client ngtcp2-server
 SCENARIO ?= scenarios/default.yaml
 OUT ?= results/$(notdir $(basename $(SCENARIO)))-$(shell date +%Y%m%d-%H%M%S)
 
@@ -42,7 +42,7 @@ $(VENV)/.installed: pyproject.toml
 	@mkdir -p $(VENV)/debian-mininet
 	@ln -sfn /usr/lib/python3/dist-packages/mininet $(VENV)/debian-mininet/mininet
 	@echo "$(abspath $(VENV))/debian-mininet" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/debian-mininet.pth
-	@$(PY) -c 'import mininet.net, os_ken, aioquic, scapy, yaml, pydantic, scipy, redis'
+	@$(PY) -c 'import mininet.net, os_ken, aioquic, scapy, yaml, pydantic, scipy, redis, qh3'
 	@touch $@
 
 # The report is written even when the run failed part-way (it reports what finished); the

@@ -56,16 +56,30 @@ class ClientAgent:
         new_cid: bool,
         retire: Address | None = None,
     ) -> tuple[int, bytes]:
+        return self.announce_cids(
+            quic._peer_cid.cid, self.next_cid(quic, new_cid), old, new, retire
+        )
+
+    def announce_cids(
+        self,
+        connection_cid: bytes,
+        next_cid: bytes,
+        old: Address,
+        new: Address,
+        retire: Address | None = None,
+    ) -> tuple[int, bytes]:
+        """The same announcement from CIDs an observer read on the wire (the host agent,
+        qasm/agents/host.py), for clients whose stack it cannot read."""
         counter = self._next_counter()
-        message = Announce(
-            self.client, counter, quic._peer_cid.cid, self.next_cid(quic, new_cid), old, new,
-            retire,
-        )  # fmt: skip
+        message = Announce(self.client, counter, connection_cid, next_cid, old, new, retire)
         return counter, self._sealed(message)
 
     def retire(self, quic: QuicConnection, path: Address) -> tuple[int, bytes]:
+        return self.retire_cid(quic._peer_cid.cid, path)
+
+    def retire_cid(self, connection_cid: bytes, path: Address) -> tuple[int, bytes]:
         counter = self._next_counter()
-        return counter, self._sealed(Retire(self.client, counter, quic._peer_cid.cid, path))
+        return counter, self._sealed(Retire(self.client, counter, connection_cid, path))
 
     def read_ack(self, datagram: bytes, counter: int) -> Ack:
         """The Tracking Agent's verified answer to `counter`."""

@@ -8,6 +8,7 @@
          (--at-bytes N | --at-seconds S) [--spread X] [--repeat-every S]]
         [--agent IP:PORT --agent-id ID --agent-key HEX]
         [--qlog-dir DIR] [--keylog FILE] [--socket-buffer BYTES]
+        [--stack aioquic|qh3] [--protocol raw|h3]
 
 One process drives `--connections` QUIC connections from its host (asyncio), each its own
 transfer, socket, migration schedule and report; `--out` gets a JSON list of the reports.
@@ -42,6 +43,20 @@ issues replacements; a migration finding no spare CID is skipped and counted). `
 the first migration; `migrations` lists them all, each with the spare CIDs it found.
 
 A connection that dies is a result: the report says `completed: false` and why.
+
+Stacks and workloads. `--stack qh3` runs the same client on qh3 (testbed/apps/stacks.py
+says which internals each exposes); the builtin Client Agent (`--agent`) needs aioquic,
+whose next DCID it reads before the client switches (a qh3 client is announced by the host
+Client Agent, testbed/apps/host_agent.py). `--protocol h3` downloads instead of uploading
+(testbed/apps/transfer.py): `GET /bytes/N?seed=S&client=NAME`, verified against the digest
+computed from (N, S) and the server's `x-qasm-sha256` header. The report keeps its fields,
+read for a download: `first_byte_sent_at` is when the request left, `bytes_acknowledged`
+and `progress` count bytes received, `last_byte_acknowledged_at` is when the last byte
+arrived, `at_bytes` triggers a migration on bytes received. Each migration of a download
+also records `first_data_at`, when the client first received response bytes on its new
+socket (`client_disruption_ms` from the switch): the receiver's side of the disruption,
+where the server's `first_data` event is the sender's. Every report names its
+`client_stack`, `client_stack_version` and `protocol`.
 """
 
 from __future__ import annotations
@@ -49,6 +64,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import ssl
@@ -58,23 +74,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from aioquic.asyncio import QuicConnectionProtocol
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
-
 from qasm.agents.client import ClientAgent
 from qasm.agents.messages import AgentMessageError
-from testbed.apps.qlog import QlogDirectory
-from testbed.apps.server import parse_address
+from testbed.apps.qlog import qlog_directory
+from testbed.apps.server import certificate_pem, parse_address, self_signed_certificate
 from testbed.apps.sockets import enlarge_buffers
+from testbed.apps.stacks import PYTHON_STACKS, PythonStack, load_stack
 from testbed.apps.transfer import (
-    ALPN,
+    DIGEST_HEADER,
     MAX_HEADER_BYTES,
+    PROTOCOLS,
+    H3Request,
     StreamHeader,
     TransferProtocolError,
     TransferReply,
+    alpn,
     payload_chunks,
+    payload_digest,
 )
 from testbed.migration import MIGRATION_KINDS, MigrationKind, trigger
 from testbed.records.metrics import goodput_mbps
@@ -115,61 +131,108 @@ class ClientReport:
     agent: dict | None = None  # what the Client Agent sent and what the Tracking Agent said
     # [monotonic time, payload bytes acknowledged by the server], every PROGRESS_INTERVAL_S.
     progress: list = field(default_factory=list)
+    client_stack: str | None = None
+    client_stack_version: str | None = None
+    protocol: str = "raw"
 
 
 class _SocketForwarder(asyncio.DatagramProtocol):
     """Feeds the datagrams of a migrated-to socket into the QUIC protocol."""
 
-    def __init__(self, protocol: TransferClientProtocol) -> None:
+    def __init__(self, protocol) -> None:
         self._protocol = protocol
+        self.local: tuple[str, int] | None = None
 
     def connection_made(self, transport) -> None:
+        self.local = tuple(transport.get_extra_info("sockname")[:2])
         if self._protocol.socket_buffer:
             enlarge_buffers(transport.get_extra_info("socket"), self._protocol.socket_buffer)
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self._protocol.datagram_received(data, addr)
+        self._protocol.receiving_on = self.local
+        try:
+            self._protocol.datagram_received(data, addr)
+        finally:
+            self._protocol.receiving_on = None
 
 
-class TransferClientProtocol(QuicConnectionProtocol):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.progress = asyncio.Event()
-        self.reply_buffer = bytearray()
-        self.reply_complete = False
-        self.last_received_at: float | None = None
-        self.close_event: ConnectionTerminated | None = None
-        self.socket_buffer: int | None = None  # bytes, set before the socket is made
+@functools.cache
+def client_protocol_class(stack: PythonStack) -> type:
+    """The transfer client's protocol on `stack` (testbed/apps/stacks.py)."""
+    events, h3_events = stack.events, stack.h3_events
 
-    def connection_made(self, transport) -> None:
-        if self.socket_buffer:
-            enlarge_buffers(transport.get_extra_info("socket"), self.socket_buffer)
-        super().connection_made(transport)
+    class TransferClientProtocol(stack.QuicConnectionProtocol):
+        def __init__(self, *args, protocol: str = "raw", **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.stack = stack
+            self.progress = asyncio.Event()
+            self.reply_buffer = bytearray()
+            self.reply_complete = False
+            self.last_received_at: float | None = None
+            self.close_event = None
+            self.socket_buffer: int | None = None  # bytes, set before the socket is made
+            # The socket the datagram being processed came in on (None: the first one).
+            self.receiving_on: tuple[str, int] | None = None
+            # Per socket migrated to: when response bytes first arrived on it (h3).
+            self.first_data_on: dict[tuple[str, int], float] = {}
+            # h3: the response.
+            self.h3 = stack.H3Connection(self._quic) if protocol == "h3" else None
+            self.response_headers: dict[bytes, bytes] = {}
+            self.response_digest = hashlib.sha256()
+            self.response_bytes = 0
+            self.response_completed_at: float | None = None
 
-    def datagram_received(self, data, addr) -> None:
-        self.last_received_at = time.monotonic()
-        super().datagram_received(data, addr)
-        self.progress.set()
+        def connection_made(self, transport) -> None:
+            if self.socket_buffer:
+                enlarge_buffers(transport.get_extra_info("socket"), self.socket_buffer)
+            super().connection_made(transport)
 
-    def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamDataReceived):
-            if len(self.reply_buffer) + len(event.data) <= MAX_HEADER_BYTES:
-                self.reply_buffer += event.data
-            self.reply_complete = self.reply_complete or event.end_stream
-        elif isinstance(event, ConnectionTerminated):
-            self.close_event = event
-        self.progress.set()
+        def datagram_received(self, data, addr) -> None:
+            self.last_received_at = time.monotonic()
+            super().datagram_received(data, addr)
+            self.progress.set()
 
-    @property
-    def transport(self) -> asyncio.DatagramTransport:
-        return self._transport
+        def quic_event_received(self, event) -> None:
+            if self.h3 is not None:
+                for h3_event in self.h3.handle_event(event):
+                    self._response_event(h3_event)
+            elif isinstance(event, events.StreamDataReceived):
+                if len(self.reply_buffer) + len(event.data) <= MAX_HEADER_BYTES:
+                    self.reply_buffer += event.data
+                self.reply_complete = self.reply_complete or event.end_stream
+            if isinstance(event, events.ConnectionTerminated):
+                self.close_event = event
+            self.progress.set()
 
-    def switch_transport(self, transport: asyncio.DatagramTransport, new_cid: bool) -> None:
-        """Moves the connection to `transport`; no await may separate these steps."""
-        self._transport = transport
-        if new_cid:
-            self._quic.change_connection_id()
-        self.transmit()
+        def _response_event(self, event) -> None:
+            if isinstance(event, h3_events.HeadersReceived):
+                self.response_headers.update(event.headers)
+            elif isinstance(event, h3_events.DataReceived):
+                if event.data:
+                    if self.receiving_on is not None:
+                        self.first_data_on.setdefault(self.receiving_on, time.monotonic())
+                    self.response_digest.update(event.data)
+                    self.response_bytes += len(event.data)
+            else:
+                return
+            if event.stream_ended and self.response_completed_at is None:
+                self.response_completed_at = time.monotonic()
+                self.reply_complete = True
+
+        @property
+        def transport(self) -> asyncio.DatagramTransport:
+            return self._transport
+
+        def switch_transport(self, transport: asyncio.DatagramTransport, new_cid: bool) -> None:
+            """Moves the connection to `transport`; no await may separate these steps."""
+            self._transport = transport
+            if hasattr(self, "_sendto_many"):  # qh3 batches through the transport (GSO)
+                self._sendto_many = getattr(transport, "sendto_many", None)
+            if new_cid:
+                self._quic.change_connection_id()
+            self.transmit()
+
+    return TransferClientProtocol
 
 
 @dataclass(frozen=True)
@@ -271,7 +334,7 @@ class Migrator:
 
     def __init__(
         self,
-        protocol: TransferClientProtocol,
+        protocol,
         plan: MigrationPlan,
         agent: AgentLink | None,
         name: str,
@@ -310,9 +373,9 @@ class Migrator:
         CID."""
         loop = asyncio.get_running_loop()
         protocol, plan, agent = self.protocol, self.plan, self.agent
-        quic = protocol._quic
-        spare_cids = len(quic._peer_cid_available)
-        if plan.new_cid and not spare_cids:
+        quic, stack = protocol._quic, protocol.stack
+        spare_cids = stack.spare_peer_cids(quic)  # None where the stack does not say (qh3)
+        if plan.new_cid and spare_cids == 0:
             return None
         new_local_ip = plan.address(index)
         old = self.paths[-1]
@@ -337,18 +400,19 @@ class Migrator:
                     self._close(earlier)
                 else:
                     earlier.retired = False  # its grace timer retires it on its own
-        old_dcid = quic._peer_cid.cid.hex()
+        old_dcid = stack.peer_cid(quic)
         migrated_at = time.monotonic()
         protocol.switch_transport(new_transport, new_cid=plan.new_cid)
         self.paths.append(new)
         loop.call_later(OLD_SOCKET_GRACE_S, self._grace_over, old)
+        new_dcid = stack.peer_cid(quic)
         return {
             "kind": plan.kind,
             "at": migrated_at,
             "from": list(old.local),
             "to": list(new.local),
-            "old_dcid": old_dcid,
-            "new_dcid": quic._peer_cid.cid.hex(),
+            "old_dcid": old_dcid.hex() if old_dcid is not None else None,
+            "new_dcid": new_dcid.hex() if new_dcid is not None else None,
             "spare_cids": spare_cids,  # server CIDs the client held, unused, when it moved
             "retired_with_announce": earlier is not None and agent is not None,
         }
@@ -379,16 +443,11 @@ class Migrator:
         agent.pending.append(asyncio.get_running_loop().create_task(retire()))
 
 
-def _acknowledged_bytes(quic: QuicConnection, stream_id: int, header_size: int) -> int:
-    # aioquic discards stream data once acknowledged contiguously; _buffer_start is that
-    # offset (private, checked on aioquic 1.7.2).
-    sender = quic._streams[stream_id].sender
-    return max(0, sender._buffer_start - header_size)
-
-
-def _buffered_bytes(quic: QuicConnection, stream_id: int) -> int:
-    sender = quic._streams[stream_id].sender
-    return sender._buffer_stop - sender._buffer_start
+def _acknowledged_bytes(stack: PythonStack, quic, stream_id: int, queued: int, header: int):
+    # The stacks discard stream data once acknowledged contiguously: what is queued and no
+    # longer buffered was acknowledged (aioquic 1.7.2: _buffer_start; qh3: its core's send
+    # buffer size).
+    return max(0, queued - stack.buffered(quic, stream_id) - header)
 
 
 @dataclass(frozen=True)
@@ -433,24 +492,27 @@ async def run_transfer(
     args: argparse.Namespace, spec: ConnectionSpec, report: ClientReport, agent: AgentLink | None
 ) -> None:
     loop = asyncio.get_running_loop()
-    configuration = QuicConfiguration(
+    stack = load_stack(args.stack)
+    configuration = stack.QuicConfiguration(
         is_client=True,
-        alpn_protocols=[ALPN],
+        alpn_protocols=[alpn(args.protocol)],
         server_name=args.server_name,
         verify_mode=ssl.CERT_NONE,  # the SNI may name a host the test certificate is not for
         idle_timeout=args.idle_timeout,
     )
+    stack.configure(configuration, args.protocol)
     qlog = None
     if args.qlog_dir:
-        qlog = configuration.quic_logger = QlogDirectory(args.qlog_dir, "client")
+        qlog = configuration.quic_logger = qlog_directory(stack, args.qlog_dir, "client")
     if args.keylog:
         # Line-buffered: each secret is on disk once written, whatever ends the process.
         configuration.secrets_log_file = open(args.keylog, "a", buffering=1)  # noqa: SIM115 (lives as long as the process)
-    quic = QuicConnection(configuration=configuration)
+    quic = stack.QuicConnection(configuration=configuration)
     server = parse_address(args.server)
+    protocol_class = client_protocol_class(stack)
 
-    def make_protocol() -> TransferClientProtocol:
-        protocol = TransferClientProtocol(quic)
+    def make_protocol():
+        protocol = protocol_class(quic, protocol=args.protocol)
         protocol.socket_buffer = args.socket_buffer
         return protocol
 
@@ -462,7 +524,10 @@ async def run_transfer(
         protocol.connect(server)
         await protocol.wait_connected()
         report.handshake_ms = (time.monotonic() - report.started_at) * 1000
-        await _send_and_await_reply(protocol, quic, args, spec, migrator, report)
+        if args.protocol == "h3":
+            await _fetch(protocol, quic, args, spec, migrator, report)
+        else:
+            await _send_and_await_reply(protocol, quic, args, spec, migrator, report)
     except ConnectionError:
         pass  # the close event below says why
     finally:
@@ -471,7 +536,8 @@ async def run_transfer(
         report.last_received_at = protocol.last_received_at
         if not report.completed and report.progress:
             report.bytes_acknowledged = report.progress[-1][1]
-        report.smoothed_rtt_ms = quic._loss._rtt_smoothed * 1000
+        rtt = stack.smoothed_rtt_s(quic)
+        report.smoothed_rtt_ms = rtt * 1000 if rtt is not None else None
         if protocol.close_event is not None:
             event = protocol.close_event
             report.quic_close = {"error_code": event.error_code, "reason": event.reason_phrase}
@@ -488,14 +554,45 @@ async def run_transfer(
             qlog.close()  # the trace of a connection that has not ended yet
 
 
+def _maybe_migrate(
+    quic, args, plan: MigrationPlan | None, migrator: Migrator | None, report, done: int
+) -> None:
+    """Starts the next migration when it is due: the first at its trigger (`done` bytes:
+    acknowledged by the server, or received for a download), then every repeat_every_s while
+    the payload is still moving; never before the handshake is confirmed (RFC 9000 §9)."""
+    if migrator is None or migrator.busy or not migrator.protocol.stack.handshake_confirmed(quic):
+        return
+    now = time.monotonic()
+    if migrator.started == 0:
+        due = plan.due(done, now - report.first_byte_sent_at)
+    else:
+        due = (
+            plan.repeat_every_s is not None
+            and done < args.bytes  # while the payload moves, not awaiting the reply
+            and now - migrator.last_start >= plan.repeat_every_s
+        )
+    if due:
+        migrator.start(report)
+
+
+def _wake_interval(plan: MigrationPlan | None) -> float:
+    # Also wake without traffic, so a stalled connection still samples (a flat line) and a
+    # time-based migration fires on time.
+    wake = PROGRESS_INTERVAL_S
+    if plan and plan.repeat_every_s:
+        wake = min(wake, plan.repeat_every_s / 2)
+    return wake
+
+
 async def _send_and_await_reply(
-    protocol: TransferClientProtocol,
-    quic: QuicConnection,
+    protocol,
+    quic,
     args: argparse.Namespace,
     spec: ConnectionSpec,
     migrator: Migrator | None,
     report: ClientReport,
 ) -> None:
+    stack = protocol.stack
     stream_id = quic.get_next_available_stream_id()
     header = StreamHeader(client=spec.name, bytes=args.bytes).encode()
     quic.send_stream_data(stream_id, header)
@@ -504,36 +601,23 @@ async def _send_and_await_reply(
     sent = 0
     report.first_byte_sent_at = time.monotonic()
     plan = spec.plan
+    wake = _wake_interval(plan)
     while not protocol.reply_complete:
         if protocol.close_event is not None:
             return
-        acknowledged = _acknowledged_bytes(quic, stream_id, len(header))
+        queued = len(header) + sent
+        acknowledged = _acknowledged_bytes(stack, quic, stream_id, queued, len(header))
         now = time.monotonic()
         if not report.progress or now - report.progress[-1][0] >= PROGRESS_INTERVAL_S:
             report.progress.append([now, acknowledged])
-        if migrator is not None and not migrator.busy and quic._handshake_confirmed:
-            if migrator.started == 0:
-                due = plan.due(acknowledged, now - report.first_byte_sent_at)
-            else:
-                due = (
-                    plan.repeat_every_s is not None
-                    and acknowledged < args.bytes  # while sending, not awaiting the reply
-                    and now - migrator.last_start >= plan.repeat_every_s
-                )
-            if due:
-                migrator.start(report)
-        while sent < args.bytes and _buffered_bytes(quic, stream_id) < SEND_WINDOW_BYTES:
+        _maybe_migrate(quic, args, plan, migrator, report, acknowledged)
+        while sent < args.bytes and stack.buffered(quic, stream_id) < SEND_WINDOW_BYTES:
             chunk = next(chunks)
             digest.update(chunk)
             sent += len(chunk)
             quic.send_stream_data(stream_id, chunk, end_stream=sent >= args.bytes)
         protocol.transmit()
         protocol.progress.clear()
-        # Also wake without traffic, so a stalled connection still samples (a flat line) and a
-        # time-based migration fires on time.
-        wake = PROGRESS_INTERVAL_S
-        if plan and plan.repeat_every_s:
-            wake = min(wake, plan.repeat_every_s / 2)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(protocol.progress.wait(), wake)
     report.last_byte_acknowledged_at = time.monotonic()
@@ -551,10 +635,88 @@ async def _send_and_await_reply(
         )
 
 
+async def _fetch(
+    protocol,
+    quic,
+    args: argparse.Namespace,
+    spec: ConnectionSpec,
+    migrator: Migrator | None,
+    report: ClientReport,
+) -> None:
+    """The h3 workload: GET /bytes/N and verify what arrives (testbed/apps/transfer.py)."""
+    request = H3Request(bytes=args.bytes, seed=args.seed, client=spec.name)
+    expected = payload_digest(args.bytes, args.seed)  # before the clock starts
+    stream_id = quic.get_next_available_stream_id()
+    protocol.h3.send_headers(
+        stream_id,
+        [
+            (b":method", b"GET"),
+            (b":scheme", b"https"),
+            (b":authority", args.server_name.encode()),
+            (b":path", request.path.encode()),
+            (b"user-agent", f"qasm-testbed ({protocol.stack.name})".encode()),
+        ],
+        end_stream=True,
+    )
+    report.first_byte_sent_at = time.monotonic()
+    protocol.transmit()
+    plan = spec.plan
+    wake = _wake_interval(plan)
+    while not protocol.reply_complete:
+        if protocol.close_event is not None:
+            return
+        received = protocol.response_bytes
+        now = time.monotonic()
+        if not report.progress or now - report.progress[-1][0] >= PROGRESS_INTERVAL_S:
+            report.progress.append([now, received])
+        _maybe_migrate(quic, args, plan, migrator, report, received)
+        protocol.progress.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(protocol.progress.wait(), wake)
+    report.last_byte_acknowledged_at = protocol.response_completed_at
+    report.bytes_acknowledged = protocol.response_bytes
+    report.progress.append([report.last_byte_acknowledged_at, protocol.response_bytes])
+    for moved in report.migrations:
+        arrived = protocol.first_data_on.get(tuple(moved["to"]))
+        moved["first_data_at"] = arrived
+        moved["client_disruption_ms"] = (arrived - moved["at"]) * 1000 if arrived else None
+    status = protocol.response_headers.get(b":status", b"").decode(errors="replace")
+    announced = protocol.response_headers.get(DIGEST_HEADER.encode())
+    received_digest = protocol.response_digest.hexdigest()
+    report.completed = True
+    report.digest = {
+        "expected": expected,
+        "received": received_digest,
+        "server": announced.decode(errors="replace") if announced else None,
+    }
+    report.verified = (
+        status == "200"
+        and protocol.response_bytes == args.bytes
+        and received_digest == expected
+        and (announced is None or announced.decode(errors="replace") == expected)
+    )
+    if not report.verified:
+        report.failure = (
+            f"payload mismatch: status {status or 'none'}, got {protocol.response_bytes} "
+            f"bytes, sha256 {received_digest}"
+        )
+    else:
+        report.goodput_mbps = goodput_mbps(
+            args.bytes, report.first_byte_sent_at, report.last_byte_acknowledged_at
+        )
+
+
 async def run_connection(
     args: argparse.Namespace, spec: ConnectionSpec, start_at: float, agent: AgentLink | None
 ) -> ClientReport:
-    report = ClientReport(client=spec.name, bytes_requested=args.bytes)
+    stack = load_stack(args.stack)
+    report = ClientReport(
+        client=spec.name,
+        bytes_requested=args.bytes,
+        client_stack=stack.name,
+        client_stack_version=stack.version,
+        protocol=args.protocol,
+    )
     await asyncio.sleep(max(0.0, start_at + spec.start_offset_s - time.monotonic()))
     try:
         await asyncio.wait_for(run_transfer(args, spec, report, agent), timeout=args.timeout)
@@ -564,6 +726,8 @@ async def run_connection(
         report.failure = f"bad reply from server: {exc}"
     except OSError as exc:
         report.failure = f"socket error: {exc}"
+    except stack.errors as exc:
+        report.failure = f"{stack.name}: {exc}"
     return report
 
 
@@ -587,6 +751,8 @@ async def main_async(args: argparse.Namespace) -> list[ClientReport]:
             ClientAgent(args.agent_id, bytes.fromhex(args.agent_key)), parse_address(args.agent)
         )
     specs = connection_specs(args)
+    # The stack's one-time set-up (qh3: ~85 ms) before the clock starts, not in a handshake.
+    load_stack(args.stack).warm_up(*certificate_pem(*self_signed_certificate()))
     start_at = await wait_for_start(args)
     reports = await asyncio.gather(*(run_connection(args, s, start_at, agent) for s in specs))
     if agent is not None:
@@ -630,6 +796,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--socket-buffer", type=int, help="SO_SNDBUF/SO_RCVBUF bytes (links with delay)"
     )
+    parser.add_argument("--stack", choices=PYTHON_STACKS, default="aioquic")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="raw", help="workload")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     if args.migrate and (
@@ -640,6 +808,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--repeat-every needs --migrate and a positive number of seconds")
     if args.agent and not (args.agent_id and args.agent_key):
         parser.error("--agent needs --agent-id and --agent-key")
+    if args.agent and args.stack != "aioquic":
+        parser.error(
+            "--agent (the builtin Client Agent) needs --stack aioquic: it reads aioquic's "
+            "next DCID; announce other stacks with the host agent (testbed.apps.host_agent)"
+        )
     if args.connections < 1 or args.first_index < 1:
         parser.error("--connections and --first-index: expected 1 or more")
     if bool(args.start_file) != bool(args.ready_file):

@@ -8,6 +8,18 @@ arrives. Times are `time.monotonic()`, the system-wide clock that the client als
     python -m testbed.apps.server --listen 10.0.0.250:4433 --events FILE
         [--idle-timeout S] [--max-lifetime S] [--qlog-dir DIR] [--socket-buffer BYTES]
         [--quic-lb-server-id HEX [--quic-lb-nonce-len N] [--quic-lb-key HEX]]
+        [--stack aioquic|qh3] [--protocol raw|h3]
+
+The first event, `listening`, names the stack (`server_stack`, `server_stack_version`) and
+the workload (`protocol`). `--stack qh3` runs the same server on qh3 (testbed/apps/stacks.py);
+QUIC-LB CIDs and the reuse-port group need aioquic (they replace aioquic's private CID
+generation). `--protocol h3` serves the HTTP/3 workload (testbed/apps/transfer.py): the
+client downloads, so the server is the sender and `first_data` is logged the first time it
+*sends* response bytes to a peer address (aioquic: the stream's highest sent offset grew in
+that transmission; qh3 exposes no sent offset, so the first datagram to a new address while
+response bytes are unacknowledged), with the offset it had reached; `finished` once the last byte is
+handed to QUIC, with the SHA-256 of what it sent. The client's own view of the same gap
+(its first data on its new path) is in its report.
 
 With --quic-lb-server-id every connection ID the server issues is a QUIC-LB CID carrying its
 server ID (draft-ietf-quic-load-balancers §5.4), so a load balancer can route migrated
@@ -30,6 +42,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -38,27 +51,33 @@ import socket
 import time
 from typing import IO
 
-from aioquic.asyncio import QuicConnectionProtocol, serve
-from aioquic.asyncio.server import QuicServer
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from qasm.wire.quic_lb import QuicLbConfig, encode_cid
-from testbed.apps.qlog import QlogDirectory
+from testbed.apps.qlog import qlog_directory
 from testbed.apps.sockets import SO_ATTACH_REUSEPORT_CBPF, attach_classic_bpf, enlarge_buffers
+from testbed.apps.stacks import PYTHON_STACKS, PythonStack, load_stack
 from testbed.apps.transfer import (
-    ALPN,
+    DIGEST_HEADER,
     MAX_HEADER_BYTES,
+    PROTOCOLS,
     SERVER_NAME,
+    H3Request,
     StreamHeader,
     TransferProtocolError,
     TransferReply,
+    alpn,
+    payload_chunks,
+    payload_digest,
 )
+
+# Response bytes handed to QUIC but not yet acknowledged, per h3 response: the stacks buffer
+# whatever they are given, and a hundred 4 MB responses queued at once would be 400 MB.
+RESPONSE_WINDOW_BYTES = 1024 * 1024
+MAX_RESPONSE_BYTES = 1 << 34
 
 
 def self_signed_certificate(
@@ -82,7 +101,21 @@ def self_signed_certificate(
     return certificate, key
 
 
-def issue_quic_lb_cids(connection: QuicConnection, config: QuicLbConfig, server_id: bytes):
+def certificate_pem(
+    certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey
+) -> tuple[bytes, bytes]:
+    """The certificate and its key as PEM (for qh3, and for gtlsserver's files)."""
+    return (
+        certificate.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def issue_quic_lb_cids(connection, config: QuicLbConfig, server_id: bytes):
     """Makes every CID this server-side connection issues a QUIC-LB CID.
 
     aioquic 1.7.2 has no hook for CID generation: this replaces the first host CID before
@@ -128,65 +161,226 @@ class _ReceivedStream:
         self.addresses_seen: set[tuple[str, int]] = set()
 
 
-class TransferServerProtocol(QuicConnectionProtocol):
-    def __init__(self, quic: QuicConnection, *args, event_log: EventLog, quic_lb=None, **kwargs):
-        if quic_lb is not None:
-            issue_quic_lb_cids(quic, *quic_lb)
-        super().__init__(quic, *args, **kwargs)
-        self._event_log = event_log
-        self._streams: dict[int, _ReceivedStream] = {}
-        self._datagram_source: tuple[str, int] | None = None
+class _Response:
+    """One h3 response being sent."""
 
-    def datagram_received(self, data, addr) -> None:
-        # Events produced by this datagram are attributed to the address it came from.
-        self._datagram_source = (addr[0], addr[1])
-        super().datagram_received(data, addr)
+    def __init__(self, request: H3Request, stream_id: int) -> None:
+        self.request = request
+        self.stream_id = stream_id
+        self.chunks = payload_chunks(request.bytes, request.seed)
+        self.digest = hashlib.sha256()
+        self.handed = 0  # bytes handed to QUIC
+        self.done = request.bytes == 0
+        self.addresses_seen: set[tuple[str, int]] = set()
 
-    def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamDataReceived):
-            self._stream_data(event)
-        elif isinstance(event, ConnectionTerminated):
-            clients = [s.header.client for s in self._streams.values() if s.header]
-            self._event_log.write(
-                "terminated",
-                clients=clients,
-                error_code=event.error_code,
-                reason=event.reason_phrase,
-            )
 
-    def _stream_data(self, event: StreamDataReceived) -> None:
-        stream = self._streams.setdefault(event.stream_id, _ReceivedStream())
-        data = event.data
-        if stream.header is None:
-            stream.pending_header += data
-            line, newline, rest = stream.pending_header.partition(b"\n")
-            if not newline:
-                if len(stream.pending_header) > MAX_HEADER_BYTES:
-                    self._quic.close(error_code=0x1, reason_phrase="header too long")
-                return
+@functools.lru_cache(maxsize=8)
+def _expected_digest(total: int, seed: int) -> str:
+    # Every connection of a run asks for the same (bytes, seed): one pass, not one each.
+    return payload_digest(total, seed)
+
+
+class _RecordingTransport:
+    """The server socket as one connection sees it: records where it sends."""
+
+    def __init__(self, transport, sent_to: set) -> None:
+        self._transport = transport
+        self._sent_to = sent_to
+
+    def sendto(self, data, addr=None) -> None:
+        self._sent_to.add((addr[0], addr[1]))
+        self._transport.sendto(data, addr)
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
+@functools.cache
+def server_protocol_class(stack: PythonStack) -> type:
+    """The transfer server's per-connection protocol on `stack`."""
+    events, h3_events = stack.events, stack.h3_events
+
+    class TransferServerProtocol(stack.QuicConnectionProtocol):
+        def __init__(
+            self, quic, *args, event_log: EventLog, quic_lb=None, protocol="raw", **kwargs
+        ):
+            if quic_lb is not None:
+                issue_quic_lb_cids(quic, *quic_lb)
+            super().__init__(quic, *args, **kwargs)
+            self._event_log = event_log
+            self._protocol = protocol
+            self._streams: dict[int, _ReceivedStream] = {}
+            self._datagram_source: tuple[str, int] | None = None
+            self._h3 = None
+            self._responses: dict[int, _Response] = {}
+            self._sent_to: set[tuple[str, int]] = set()
+
+        def connection_made(self, transport) -> None:
+            if self._protocol == "h3":
+                transport = _RecordingTransport(transport, self._sent_to)
+            super().connection_made(transport)
+
+        def datagram_received(self, data, addr) -> None:
+            # Events produced by this datagram are attributed to the address it came from.
+            self._datagram_source = (addr[0], addr[1])
+            super().datagram_received(data, addr)
+
+        def quic_event_received(self, event) -> None:
+            if isinstance(event, events.ProtocolNegotiated) and self._protocol == "h3":
+                self._h3 = stack.H3Connection(self._quic)
+            if self._h3 is not None:
+                for h3_event in self._h3.handle_event(event):
+                    if isinstance(h3_event, h3_events.HeadersReceived):
+                        self._request(h3_event)
+            elif isinstance(event, events.StreamDataReceived):
+                self._stream_data(event)
+            if isinstance(event, events.ConnectionTerminated):
+                clients = [s.header.client for s in self._streams.values() if s.header]
+                clients += [r.request.client for r in self._responses.values()]
+                self._event_log.write(
+                    "terminated",
+                    clients=clients,
+                    error_code=event.error_code,
+                    reason=event.reason_phrase,
+                )
+
+        # --- raw: the client uploads ------------------------------------------------------
+
+        def _stream_data(self, event) -> None:
+            stream = self._streams.setdefault(event.stream_id, _ReceivedStream())
+            data = event.data
+            if stream.header is None:
+                stream.pending_header += data
+                line, newline, rest = stream.pending_header.partition(b"\n")
+                if not newline:
+                    if len(stream.pending_header) > MAX_HEADER_BYTES:
+                        self._quic.close(error_code=0x1, reason_phrase="header too long")
+                    return
+                try:
+                    stream.header = StreamHeader.decode(bytes(line))
+                except TransferProtocolError as exc:
+                    self._quic.close(error_code=0x1, reason_phrase=str(exc)[:100])
+                    return
+                data = bytes(rest)
+            if data and self._datagram_source not in stream.addresses_seen:
+                stream.addresses_seen.add(self._datagram_source)
+                self._event_log.write(
+                    "first_data",
+                    client=stream.header.client,
+                    addr=list(self._datagram_source),
+                    offset=stream.received,
+                )
+            stream.digest.update(data)
+            stream.received += len(data)
+            if event.end_stream:
+                reply = TransferReply(bytes=stream.received, sha256=stream.digest.hexdigest())
+                self._event_log.write(
+                    "finished",
+                    client=stream.header.client,
+                    bytes=reply.bytes,
+                    sha256=reply.sha256,
+                )
+                self._quic.send_stream_data(event.stream_id, reply.encode(), end_stream=True)
+                self.transmit()
+
+        # --- h3: the client downloads -----------------------------------------------------
+
+        def _request(self, event) -> None:
+            headers = {name: value for name, value in event.headers}
+            path = headers.get(b":path", b"").decode(errors="replace")
             try:
-                stream.header = StreamHeader.decode(bytes(line))
+                if headers.get(b":method") != b"GET":
+                    raise TransferProtocolError(f"method {headers.get(b':method')!r}")
+                request = H3Request.parse(path)
+                if request.bytes > MAX_RESPONSE_BYTES:
+                    raise TransferProtocolError(f"{request.bytes} bytes is too many")
             except TransferProtocolError as exc:
-                self._quic.close(error_code=0x1, reason_phrase=str(exc)[:100])
+                self._h3.send_headers(event.stream_id, [(b":status", b"400")], end_stream=False)
+                self._h3.send_data(event.stream_id, str(exc).encode()[:200], end_stream=True)
+                self.transmit()
                 return
-            data = bytes(rest)
-        if data and self._datagram_source not in stream.addresses_seen:
-            stream.addresses_seen.add(self._datagram_source)
-            self._event_log.write(
-                "first_data",
-                client=stream.header.client,
-                addr=list(self._datagram_source),
-                offset=stream.received,
+            self._h3.send_headers(
+                event.stream_id,
+                [
+                    (b":status", b"200"),
+                    (b"server", f"qasm-testbed ({stack.name})".encode()),
+                    (b"content-type", b"application/octet-stream"),
+                    (b"content-length", str(request.bytes).encode()),
+                    (DIGEST_HEADER.encode(), _expected_digest(*_key(request)).encode()),
+                ],
+                end_stream=request.bytes == 0,
             )
-        stream.digest.update(data)
-        stream.received += len(data)
-        if event.end_stream:
-            reply = TransferReply(bytes=stream.received, sha256=stream.digest.hexdigest())
-            self._event_log.write(
-                "finished", client=stream.header.client, bytes=reply.bytes, sha256=reply.sha256
-            )
-            self._quic.send_stream_data(event.stream_id, reply.encode(), end_stream=True)
+            response = _Response(request, event.stream_id)
+            self._responses[event.stream_id] = response
+            if response.done:
+                self._finished(response)
             self.transmit()
+
+        def _top_up(self) -> None:
+            for response in self._responses.values():
+                if response.done:
+                    continue
+                while (
+                    not response.done
+                    and stack.buffered(self._quic, response.stream_id) < RESPONSE_WINDOW_BYTES
+                ):
+                    chunk = next(response.chunks)
+                    response.digest.update(chunk)
+                    response.handed += len(chunk)
+                    response.done = response.handed >= response.request.bytes
+                    self._h3.send_data(response.stream_id, chunk, end_stream=response.done)
+                if response.done:
+                    self._finished(response)
+
+        def _finished(self, response: _Response) -> None:
+            self._event_log.write(
+                "finished",
+                client=response.request.client,
+                bytes=response.handed,
+                sha256=response.digest.hexdigest(),
+            )
+
+        def transmit(self) -> None:
+            if self._h3 is None or not self._responses:
+                super().transmit()
+                return
+            self._top_up()
+            before = {
+                sid: (
+                    stack.highest_sent(self._quic, sid),
+                    stack.buffered(self._quic, sid) if response.handed else 0,
+                )
+                for sid, response in self._responses.items()
+                if response.handed or response.done
+            }
+            self._sent_to.clear()
+            super().transmit()
+            if not self._sent_to:
+                return
+            for sid, (highest_before, unacknowledged) in before.items():
+                response = self._responses[sid]
+                highest = stack.highest_sent(self._quic, sid)
+                if highest is None:
+                    # Not exposed (qh3): a datagram while response bytes were unacknowledged.
+                    sent_data = unacknowledged > 0
+                else:
+                    sent_data = highest > (highest_before or 0)
+                if not sent_data:
+                    continue
+                for addr in sorted(self._sent_to - response.addresses_seen):
+                    response.addresses_seen.add(addr)
+                    self._event_log.write(
+                        "first_data",
+                        client=response.request.client,
+                        addr=list(addr),
+                        offset=highest if highest is not None else response.handed,
+                    )
+
+    return TransferServerProtocol
+
+
+def _key(request: H3Request) -> tuple[int, int]:
+    return request.bytes, request.seed
 
 
 # Classic BPF over the UDP payload (the kernel runs a reuse-port program past the UDP header):
@@ -224,13 +418,17 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 async def serve_forever(args: argparse.Namespace) -> None:
-    configuration = QuicConfiguration(
-        is_client=False, alpn_protocols=[ALPN], idle_timeout=args.idle_timeout
+    stack = load_stack(args.stack)
+    configuration = stack.QuicConfiguration(
+        is_client=False, alpn_protocols=[alpn(args.protocol)], idle_timeout=args.idle_timeout
     )
-    configuration.certificate, configuration.private_key = self_signed_certificate()
+    stack.configure(configuration, args.protocol)
+    pem = certificate_pem(*self_signed_certificate())
+    stack.load_certificate(configuration, *pem)
+    stack.warm_up(*pem)  # the stack's one-time set-up, not in the first client's handshake
     qlog = None
     if args.qlog_dir:
-        qlog = configuration.quic_logger = QlogDirectory(args.qlog_dir, "server")
+        qlog = configuration.quic_logger = qlog_directory(stack, args.qlog_dir, "server")
     quic_lb = None
     server_id_hex = args.quic_lb_server_id
     if args.process:
@@ -242,26 +440,37 @@ async def serve_forever(args: argparse.Namespace) -> None:
         configuration.connection_id_length = config.cid_length
         quic_lb = (config, server_id)
     host, port = parse_address(args.listen)
+    protocol_class = server_protocol_class(stack)
     with open(args.events, "a", encoding="utf-8") as stream:
         event_log = EventLog(stream)
 
-        def create_protocol(*a, **kw) -> TransferServerProtocol:
-            return TransferServerProtocol(*a, event_log=event_log, quic_lb=quic_lb, **kw)
+        def create_protocol(*a, **kw):
+            return protocol_class(
+                *a, event_log=event_log, quic_lb=quic_lb, protocol=args.protocol, **kw
+            )
 
         if args.process:
-            # aioquic's serve() without its bind: the socket of a steered reuse-port group.
+            # serve() without its bind: the socket of a steered reuse-port group.
             _, server = await asyncio.get_running_loop().create_datagram_endpoint(
-                lambda: QuicServer(configuration=configuration, create_protocol=create_protocol),
+                lambda: stack.QuicServer(
+                    configuration=configuration, create_protocol=create_protocol
+                ),
                 sock=reuse_port_socket(host, port),
             )
         else:
-            server = await serve(
+            server = await stack.serve(
                 host, port, configuration=configuration, create_protocol=create_protocol
             )
         if args.socket_buffer:
             # QuicServer keeps its transport private (aioquic 1.7.2); it is the one socket.
             enlarge_buffers(server._transport.get_extra_info("socket"), args.socket_buffer)
-        event_log.write("listening", addr=[host, port])
+        event_log.write(
+            "listening",
+            addr=[host, port],
+            server_stack=stack.name,
+            server_stack_version=stack.version,
+            protocol=args.protocol,
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -290,7 +499,12 @@ def main() -> None:
     parser.add_argument(
         "--process", type=_process, help="I/N: process I of N sharing the port (SO_REUSEPORT)"
     )
-    asyncio.run(serve_forever(parser.parse_args()))
+    parser.add_argument("--stack", choices=PYTHON_STACKS, default="aioquic")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="raw", help="workload")
+    args = parser.parse_args()
+    if args.stack != "aioquic" and (args.quic_lb_server_id or args.process):
+        parser.error("--quic-lb-server-id and --process need --stack aioquic")
+    asyncio.run(serve_forever(args))
 
 
 if __name__ == "__main__":
