@@ -109,11 +109,12 @@ class Connection:
     dcid: bytes | None = None  # the DCID in use towards the server
     opened: int = 0  # 1-RTT packets opened
     undecryptable: int = 0
+    registered: bool = False  # `register`: its CIDs told to the Tracking Agent once
 
 
 @dataclass
 class _Exchange:
-    what: str  # "announce" | "retire"
+    what: str  # "announce" | "retire" | "register"
     counter: int
     datagram: bytes
     source_ip: str
@@ -137,8 +138,12 @@ class HostAgent:
         hold_timeout_s: float = HOLD_TIMEOUT_S,
         quiet_after_s: float = QUIET_AFTER_S,
         retired_grace_s: float = RETIRED_GRACE_S,
+        register: bool = False,
     ) -> None:
         self.agent = agent
+        # Tell the Tracking Agent each connection's path and DCID once it is in 1-RTT, so a
+        # middlebox can follow a rebinding done in the network, which nobody announces.
+        self.register = register
         self.service = (service[0], int(service[1]))
         self.reply_timeout_s = reply_timeout_s
         self.attempts = attempts
@@ -251,6 +256,8 @@ class HostAgent:
                     exchange.next_retry = now + self.reply_timeout_s
                     actions.append(Send(exchange.datagram, exchange.source_ip))
         for connection in self.connections:
+            if self.register and not connection.registered and connection.dcid is not None:
+                actions += self._register(connection, now)
             for path in list(connection.paths.values()):
                 if (
                     path.address != connection.current
@@ -510,6 +517,18 @@ class HostAgent:
         # The held datagram is the client's now: the new path is current from here on.
         self._sent_on(connection, src, dcid, now)
         return [Send(sealed, src[0])]
+
+    def _register(self, connection: Connection, now: float) -> list[Action]:
+        """An announcement of the path the connection is on, to itself, with its DCID."""
+        connection.registered = True
+        path, dcid = connection.current, connection.dcid
+        counter, sealed = self.agent.announce_cids(dcid, dcid, path, path)
+        self._exchanges[counter] = _Exchange(
+            what="register", counter=counter, datagram=sealed, source_ip=path[0], started=now,
+            next_retry=now + self.reply_timeout_s, connection=connection,
+        )  # fmt: skip
+        self.counters["registered"] += 1
+        return [Send(sealed, path[0])]
 
     def _retire(self, connection: Connection, path: _Path, now: float, why: str) -> list[Action]:
         path.retiring = True

@@ -77,6 +77,7 @@ from pathlib import Path
 from qasm.agents.client import ClientAgent
 from qasm.agents.messages import AgentMessageError
 from testbed.apps.qlog import qlog_directory
+from testbed.apps.rebinding import NetworkRebinder
 from testbed.apps.server import certificate_pem, parse_address, self_signed_certificate
 from testbed.apps.sockets import enlarge_buffers
 from testbed.apps.stacks import PYTHON_STACKS, PythonStack, load_stack
@@ -242,10 +243,17 @@ class MigrationPlan:
     at_bytes: int | None = None
     at_seconds: float | None = None
     repeat_every_s: float | None = None  # migrate again this often after the first
+    # Rebinding kinds only: "network" changes the mapping in the host's NAT instead of the
+    # socket (testbed/apps/rebinding.py); the client does not know, so it announces nothing.
+    rebind_by: str = "client"
 
     @property
     def new_cid(self) -> bool:
         return self.kind.new_cid
+
+    @property
+    def in_network(self) -> bool:
+        return self.rebind_by == "network" and not self.kind.new_cid
 
     def address(self, migration_index: int) -> str:
         return self.new_local_ips[migration_index % len(self.new_local_ips)]
@@ -338,14 +346,18 @@ class Migrator:
         plan: MigrationPlan,
         agent: AgentLink | None,
         name: str,
+        server: tuple[str, int],
     ) -> None:
         self.protocol = protocol
+        self.server = server
         self.name = name  # the connection's, for the agent's per-connection account
         self.plan = plan
         self.agent = agent
         transport = protocol.transport
         self.paths = [_Path(tuple(transport.get_extra_info("sockname")[:2]), transport)]
         self.task: asyncio.Task | None = None
+        self.rebinder: NetworkRebinder | None = None  # rebinding in the network
+        self.public: tuple[str, int] | None = None  # the mapping the network gave it
         self.started = 0  # migrations begun (the index of the next one)
         self.last_start: float | None = None
 
@@ -378,6 +390,8 @@ class Migrator:
         if plan.new_cid and spare_cids == 0:
             return None
         new_local_ip = plan.address(index)
+        if plan.in_network:
+            return await self._rebind_in_network(new_local_ip, spare_cids)
         old = self.paths[-1]
         new_transport, _ = await loop.create_datagram_endpoint(
             lambda: _SocketForwarder(protocol), local_addr=(new_local_ip, 0)
@@ -416,6 +430,31 @@ class Migrator:
             "spare_cids": spare_cids,  # server CIDs the client held, unused, when it moved
             "retired_with_announce": earlier is not None and agent is not None,
         }
+
+    async def _rebind_in_network(self, public_ip: str, spare_cids: int | None) -> dict:
+        """The host's NAT moves the connection to a new public address and port; the socket,
+        the DCID and the agent (which cannot know) stay as they are."""
+        socket_address = self.paths[0].local
+        if self.rebinder is None:
+            self.rebinder = NetworkRebinder(socket_address, self.server)
+        before = self.public or socket_address
+        self.public = await self.rebinder.rebind(public_ip)
+        dcid = self.protocol.stack.peer_cid(self.protocol._quic)
+        return {
+            "kind": self.plan.kind,
+            "at": time.monotonic(),
+            "from": list(before),
+            "to": list(self.public),
+            "by": "network",
+            "old_dcid": dcid.hex() if dcid is not None else None,
+            "new_dcid": dcid.hex() if dcid is not None else None,
+            "spare_cids": spare_cids,
+            "retired_with_announce": False,
+        }
+
+    def close(self) -> None:
+        if self.rebinder is not None:
+            self.rebinder.close()
 
     def _close(self, path: _Path) -> None:
         path.transport.close()
@@ -474,6 +513,7 @@ def connection_specs(args: argparse.Namespace) -> list[ConnectionSpec]:
                 at_bytes=int(value) if unit == "at_bytes" else None,
                 at_seconds=value if unit == "at_seconds" else None,
                 repeat_every_s=args.repeat_every,
+                rebind_by=args.rebind_by,
             )
         total = args.total_connections or args.connections
         specs.append(
@@ -518,12 +558,14 @@ async def run_transfer(
 
     _, protocol = await loop.create_datagram_endpoint(make_protocol, local_addr=(args.local_ip, 0))
     report.local_address = list(protocol.transport.get_extra_info("sockname")[:2])
-    migrator = Migrator(protocol, spec.plan, agent, spec.name) if spec.plan else None
+    migrator = Migrator(protocol, spec.plan, agent, spec.name, server) if spec.plan else None
     try:
         report.started_at = time.monotonic()
         protocol.connect(server)
         await protocol.wait_connected()
         report.handshake_ms = (time.monotonic() - report.started_at) * 1000
+        if agent is not None and args.agent_register:
+            _register(agent, protocol, spec.name)
         if args.protocol == "h3":
             await _fetch(protocol, quic, args, spec, migrator, report)
         else:
@@ -531,8 +573,10 @@ async def run_transfer(
     except ConnectionError:
         pass  # the close event below says why
     finally:
-        if migrator is not None and migrator.busy:
-            migrator.task.cancel()
+        if migrator is not None:
+            if migrator.busy:
+                migrator.task.cancel()
+            migrator.close()
         report.last_received_at = protocol.last_received_at
         if not report.completed and report.progress:
             report.bytes_acknowledged = report.progress[-1][1]
@@ -552,6 +596,21 @@ async def run_transfer(
         protocol.transport.close()
         if qlog is not None:
             qlog.close()  # the trace of a connection that has not ended yet
+
+
+def _register(agent: AgentLink, protocol, name: str) -> None:
+    """Tells the Tracking Agent the path the connection is on and its DCID, once, beside the
+    transfer: a rebinding done in the network, which the client cannot announce, is then
+    followed by that DCID."""
+    quic, local = protocol._quic, tuple(protocol.transport.get_extra_info("sockname")[:2])
+    agent.pending.append(
+        asyncio.get_running_loop().create_task(
+            agent.exchange(
+                lambda: agent.agent.announce(quic, local, local, False), local[0], "register",
+                name,
+            )
+        )
+    )  # fmt: skip
 
 
 def _maybe_migrate(
@@ -784,6 +843,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spread", type=float, default=0.0, help="seeded per connection")
     parser.add_argument(
         "--repeat-every", type=float, help="migrate again every S seconds while sending"
+    )
+    parser.add_argument(
+        "--agent-register",
+        action="store_true",
+        help="tell the Tracking Agent each connection's path and DCID after its handshake",
+    )
+    parser.add_argument(
+        "--rebind-by",
+        choices=("client", "network"),
+        default="client",
+        help="nat-rebind/addr-rebind: a new socket, or the host's NAT changes the mapping",
     )
     parser.add_argument("--agent", help="Tracking Agent IPv4:PORT (enables the Client Agent)")
     parser.add_argument("--agent-id")

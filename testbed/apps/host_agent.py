@@ -3,7 +3,7 @@
     python -m testbed.apps.host_agent --service IP:PORT --agent IP:PORT --agent-id ID
         --agent-key HEX --keylog FILE --events FILE [--queue N (65000)]
         [--install-rule [--iptables PROGRAM]] [--hold-timeout S] [--quiet-after S]
-        [--retired-grace S] [--lifetime-s S]
+        [--retired-grace S] [--lifetime-s S] [--register]
         [--parent-pid PID] [--ready-file FILE]
 
 Runs on the client's host beside an unmodified client (any stack), as root. The logic is
@@ -289,6 +289,7 @@ class Agent:
             hold_timeout_s=args.hold_timeout,
             quiet_after_s=args.quiet_after,
             retired_grace_s=args.retired_grace,
+            register=args.register,
         )
         self.tracking = _address(args.agent)
         self.sockets: dict[str, socket.socket] = {}
@@ -417,6 +418,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet-after", type=float, default=1.0, help="seconds")
     parser.add_argument(
         "--retired-grace", type=float, default=0.2, help="seconds, after the client's RETIRE"
+    )
+    parser.add_argument(
+        "--register",
+        action="store_true",
+        help="tell each connection's path and DCID once it is in 1-RTT (for rebinding done "
+        "in the network, which nobody announces)",
     )
     parser.add_argument("--lifetime-s", type=float, default=3600.0)
     parser.add_argument("--parent-pid", type=int, help="exit when this parent is gone")

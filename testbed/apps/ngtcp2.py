@@ -91,6 +91,7 @@ from testbed.apps.client import (
     connection_specs,
     wait_for_start,
 )
+from testbed.apps.rebinding import NetworkRebinder
 from testbed.apps.server import (
     EventLog,
     certificate_pem,
@@ -339,7 +340,7 @@ def client_argv(
         f"--sni={args.server_name}",
         f"--timeout={round(args.idle_timeout * 1000)}ms",
     ]
-    if spec.plan is not None:
+    if spec.plan is not None and not spec.plan.in_network:
         argv.append(f"--change-local-addr={round(spec.plan.at_seconds * 1000)}ms")
     if args.qlog_dir:
         argv.append(f"--qlog-dir={args.qlog_dir}")
@@ -403,6 +404,9 @@ async def run_client_connection(
         sampler = asyncio.create_task(
             _sample_progress(download / Path(_request_file(args, spec)), report, stop)
         )
+        rebinding = None
+        if spec.plan is not None and spec.plan.in_network:
+            rebinding = asyncio.create_task(_rebind_in_network(args, spec, log))
         try:
             await asyncio.wait_for(
                 asyncio.gather(_read_lines(process.stderr, log), process.wait()),
@@ -415,6 +419,11 @@ async def run_client_connection(
         finally:
             stop.set()
             await sampler
+            if rebinding is not None:
+                rebinding.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    rebinder = await rebinding
+                    rebinder.close()
         exit_code = process.returncode
         path = _downloaded(download)
         if path is not None:
@@ -436,6 +445,28 @@ async def run_client_connection(
         exit_code=exit_code,
         idle_timeout=args.idle_timeout,
     )
+
+
+async def _rebind_in_network(
+    args: argparse.Namespace, spec: ConnectionSpec, log: ClientLog
+) -> NetworkRebinder:
+    """NAT rebinding done by the host's NAT at_seconds after the request (gtlsclient's own
+    rebinding is broken): the program's socket stays, the server sees a new address."""
+    while log.request_at is None or log.local_address is None:
+        await asyncio.sleep(PROGRESS_INTERVAL_S)
+    await asyncio.sleep(max(0.0, log.request_at + spec.plan.at_seconds - time.monotonic()))
+    rebinder = NetworkRebinder(log.local_address, parse_address(args.server))
+    public = await rebinder.rebind(spec.plan.address(0))
+    log.migrations.append(
+        {
+            "kind": spec.plan.kind, "at": time.monotonic(), "from": list(log.local_address),
+            "to": list(public), "by": "network", "old_dcid": log._dcid, "new_dcid": log._dcid,
+            "spare_cids": log.new_cids_received, "retired_with_announce": False,
+            "first_data_at": None,  # the program's socket did not change: not seen here
+            "_stamp_ms": None,  # our own clock: no log line to correct it with
+        }
+    )  # fmt: skip
+    return rebinder
 
 
 def _request_file(args: argparse.Namespace, spec: ConnectionSpec) -> str:
@@ -484,6 +515,7 @@ def client_parser() -> argparse.ArgumentParser:
     parser.add_argument("--at-seconds", type=float)
     parser.add_argument("--spread", type=float, default=0.0)
     parser.add_argument("--repeat-every", type=float)
+    parser.add_argument("--rebind-by", choices=("client", "network"), default="client")
     parser.add_argument("--agent")
     parser.add_argument("--idle-timeout", type=float, required=True)
     parser.add_argument("--timeout", type=float, required=True)
@@ -499,7 +531,7 @@ def client_parser() -> argparse.ArgumentParser:
 def parse_client_args(argv: list[str]) -> argparse.Namespace:
     parser = client_parser()
     args = parser.parse_args(argv)
-    if args.migrate and args.migrate != "active":
+    if args.migrate and args.migrate != "active" and args.rebind_by != "network":
         parser.error(
             f"--migrate {args.migrate}: ngtcp2's client rebinds only by --change-local-addr "
             "(active: new port, new CID); its --nat-rebinding stops sending after the move. "
@@ -507,7 +539,8 @@ def parse_client_args(argv: list[str]) -> argparse.Namespace:
         )
     if args.migrate and (args.at_seconds is None or args.at_bytes is not None):
         parser.error("--migrate with ngtcp2 needs --at-seconds (gtlsclient migrates by time)")
-    if args.migrate and any(ip != args.local_ip for ip in args.migrate_ip or [args.local_ip]):
+    moves = args.migrate == "active"
+    if moves and any(ip != args.local_ip for ip in args.migrate_ip or [args.local_ip]):
         parser.error(
             "--migrate-ip: gtlsclient cannot choose its new address (the route picks it); "
             "pass --migrate-ip equal to --local-ip (active migration to a new port and CID)"

@@ -45,6 +45,7 @@ from testbed.records.metrics import (
     controller_memory,
     flood_effect,
     hijacked_locations,
+    host_agent_summary,
     kernel_record,
     read_decisions,
 )
@@ -62,6 +63,9 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 # Every client process has this long to set up before the run's connections start without
 # the late ones (measured: ~0.3 s of CPU per process; 50 processes share 2 cores).
 CLIENTS_READY_TIMEOUT_S = 60.0
+HOST_AGENT_READY_TIMEOUT_S = 10.0
+# After its client exits: the host agent's last retirements (quiet paths) go out in this.
+HOST_AGENT_QUIET_S = 1.0
 START_MARGIN_S = 0.05  # from the start time written to the connections' first packets
 START_FILE = "start"
 
@@ -340,16 +344,21 @@ class ExperimentRunner:
         controller_memory_start = emulation.controller.memory_kib()
         # CPU spent starting up (imports, os-ken, the switches' connection): not the run's.
         controller_cpu_start = emulation.controller.cpu_seconds()
+        seed = repetition_seed(self.seed, spec.repetition)
         servers = []
         for server in roles.servers(_load_balanced(scenario)):
             for process in range(scenario.workload.server_processes):
                 # One at a time: processes sharing a port are its sockets in binding order.
                 events_path = artifacts / _server_file(server, process, "events", "jsonl")
-                launched = self._start_server(scenario, emulation, server, process, artifacts)
+                launched = self._start_server(scenario, emulation, server, process, artifacts, seed)
                 self._wait_for_server(launched, events_path)
                 servers.append((launched, events_path))
         captures = start_captures(emulation, artifacts / "pcap") if scenario.artifacts.pcap else []
-        seed = repetition_seed(self.seed, spec.repetition)
+        host_agents = {
+            client.host: self._start_host_agent(emulation, client, spec, artifacts)
+            for client in roles.clients
+            if _host_agent(spec)
+        }
         clients = [
             (client, self._start_client(emulation, client, spec, seed, artifacts))
             for client in roles.clients
@@ -368,6 +377,10 @@ class ExperimentRunner:
                 self._await_client(scenario, process, artifacts, client.host)
                 for client, process in clients
             ]
+        for (client, _), host_reports in zip(clients, reports, strict=True):
+            if client.host in host_agents:
+                agent = host_agents[client.host]
+                _add_host_agent(host_reports, self._stop_host_agent(emulation, agent, artifacts))
         conntrack = emulation.kernel.entries() if spec.variant in KERNEL_VARIANTS else None
         if conntrack is not None:
             (artifacts / "conntrack.txt").write_text("".join(f"{entry}\n" for entry in conntrack))
@@ -469,17 +482,25 @@ class ExperimentRunner:
         server: ServerRole,
         process: int,
         artifacts: Path,
+        seed: int,
     ) -> ManagedProcess:
+        workload = scenario.workload
         argv = [
-            sys.executable, "-m", "testbed.apps.server",
+            sys.executable, "-m", *_SERVER_MODULES[workload.server_stack],
             "--listen", f"{server.ip}:{emulation.roles.service_port}",
             "--events", str(artifacts / _server_file(server, process, "events", "jsonl")),
             "--idle-timeout", str(scenario.timeouts.idle_s),
             "--max-lifetime", str(
-                scenario.timeouts.run_s + scenario.workload.start_window_s
-                + 2 * CLIENT_EXIT_GRACE_S
+                scenario.timeouts.run_s + workload.start_window_s + 2 * CLIENT_EXIT_GRACE_S
             ),
+            "--protocol", workload.protocol,
         ]  # fmt: skip
+        if workload.server_stack == "ngtcp2":
+            # gtlsserver serves a file: the adapter writes the payload the clients ask for.
+            argv += ["--bytes", str(workload.bytes), "--seed", str(seed)]
+            argv += ["--server-name", workload.server_name]
+        else:
+            argv += ["--stack", workload.server_stack]
         if _load_balanced(scenario):
             # Every variant meets the same servers: QUIC-LB CIDs whatever the balancer reads.
             argv += ["--quic-lb-server-id", server.server_id]
@@ -607,8 +628,9 @@ class ExperimentRunner:
         scenario = spec.scenario
         roles = emulation.roles
         service_ip = roles.service_ip(_load_balanced(scenario))
+        workload = scenario.workload
         argv = [
-            sys.executable, "-m", "testbed.apps.client",
+            sys.executable, "-m", *_CLIENT_MODULES[workload.client_stack],
             "--server", f"{service_ip}:{roles.service_port}",
             "--local-ip", client.start_ip,
             "--client", client.host,
@@ -626,8 +648,11 @@ class ExperimentRunner:
             "--start-file", str(artifacts / START_FILE),
         ]  # fmt: skip
         argv += self._endpoint_artifacts(scenario, emulation, artifacts)
-        if scenario.artifacts.keylog:
-            argv += ["--keylog", str(artifacts / f"client-{client.host}.keylog")]
+        argv += ["--protocol", workload.protocol]
+        if workload.client_stack != "ngtcp2":
+            argv += ["--stack", workload.client_stack]
+        if scenario.artifacts.keylog or _host_agent(spec):  # the host agent reads it
+            argv += ["--keylog", str(_keylog(client, artifacts))]
         if spec.migration:
             migration = scenario.migration
             argv += ["--migrate", spec.migration, "--migrate-ip", *client.targets[spec.migration]]
@@ -638,13 +663,64 @@ class ExperimentRunner:
             argv += ["--spread", str(migration.spread)]
             if scenario.migration.repeat_every_s:
                 argv += ["--repeat-every", str(scenario.migration.repeat_every_s)]
-        if _uses_agent(spec.variant):
+            if spec.migration != "active":
+                argv += ["--rebind-by", migration.rebind_by]
+        if _uses_agent(spec.variant) and not _host_agent(spec):
             argv += [
                 "--agent", f"{roles.agent_ip}:{roles.agent_port}",
                 "--agent-id", client.agent_id,
                 "--agent-key", self._client_key(client).hex(),
             ]  # fmt: skip
+            if _rebound_by_network(spec):
+                argv.append("--agent-register")
         return emulation.start_on_host(client.host, argv, artifacts / f"client-{client.host}.log")
+
+    def _start_host_agent(
+        self, emulation: Emulation, client: ClientRole, spec: RunSpec, artifacts: Path
+    ) -> ManagedProcess:
+        """The host Client Agent beside an unmodified client (qasm/agents/host.py): it holds
+        the first datagram of each new path in an NFQUEUE until the Tracking Agent acks. It
+        must see the client's first Initial, so it runs (ready) before the client starts."""
+        roles, scenario = emulation.roles, spec.scenario
+        service_ip = roles.service_ip(_load_balanced(scenario))
+        ready = artifacts / f"host-agent-{client.host}.ready"
+        argv = [
+            sys.executable, "-m", "testbed.apps.host_agent",
+            "--service", f"{service_ip}:{roles.service_port}",
+            "--agent", f"{roles.agent_ip}:{roles.agent_port}",
+            "--agent-id", client.agent_id,
+            "--agent-key", self._client_key(client).hex(),
+            "--keylog", str(_keylog(client, artifacts)),
+            "--events", str(artifacts / f"host-agent-{client.host}.jsonl"),
+            "--install-rule",
+            *(["--register"] if _rebound_by_network(spec) else []),
+            "--ready-file", str(ready),
+            "--lifetime-s", str(
+                scenario.timeouts.run_s + scenario.workload.start_window_s
+                + 2 * CLIENT_EXIT_GRACE_S
+            ),
+        ]  # fmt: skip
+        process = emulation.start_on_host(
+            client.host, argv, artifacts / f"host-agent-{client.host}.log", what="host agent"
+        )
+        deadline = time.monotonic() + HOST_AGENT_READY_TIMEOUT_S
+        while not ready.exists():
+            if process.popen.poll() is not None or time.monotonic() > deadline:
+                raise InfrastructureError(
+                    f"host agent on {client.host} not ready: {process.log_tail()}"
+                )
+            self.stop_signals.check()
+            time.sleep(STOP_POLL_S / 10)
+        return process
+
+    def _stop_host_agent(
+        self, emulation: Emulation, process: ManagedProcess, artifacts: Path
+    ) -> dict:
+        """Stops it once its retirements had time to finish; what it sent and held."""
+        time.sleep(HOST_AGENT_QUIET_S)
+        emulation.stop_process(process)
+        events = process.log_path.with_suffix(".jsonl")
+        return host_agent_summary(_read_jsonl(events))
 
     def _start_flood(self, emulation: Emulation, spec: RunSpec, seed: int, artifacts: Path):
         """The flooder on the first client's host, from its lte address (nat-rebind and
@@ -769,6 +845,39 @@ def _outcome(records: list[dict]) -> str:
     return f"{len(records) - len(failed)}/{len(records)} ok; {reasons}"
 
 
+def _host_agent(spec: RunSpec) -> bool:
+    """Whether the run's clients are announced by the host Client Agent."""
+    scenario = spec.scenario
+    return (
+        _uses_agent(spec.variant)
+        and scenario.agent.client_for(scenario.workload.client_stack) == "host"
+    )
+
+
+def _rebound_by_network(spec: RunSpec) -> bool:
+    """A rebinding the network does, which no Client Agent can announce: the agents then
+    register each connection's DCID after its handshake, for the middlebox to follow."""
+    migration = spec.scenario.migration
+    return (
+        spec.migration not in (None, "active")
+        and migration is not None
+        and migration.rebind_by == "network"
+    )
+
+
+def _add_host_agent(reports: list[dict], summary: dict) -> None:
+    """A host agent serves every connection of its host; with one, its exchanges are that
+    connection's (as the builtin agent's are); with several, each report carries it whole."""
+    for report in reports:
+        if len(reports) == 1:
+            report["agent"] = {k: summary[k] for k in ("messages", "bytes", "exchanges")}
+        report["host_agent"] = {k: v for k, v in summary.items() if k != "exchanges"}
+
+
+def _keylog(client: ClientRole, artifacts: Path) -> Path:
+    return artifacts / f"client-{client.host}.keylog"
+
+
 def _uses_agent(variant: str) -> bool:
     """Whether the variant's clients run the Client Agent (and a Tracking Agent listens)."""
     return variant in ("qasm", "netfilter-qasm")
@@ -792,6 +901,19 @@ def _kernel_settings(scenario: Scenario, variant: str, roles: Roles) -> KernelSe
         burst_kbytes=max(1, limit.burst_kbit // 8) if limit else None,
         agent_ip=roles.agent_ip,
     )
+
+
+# How each stack's client and server run (python -m ...): the adapters take our apps' options.
+_CLIENT_MODULES = {
+    "aioquic": ("testbed.apps.client",),
+    "qh3": ("testbed.apps.client",),
+    "ngtcp2": ("testbed.apps.ngtcp2", "client"),
+}
+_SERVER_MODULES = {
+    "aioquic": ("testbed.apps.server",),
+    "qh3": ("testbed.apps.server",),
+    "ngtcp2": ("testbed.apps.ngtcp2", "server"),
+}
 
 
 def _first_index(client: ClientRole, scenario: Scenario) -> int:

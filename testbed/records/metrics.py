@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import statistics
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -283,6 +284,37 @@ def flood_effect(decisions: Iterable[Logged]) -> dict:
     }
 
 
+def stacks(report: dict, server_events: list[dict]) -> dict:
+    """Which QUIC stacks (and versions) the client and server ran, and the workload."""
+    listening = next((e for e in server_events if e.get("event") == "listening"), {})
+    return {
+        "client_stack": report.get("client_stack", "aioquic"),
+        "client_stack_version": report.get("client_stack_version"),
+        "server_stack": listening.get("server_stack", "aioquic"),
+        "server_stack_version": listening.get("server_stack_version"),
+        "protocol": report.get("protocol", "raw"),
+    }
+
+
+def host_agent_summary(events: list[dict]) -> dict:
+    """What a host Client Agent did (its events file, testbed/apps/host_agent.py): its
+    reports as the builtin agent's (`messages`, `bytes`, `exchanges`), how long it held each
+    new path's first datagram for the Tracking Agent's ack, and its counters and CPU."""
+    exchanges = [e for e in events if e.get("what") in ("announce", "retire", "register")]
+    exit_line = next((e for e in reversed(events) if e.get("what") == "exit"), {})
+    holds = exit_line.get("hold_ms") or [e["hold_ms"] for e in exchanges if "hold_ms" in e]
+    return {
+        "messages": len(exchanges),
+        "bytes": sum(e.get("bytes", 0) for e in exchanges),
+        "exchanges": exchanges,
+        "hold_ms": holds,
+        "hold_ms_median": statistics.median(holds) if holds else None,
+        "counters": exit_line.get("counters", {}),
+        "cpu_s": exit_line.get("cpu_s"),
+        "exited": bool(exit_line),
+    }
+
+
 def hijacked_locations(
     decisions: Iterable[Logged], bindings: dict[int, dict[int, frozenset[str]]]
 ) -> int:
@@ -379,6 +411,7 @@ def build_record(
     agent = report.get("agent") or {}
     record = {
         "variant": arm(variant, agent_mode),
+        **stacks(report, server_events),
         "agent_mode": agent_mode,
         "functions": list(functions),
         "migration": migration_kind,

@@ -51,13 +51,18 @@ from qasm.functions.ratelimit import RateLimit
 from qasm.kernel.netfilter import KERNEL_VARIANTS
 from qasm.state.connections import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
 from testbed.analysis.regression import BLOCK_JSON_SCHEMA, Tolerance, check_block
-from testbed.apps.transfer import SERVER_NAME
+from testbed.apps.transfer import PROTOCOLS, SERVER_NAME
 from testbed.emulation.links import IMPAIRMENTS, LIMITS, LINK_KINDS, LinkConditions, link_conditions
 from testbed.migration import MIGRATION_KINDS, trigger
 
 # The SDN variants (the controller), then the router's kernel ones.
 ALL_VARIANTS = (*VARIANTS, *KERNEL_VARIANTS)
 MAX_CLIENTS = 100
+STACKS = ("aioquic", "qh3", "ngtcp2")
+# The builtin Client Agent reads aioquic's internals (the next DCID before the switch).
+BUILTIN_AGENT_STACKS = ("aioquic",)
+AGENT_CLIENTS = ("builtin", "host")
+REBINDERS = ("client", "network")
 MAX_AGENT_PATHS = 1_000_000
 MAX_ADMISSION_RATE_PER_S = 1_000_000
 MAX_ADMISSION_BURST = 1_000_000
@@ -224,6 +229,18 @@ def _require_list(value: Any) -> Any:
 HostNames = Annotated[tuple[HostName(wildcard=True), ...], BeforeValidator(_require_list)]
 
 
+def Choice(allowed: Sequence[str]) -> Any:
+    """One name from `allowed`."""
+    names = ", ".join(allowed)
+
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise problem(f"expected one of {names}, got {value!r}")
+        return value
+
+    return _scalar(str, check, {"type": "string", "enum": list(allowed)})
+
+
 def Choices(allowed: Sequence[str]) -> Any:
     """A name from `allowed`, or a non-empty list of them, each once; always a tuple."""
     names = ", ".join(allowed)
@@ -385,6 +402,35 @@ class Workload(Section):
         description="server processes sharing the service port (SO_REUSEPORT; each "
         "connection's packets reach its process by the server ID in its CIDs)",
     )
+    protocol: Choice(PROTOCOLS) = Field(
+        "raw",
+        description="raw: one stream carrying the payload; h3: an HTTP/3 GET of the payload "
+        "(testbed/apps/transfer.py), which every stack speaks",
+    )
+    client_stack: Choice(STACKS) = Field(
+        "aioquic", description="the clients' QUIC stack (ngtcp2: Debian's gtlsclient)"
+    )
+    server_stack: Choice(STACKS) = Field(
+        "aioquic", description="the servers' QUIC stack (ngtcp2: Debian's gtlsserver)"
+    )
+
+    @model_validator(mode="after")
+    def _stacks_speak_the_protocol(self) -> "Workload":
+        located = []
+        for side in ("client_stack", "server_stack"):
+            if getattr(self, side) == "ngtcp2" and self.protocol != "h3":
+                located.append(
+                    (("protocol",), f"expected h3 with {side} ngtcp2 (gtlsclient and "
+                     "gtlsserver speak only HTTP/3)")
+                )  # fmt: skip
+        if self.server_stack != "aioquic" and self.server_processes > 1:
+            located.append(
+                (("server_stack",), "expected aioquic with server_processes > 1 (its CIDs "
+                 "carry each process's QUIC-LB server ID)")
+            )  # fmt: skip
+        if located:
+            raise problems(*located)
+        return self
 
 
 def _spread_in_the_trigger_unit(value: Any, info: ValidationInfo) -> int | float:
@@ -422,6 +468,12 @@ class Migration(Section):
         None,
         description="after the first migration, migrate again this often while sending "
         "(less than timeouts.run_s)",
+    )
+    rebind_by: Choice(REBINDERS) = Field(
+        "client",
+        description="who rebinds for nat-rebind and addr-rebind: the client (a new socket) "
+        "or the network (a NAT on the client's host changes the connection's mapping; the "
+        "client does not know); active migration is always the client's",
     )
 
     @model_validator(mode="wrap")
@@ -472,6 +524,17 @@ class Agent(Section):
     report_burst: Integer(1, MAX_AGENT_REPORTS_PER_S) = Field(
         DEFAULT_BURST, description="the bucket's size, reports"
     )
+    client: Choice(AGENT_CLIENTS) | None = Field(
+        None,
+        description="the Client Agent: builtin (in the client process; aioquic clients) or "
+        "host (beside an unmodified client: key log, 1-RTT decryption, NFQUEUE); default "
+        "builtin where the client stack has the hook, host otherwise",
+    )
+
+    def client_for(self, client_stack: str) -> str:
+        """The Client Agent a client of this stack runs."""
+        return self.client or ("builtin" if client_stack in BUILTIN_AGENT_STACKS else "host")
+
     max_paths: Integer(2, MAX_AGENT_PATHS) = Field(
         DEFAULT_MAX_PATHS,
         description="live paths one client's connections may hold at once; announcements "
@@ -623,6 +686,29 @@ RegressionRules = Annotated[
 # --- the file ------------------------------------------------------------------------------------
 
 
+def _ngtcp2_client_migration(migration: Migration) -> list[tuple[tuple[str, ...], str]]:
+    """What gtlsclient cannot do (../shared/STACKS.md): rebind itself (its --nat-rebinding
+    stops sending after the move), migrate at a byte count or more than once."""
+    located = []
+    rebinds = [k for k in migration.kinds if k != "active"]
+    if rebinds and migration.rebind_by != "network":
+        located.append(
+            (("rebind_by",), f"expected network for {rebinds[0]} with workload.client_stack "
+             "ngtcp2 (its --nat-rebinding stops sending after the move)")
+        )  # fmt: skip
+    if migration.at_bytes is not None:
+        located.append(
+            (("at_bytes",), "expected at_seconds with workload.client_stack ngtcp2 (it "
+             "migrates by time only)")
+        )  # fmt: skip
+    if migration.repeat_every_s is not None:
+        located.append(
+            (("repeat_every_s",), "expected none with workload.client_stack ngtcp2 (it "
+             "migrates once)")
+        )  # fmt: skip
+    return located
+
+
 class Scenario(Section):
     """A scenario file, or one point of its sweep (see `points`).
 
@@ -728,6 +814,20 @@ class Scenario(Section):
 
     @field_validator("workload")
     @classmethod
+    def _quic_lb_servers_are_ours(cls, workload: Workload, info: ValidationInfo):
+        balanced = "loadbalancer" in info.data.get("functions", ())
+        if balanced and workload.server_stack != "aioquic":
+            raise problems(
+                (
+                    ("server_stack",),
+                    "expected aioquic with functions loadbalancer (the backends issue QUIC-LB "
+                    "CIDs, which only our aioquic server does)",
+                )
+            )
+        return workload
+
+    @field_validator("workload")
+    @classmethod
     def _one_server_process_per_backend(cls, workload: Workload, info: ValidationInfo):
         if workload.server_processes > 1 and "loadbalancer" in info.data.get("functions", ()):
             raise problems(
@@ -768,9 +868,32 @@ class Scenario(Section):
             located.append(
                 (("repeat_every_s",), f"expected less than timeouts.run_s ({timeouts.run_s:g})")
             )
+        if workload and workload.client_stack == "ngtcp2":
+            located += _ngtcp2_client_migration(migration)
         if located:
             raise problems(*located)
         return migration
+
+    @field_validator("agent")
+    @classmethod
+    def _builtin_agent_needs_its_hook(cls, agent: Agent, info: ValidationInfo):
+        workload = info.data.get("workload")
+        uses_agent = {"qasm", "netfilter-qasm"} & set(info.data.get("variants", ()))
+        stack = workload.client_stack if workload else None
+        if (
+            uses_agent
+            and stack is not None
+            and agent.client_for(stack) == "builtin"
+            and stack not in BUILTIN_AGENT_STACKS
+        ):
+            raise problems(
+                (
+                    ("client",),
+                    f"expected host with workload.client_stack {stack} (the builtin Client "
+                    "Agent reads aioquic's internals)",
+                )
+            )
+        return agent
 
     @field_validator("ratelimit")
     @classmethod

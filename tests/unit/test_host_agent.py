@@ -270,3 +270,21 @@ def test_a_capture_lagging_behind_a_migration_does_not_move_the_connection_back(
     old_path_datagram = connection.datagrams[-2]  # sent before the move, captured only now
     agent.observe(old_path_datagram.payload, ("10.0.1.1", 50000), SERVER_ADDR, connection.now)
     assert agent.connections[0].current == NEW_ADDR
+
+
+def test_with_register_each_connection_tells_its_path_and_dcid_once_in_1rtt():
+    """For rebinding done in the network, which nobody can announce: the middlebox then
+    follows the unchanged DCID of the rebound path."""
+    agent = _agent(register=True)
+    connection = _connected(agent, key_log=False)  # the DCID is in every short header
+    (send,) = agent.tick(connection.now)
+    registered = open_sealed(send.datagram, KEY)
+    dcid = connection.client._peer_cid.cid
+    assert isinstance(registered, Announce) and send.source_ip == "10.0.1.1"
+    assert registered.connection_cid == registered.next_cid == dcid
+    assert registered.old == registered.new == ("10.0.1.1", 50000)
+    report = _tracking().receive(send.datagram, "10.0.1.1", 0.0, None, lambda m, c: None)
+    assert agent.reply(report.reply, connection.now) == []  # nothing was held for it
+    assert agent.tick(connection.now + 0.01) == []  # once
+    assert agent.counters["registered"] == 1
+    assert _agent().tick(connection.now) == []  # not without `register`

@@ -1,0 +1,111 @@
+"""NAT rebinding done in the network: a NAT on the client's own host changes a connection's
+mapping mid-connection, and the client (any stack) never knows.
+
+In the client host's network namespace, table `ip qasm_rebind` has a postrouting chain of
+SNAT rules, one per rebound connection: its socket's address and port towards the server are
+translated to the current public address and port. A rebinding replaces the connection's
+rule, then deletes the flow's conntrack entry: NAT is decided on an entry's first packet, so
+the next datagram opens a new entry with the new mapping, and the server's replies to it are
+translated back to the unchanged socket. Replies to an earlier mapping find no entry and are
+dropped, as behind a real NAT that forgot it. Each public port is reserved by a bound socket
+of our own while in use, so no other socket on the host takes it.
+
+The commands are pure (`snat_rule`, `delete_rule`, `forget_flow`); `NetworkRebinder` runs
+them (asyncio subprocesses, so a transfer on the same loop is not blocked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+
+TABLE = "qasm_rebind"
+CHAIN = "postrouting"
+SETUP = (
+    f"add table ip {TABLE}\n"
+    f"add chain ip {TABLE} {CHAIN} {{ type nat hook postrouting priority srcnat; }}\n"
+)
+
+
+class RebindError(RuntimeError):
+    """The host's NAT could not be changed; the message says which command and why."""
+
+
+def _comment(socket_address: tuple[str, int]) -> str:
+    return f"qasm-{socket_address[0]}-{socket_address[1]}"
+
+
+def snat_rule(
+    socket_address: tuple[str, int], server: tuple[str, int], public: tuple[str, int]
+) -> str:
+    """`nft -f -` input: the connection's datagrams leave from `public`."""
+    (ip, port), (server_ip, server_port) = socket_address, server
+    return (
+        f"add rule ip {TABLE} {CHAIN} ip saddr {ip} udp sport {port} ip daddr {server_ip} "
+        f"udp dport {server_port} snat to {public[0]}:{public[1]} "
+        f'comment "{_comment(socket_address)}"\n'
+    )
+
+
+def rule_handles(listing: str, socket_address: tuple[str, int]) -> list[int]:
+    """The handles of the connection's rules in `nft -a list chain` output."""
+    comment = re.escape(f'comment "{_comment(socket_address)}"')
+    return [int(h) for h in re.findall(rf"{comment} # handle (\d+)", listing)]
+
+
+def delete_rule(handle: int) -> list[str]:
+    return ["nft", "delete", "rule", "ip", TABLE, CHAIN, "handle", str(handle)]
+
+
+def forget_flow(socket_address: tuple[str, int], server: tuple[str, int]) -> list[str]:
+    return [
+        "conntrack", "-D", "-p", "udp", "--orig-src", socket_address[0],
+        "--sport", str(socket_address[1]), "--orig-dst", server[0],
+        "--dport", str(server[1]),
+    ]  # fmt: skip
+
+
+async def _run(argv: list[str], stdin: str | None = None, check: bool = True) -> str:
+    process = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate(stdin.encode() if stdin else None)
+    if check and process.returncode != 0:
+        raise RebindError(f"{' '.join(argv)}: {err.decode(errors='replace').strip()[:200]}")
+    return out.decode(errors="replace")
+
+
+class NetworkRebinder:
+    """Rebinds one connection (its socket towards the server) in the host's NAT."""
+
+    def __init__(self, socket_address: tuple[str, int], server: tuple[str, int]) -> None:
+        self.socket_address = socket_address
+        self.server = server
+        self._reserved: list[socket.socket] = []
+
+    async def rebind(self, public_ip: str) -> tuple[str, int]:
+        """Moves the connection's mapping to a fresh port on `public_ip`; returns it."""
+        reservation = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        reservation.bind((public_ip, 0))
+        public = reservation.getsockname()[:2]
+        listing = await _run(["nft", "-a", "list", "chain", "ip", TABLE, CHAIN], check=False)
+        if TABLE not in listing:
+            await _run(["nft", "-f", "-"], SETUP)
+        await _run(["nft", "-f", "-"], snat_rule(self.socket_address, self.server, public))
+        for handle in rule_handles(listing, self.socket_address):  # the previous mapping
+            await _run(delete_rule(handle))
+        # Absent if no datagram went since the last change: nothing to forget.
+        await _run(forget_flow(self.socket_address, self.server), check=False)
+        for earlier in self._reserved:
+            earlier.close()
+        self._reserved = [reservation]
+        return public
+
+    def close(self) -> None:
+        for reservation in self._reserved:
+            reservation.close()
+        self._reserved = []
