@@ -416,13 +416,15 @@ def _client_paths_in_order(client_sends) -> list[Path]:
 
 
 def _moves(client_sends) -> list[tuple[float, Path]]:
-    """Each time the client's 4-tuple differs from that of its previous datagram."""
+    """Each time the client first sends on a 4-tuple it had not used: a datagram on an
+    earlier path (an ACK or PATH_RESPONSE from the old socket, still open for the server's
+    late datagrams) is not a move back."""
     moves = []
-    current = None
+    used: set[Path] = set()
     for time, path, _ in client_sends:
-        if current is not None and path != current:
+        if used and path not in used:
             moves.append((time, path))
-        current = path
+        used.add(path)
     return moves
 
 

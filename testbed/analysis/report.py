@@ -216,7 +216,7 @@ def _matrix_table(matrix: list[dict]) -> Table:
     for cell in matrix:
         rows.append(
             (
-                cell["function"],
+                row_label(cell["function"], cell.get("point", "")),
                 cell["variant"],
                 cell["migration"],
                 f"{cell['verified']}/{cell['runs']}",
@@ -226,7 +226,7 @@ def _matrix_table(matrix: list[dict]) -> Table:
         )
         colour = OUTCOME_COLOURS.get(cell["outcome"], UNKNOWN_COLOUR)
         colours.append((None, None, None, None, colour, None))
-    header = ("function", "variant", "migration", "verified/runs", "outcome", "detail")
+    header = ("function (point)", "variant", "migration", "verified/runs", "outcome", "detail")
     return Table(header, tuple(rows), tuple(colours))
 
 

@@ -409,6 +409,7 @@ class Migrator:
                 "announce",
                 self.name,
             )
+            result["retired_path"] = list(retire) if retire else None
             if earlier is not None:
                 if result["accepted"]:
                     self._close(earlier)

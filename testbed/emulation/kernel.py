@@ -83,6 +83,13 @@ class RouterKernel:
         self._applied = None
         _run(self.popen, ["conntrack", "-F"])
 
+    def ruleset(self) -> str:
+        """What the router runs now: nftables' ruleset and iptables' nat table (kube-proxy's
+        rules, on iptables' nft backend they appear in both)."""
+        _, nft, _ = _run(self.popen, ["nft", "list", "ruleset"])
+        _, iptables, _ = _run(self.popen, ["iptables-save", "-t", "nat"])
+        return f"# nft list ruleset\n{nft}\n# iptables-save -t nat\n{iptables}"
+
     def entries(self) -> list[ConntrackEntry]:
         _, out, _ = _run(self.popen, ["conntrack", "-L", "-p", "udp"])
         return parse_conntrack(out)

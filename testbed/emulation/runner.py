@@ -26,14 +26,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qasm.agents.messages import derive_client_key
-from qasm.controller.pipeline import AgentSettings, HopSettings, MiddleboxConfig
+from qasm.controller.pipeline import (
+    STATEFUL_VARIANTS,
+    AgentSettings,
+    HopSettings,
+    MiddleboxConfig,
+)
 from qasm.functions.loadbalancer import Backend, LoadBalancerSettings
-from qasm.functions.nat import NatSettings
+from qasm.functions.nat import NatSettings, pool_slice
 from qasm.kernel.netfilter import KERNEL_VARIANTS, KernelSettings
 from testbed.analysis.matrix import format_matrix, survival_matrix
 from testbed.analysis.summary import format_table, summarize
 from testbed.emulation import kernel as router_kernel
 from testbed.emulation.captures import start_captures, stop_captures
+from testbed.emulation.faults import FaultSchedule
 from testbed.emulation.kernel import ConntrackSampler
 from testbed.emulation.network import Emulation, InfrastructureError, ManagedProcess
 from testbed.emulation.ownership import emulation_lock, new_run_record
@@ -44,10 +50,12 @@ from testbed.records.metrics import (
     build_record,
     controller_memory,
     flood_effect,
+    flow_packets,
     hijacked_locations,
     host_agent_summary,
     kernel_record,
     read_decisions,
+    replica_record,
 )
 from testbed.records.wire_checks import wire_record
 from testbed.scenario import Scenario
@@ -339,6 +347,7 @@ class ExperimentRunner:
             emulation.kernel.clear()  # no rules or entries of the run before
             if spec.variant in KERNEL_VARIANTS:
                 emulation.kernel.apply(_kernel_settings(scenario, spec.variant, roles))
+                (artifacts / "router-rules.txt").write_text(emulation.kernel.ruleset())
         emulation.forget_neighbours()
         decision_log = emulation.start_controller(config, artifacts)
         controller_memory_start = emulation.controller.memory_kib()
@@ -364,6 +373,8 @@ class ExperimentRunner:
             for client in roles.clients
         ]
         self._start_connections(clients, artifacts)
+        start_at = float((artifacts / START_FILE).read_text())
+        faults = FaultSchedule(scenario.faults, start_at, emulation.kill_replica).start()
         flood = self._start_flood(emulation, spec, seed, artifacts) if scenario.flood else None
         service = (config.service_ip, config.service_port)
         prefix = emulation.record.prefix
@@ -377,6 +388,7 @@ class ExperimentRunner:
                 self._await_client(scenario, process, artifacts, client.host)
                 for client, process in clients
             ]
+        faults.stop()
         for (client, _), host_reports in zip(clients, reports, strict=True):
             if client.host in host_agents:
                 agent = host_agents[client.host]
@@ -389,7 +401,7 @@ class ExperimentRunner:
             counters = stop_captures(emulation, captures)
             _write_json_file(artifacts / "pcap" / "captures.json", counters)
         emulation.dump_flows(artifacts / "flows.txt")  # the switches' tables as the run left them
-        failure = emulation.controller_failure() or emulation.link_failure()
+        failure = emulation.controller_failure() or emulation.link_failure() or faults.error()
         controller_cpu_end = emulation.controller.cpu_seconds()
         controller_cpu_s = (
             controller_cpu_end - controller_cpu_start
@@ -400,6 +412,7 @@ class ExperimentRunner:
         for process, _ in servers:
             emulation.stop_process(process)
         emulation.stop_controller()  # it logs its tables' end state as it stops
+        emulation.forget_store(config)  # the run's keys in the shared store
         if failure:
             raise InfrastructureError(f"run {spec.name}: {failure}")
         events = sorted(
@@ -409,6 +422,11 @@ class ExperimentRunner:
         hops = tuple(datapath.dpid for datapath in roles.middleboxes)
         if spec.variant in KERNEL_VARIANTS:
             hops = ()  # the switches only forward: the router is the middlebox
+        positions = _positions(roles) if len(_positions(roles)) < len(hops) else None
+        carried = None
+        if positions:  # replicas: which carried each path, from the rules' counters
+            bridges = {datapath.switch: datapath.dpid for datapath in roles.middleboxes}
+            carried = flow_packets((artifacts / "flows.txt").read_text(), bridges)
         stateful = spec.variant != "baseline"
         shared_host = scenario.workload.connections > 1
         records = []
@@ -432,8 +450,19 @@ class ExperimentRunner:
                     else None,
                     nat="nat" in scenario.functions and stateful,
                     shared_host=shared_host,
+                    positions=positions,
                 )
                 record["topology"] = scenario.topology.name
+                record["state"] = config.state
+                if positions:
+                    record["replicas"] = len(positions[0])
+                    record.update(
+                        replica_record(
+                            decisions, positions, client.ips, report, carried, shared_host
+                        )
+                    )
+                if scenario.faults:
+                    record["faults"] = faults.record(report)
                 record["parameters"] = scenario.parameters
                 if spec.migration:
                     index = _first_index(client, scenario) + connection
@@ -560,16 +589,29 @@ class ExperimentRunner:
                 max_paths=scenario.agent.max_paths,
             )
         nat = scenario.nat
+        # Shared state (redis) for the variants that keep state; the others keep none.
+        state = scenario.middlebox.state if spec.variant in STATEFUL_VARIANTS else "memory"
+        positions = {dpid: group for group in _positions(roles) for dpid in group}
+
+        def nat_settings(datapath) -> NatSettings | None:
+            if not nat:
+                return None
+            settings = NatSettings(datapath.nat_public_ip, datapath.nat_public_mac, ports=nat.ports)
+            replicas = positions[datapath.dpid]
+            if state == "memory" and len(replicas) > 1:
+                # Replicas keeping state apart: each its own slice of the one public pool.
+                return pool_slice(settings, replicas.index(datapath.dpid), len(replicas))
+            return settings
+
         hops = tuple(
             HopSettings(
                 datapath.dpid,
-                NatSettings(datapath.nat_public_ip, datapath.nat_public_mac, ports=nat.ports)
-                if nat
-                else None,
+                nat_settings(datapath),
                 tuple(
                     (port, tuple(sorted(ips)))
                     for port, ips in sorted(emulation.source_bindings[datapath.switch].items())
                 ),
+                datapath.position,
             )
             for datapath in roles.middleboxes
         )
@@ -607,6 +649,11 @@ class ExperimentRunner:
             )
             if load_balanced
             else None,
+            state=state,
+            state_url=emulation.state_store_url(scenario.middlebox.state_url)
+            if state == "redis"
+            else None,
+            state_prefix=f"{emulation.record.prefix}:{spec.name}",
         )
 
     def _wait_for_server(self, server: ManagedProcess, events_path: Path) -> None:
@@ -655,7 +702,11 @@ class ExperimentRunner:
             argv += ["--keylog", str(_keylog(client, artifacts))]
         if spec.migration:
             migration = scenario.migration
-            argv += ["--migrate", spec.migration, "--migrate-ip", *client.targets[spec.migration]]
+            targets = client.targets[spec.migration]
+            if workload.client_stack == "ngtcp2" and spec.migration == "active":
+                # gtlsclient cannot choose an address: it moves to a new port on its own.
+                targets = (client.start_ip,)
+            argv += ["--migrate", spec.migration, "--migrate-ip", *targets]
             if migration.at_bytes is not None:
                 argv += ["--at-bytes", str(migration.at_bytes)]
             else:
@@ -914,6 +965,17 @@ _SERVER_MODULES = {
     "qh3": ("testbed.apps.server",),
     "ngtcp2": ("testbed.apps.ngtcp2", "server"),
 }
+
+
+def _positions(roles: Roles) -> tuple[tuple[int, ...], ...]:
+    """The middlebox datapaths grouped by hop position (replicas share one), path order."""
+    groups: list[list] = []
+    for datapath in roles.middleboxes:
+        if groups and datapath.position is not None and groups[-1][0].position == datapath.position:
+            groups[-1].append(datapath)
+        else:
+            groups.append([datapath])
+    return tuple(tuple(d.dpid for d in group) for group in groups)
 
 
 def _first_index(client: ClientRole, scenario: Scenario) -> int:

@@ -6,6 +6,7 @@ NAT make of it, judged from the records."""
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -30,11 +31,16 @@ def records(tmp_path_factory):
 
 
 def test_every_variant_keeps_rebinding_while_it_sends(records, scenario):
+    repeat = scenario.migration.repeat_every_s
     for variant, record in records.items():
         instants = record["migration_instants_s"]
         assert record["migrations"] == len(instants) >= 2, variant
         gaps = [b - a for a, b in zip(instants, instants[1:], strict=False)]
-        assert min(gaps) >= scenario.migration.repeat_every_s - 0.01, (variant, gaps)
+        # A migration starts every repeat_every_s; its instant is when the client switched,
+        # after the agent's ack, which takes longer some times than others (netfilter-qasm:
+        # conntrack commands), so single gaps vary around it.
+        assert statistics.median(gaps) >= repeat - 0.01, (variant, gaps)
+        assert min(gaps) >= repeat / 2, (variant, gaps)
 
 
 def test_baseline_has_neither_limit_nor_nat_and_completes(records):
@@ -55,8 +61,12 @@ def test_qasm_keeps_one_bucket_and_releases_every_retired_port(records, scenario
     assert record["migrations"] >= least_s / scenario.migration.repeat_every_s / 2
     # Every rebind was announced and its old path retired, and the Tracking Agent took all.
     exchanges = record["agent_exchanges"]
-    assert [e["what"] for e in exchanges].count("announce") == record["migrations"]
-    assert [e["what"] for e in exchanges].count("retire") == record["migrations"]
+    announced = [e for e in exchanges if e["what"] == "announce"]
+    assert len(announced) == record["migrations"]
+    # Each old path retired once: by the next announcement (one message per migration at a
+    # high rate) or, for the last ones, by a retirement of its own.
+    retired = sum(1 for e in announced if e["retired_path"])
+    assert retired + [e["what"] for e in exchanges].count("retire") == record["migrations"]
     assert all(e["accepted"] for e in exchanges), exchanges
     # Only live paths hold a port: the current one and those whose old socket is still in
     # its grace period (plus one in flight); one at the end.

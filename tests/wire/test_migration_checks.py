@@ -245,3 +245,17 @@ def test_with_one_direction_decryptable_a_missing_challenge_is_unknown(active):
     assert verdicts.path_challenge_on_new_path.value is None
     assert verdicts.paths[1].path_responses >= 1 and verdicts.paths[1].path_challenges == 0
     assert values(verdicts)[1:] == (True, False, True)
+
+
+def test_a_datagram_from_the_old_path_after_the_move_is_not_a_move_back(active):
+    """Our client keeps its old socket for the server's late datagrams and may still answer
+    from it (captured on the emulation): the move is judged once, to the new path."""
+    datagrams = list(active.datagrams)
+    moved = next(i for i, d in enumerate(datagrams) if d.from_client and d.src == LTE_ADDR)
+    stray = next(d for d in datagrams[:moved] if d.from_client and not d.payload[0] & 0x80)
+    later = datagrams[moved + 1]
+    datagrams.insert(moved + 2, ConnectionDatagram(later.time, stray.src, stray.dst, True,
+                                                   stray.payload))  # fmt: skip
+    verdicts = check_migration(datagrams, active.keylog.getvalue(), None, active=True)
+    assert values(verdicts) == (True, True, False, True), verdicts.server_switched_dcid.reason
+    assert "1 move" in verdicts.server_switched_dcid.reason
