@@ -11,7 +11,10 @@ The variant `netfilter` is Linux's stateful middlebox on the router, per functio
 - nat (nftables): the clients' traffic towards the service is masqueraded to the router's
   service-side address (each new 5-tuple gets its own conntrack entry and port);
 - ratelimit (nftables): one token bucket per client source address (a meter keyed by
-  `ip saddr`), packets over the rate dropped;
+  `ip saddr`), packets over the rate dropped. In bytes (nft's kbytes are 1024 bytes). The
+  kernel's bucket holds one second of the rate on top of the burst (nft_limit: tokens_max =
+  unit x (rate + burst) / rate), so a fresh bucket lets rate x 1 s + burst through at once
+  (`kernel_bucket_bytes`);
 - loadbalancer: the rules kube-proxy writes in iptables mode for a ClusterIP Service with N
   endpoints (`kube_proxy_rules`), a random endpoint per new conntrack entry.
 
@@ -53,8 +56,8 @@ class KernelSettings:
     service_side: str  # the router's interface towards the service
     endpoints: tuple[str, ...] = ()  # the Service's endpoints (backends' IPs)
     endpoints_cidr: str | None = None  # kube-proxy's --cluster-cidr: the endpoints' subnet
-    rate_kbytes: int | None = None  # ratelimit: bytes per second / 1000
-    burst_kbytes: int | None = None
+    rate_bytes_per_s: int | None = None  # ratelimit
+    burst_bytes: int | None = None
     # The Tracking Agent's address: part of the middlebox, so its reports are not translated
     # (it checks that they come from the client's own addresses).
     agent_ip: str | None = None
@@ -62,6 +65,11 @@ class KernelSettings:
     @property
     def qasm(self) -> bool:
         return self.variant == "netfilter-qasm"
+
+
+def kernel_bucket_bytes(rate_bytes_per_s: int, burst_bytes: int) -> int:
+    """What a fresh nftables byte-rate bucket lets through at once (see the module doc)."""
+    return rate_bytes_per_s + burst_bytes
 
 
 def nft_ruleset(settings: KernelSettings) -> str:
@@ -80,8 +88,8 @@ def nft_ruleset(settings: KernelSettings) -> str:
         key = "ct mark" if settings.qasm else "ip saddr"
         forward.append(
             f"{to_service} meter rate_per_connection {{ {key} "
-            f"limit rate over {settings.rate_kbytes} kbytes/second burst "
-            f"{settings.burst_kbytes} kbytes }} drop"
+            f"limit rate over {settings.rate_bytes_per_s} bytes/second burst "
+            f"{settings.burst_bytes} bytes }} drop"
         )
     if "firewall" in settings.functions:
         forward += [

@@ -34,7 +34,8 @@ from qasm.controller.pipeline import (
 )
 from qasm.functions.loadbalancer import Backend, LoadBalancerSettings
 from qasm.functions.nat import NatSettings, pool_slice
-from qasm.kernel.netfilter import KERNEL_VARIANTS, KernelSettings
+from qasm.functions.ratelimit import RateLimit
+from qasm.kernel.netfilter import KERNEL_VARIANTS, KernelSettings, kernel_bucket_bytes
 from testbed.analysis.matrix import format_matrix, survival_matrix
 from testbed.analysis.summary import format_table, summarize
 from testbed.emulation import kernel as router_kernel
@@ -444,10 +445,7 @@ class ExperimentRunner:
                     server_events=events,
                     decisions=decisions,
                     hops=hops,
-                    # baseline keeps no middlebox state, so it applies no limit to leak from.
-                    ratelimit=scenario.ratelimit.limit()
-                    if "ratelimit" in scenario.functions and stateful
-                    else None,
+                    ratelimit=_enforced_limit(scenario, spec.variant),
                     nat="nat" in scenario.functions and stateful,
                     shared_host=shared_host,
                     positions=positions,
@@ -934,6 +932,19 @@ def _uses_agent(variant: str) -> bool:
     return variant in ("qasm", "netfilter-qasm")
 
 
+def _enforced_limit(scenario: Scenario, variant: str) -> RateLimit | None:
+    """The one token bucket a connection's bytes are judged against (leakage): the limit as
+    configured, except that the kernel's byte bucket also holds a second of the rate
+    (qasm/kernel/netfilter.py); baseline keeps no state, so it has no limit to leak from."""
+    if "ratelimit" not in scenario.functions or variant == "baseline":
+        return None
+    limit = scenario.ratelimit.limit()
+    if variant in KERNEL_VARIANTS:
+        bucket = kernel_bucket_bytes(limit.rate_kbps * 1000 // 8, limit.burst_kbit * 1000 // 8)
+        limit = RateLimit(limit.rate_kbps, bucket * 8 // 1000)
+    return limit
+
+
 def _kernel_settings(scenario: Scenario, variant: str, roles: Roles) -> KernelSettings:
     router = roles.router
     load_balanced = _load_balanced(scenario)
@@ -948,8 +959,8 @@ def _kernel_settings(scenario: Scenario, variant: str, roles: Roles) -> KernelSe
         endpoints=tuple(b.ip for b in roles.backends) if load_balanced else (),
         # kube-proxy's --cluster-cidr: the endpoints' /24.
         endpoints_cidr=f"{roles.backends[0].ip.rpartition('.')[0]}.0/24" if load_balanced else None,
-        rate_kbytes=limit.rate_kbps // 8 if limit else None,
-        burst_kbytes=max(1, limit.burst_kbit // 8) if limit else None,
+        rate_bytes_per_s=limit.rate_kbps * 1000 // 8 if limit else None,
+        burst_bytes=limit.burst_kbit * 1000 // 8 if limit else None,
         agent_ip=roles.agent_ip,
     )
 

@@ -15,6 +15,7 @@ from qasm.kernel.netfilter import (
     MIN_INITIAL_UDP_LENGTH,
     KernelSettings,
     conntrack_insert,
+    kernel_bucket_bytes,
     kube_chain,
     kube_proxy_rules,
     kube_proxy_teardown,
@@ -32,7 +33,7 @@ def settings(variant="netfilter", functions=("firewall",), **overrides) -> Kerne
     values = {
         "variant": variant, "functions": functions, "service_ip": "10.2.0.250",
         "service_port": 4433, "clients": "10.1.0.0/16", "service_side": "rt-svc",
-        "rate_kbytes": 1000, "burst_kbytes": 500,
+        "rate_bytes_per_s": 1_000_000, "burst_bytes": 500_000,
     }  # fmt: skip
     values.update(overrides)
     return KernelSettings(**values)
@@ -94,8 +95,8 @@ def test_the_firewall_admits_only_initials_and_established_traffic():
 
 def test_the_rate_limit_is_per_client_address_and_per_connection_with_qasm():
     assert (
-        "meter rate_per_connection { ip saddr limit rate over 1000 kbytes/second burst "
-        "500 kbytes } drop" in nft_ruleset(settings(functions=("ratelimit",)))
+        "meter rate_per_connection { ip saddr limit rate over 1000000 bytes/second burst "
+        "500000 bytes } drop" in nft_ruleset(settings(functions=("ratelimit",)))
     )
     with_qasm = nft_ruleset(settings("netfilter-qasm", ("ratelimit",)))
     assert "{ ct mark limit rate over" in with_qasm
@@ -250,3 +251,21 @@ def test_kernel_record_counts_a_clients_entries_nat_mappings_and_endpoints():
     }  # fmt: skip
     firewall_only = kernel_record(entries[:1], ["10.1.1.1"], service, ("firewall",), True)
     assert firewall_only["nat_mappings"] is None and firewall_only["backend_changed"] is None
+
+
+def test_leakage_is_judged_against_the_bucket_the_kernel_really_has(tmp_path):
+    """nftables' byte bucket holds a second of the rate on top of the burst (measured: a
+    fresh one let ~1.1 MB through at once at 1 MB/s with a 100 kB burst)."""
+    from testbed.emulation.runner import _enforced_limit
+    from tests.unit.conftest import load_scenario_text
+
+    scenario = load_scenario_text(
+        tmp_path,
+        "variants: [netfilter, tuple]\nfunctions: [ratelimit]\n"
+        "ratelimit: {rate_mbit: 8, burst_kbit: 800}\n"
+        "topology: {name: routed}\nworkload: {bytes: 4000}\n",
+    )
+    assert kernel_bucket_bytes(1_000_000, 100_000) == 1_100_000
+    assert _enforced_limit(scenario, "tuple").burst_kbit == 800
+    assert _enforced_limit(scenario, "netfilter").burst_kbit == 8800
+    assert _enforced_limit(scenario, "baseline") is None
