@@ -2,6 +2,10 @@
 topology declares: its links and its roles' addresses (strict unicast reverse-path
 forwarding, BCP 38 / RFC 3704, computed instead of learnt).
 
+Replicas of one hop (same `position`) are never crossed: the front and back ends in front of
+a replica set send what a replica hands them on towards the clients or the service, never
+to another replica.
+
 For a switch S and its port P, the addresses that may arrive on P are: for a host on P
 itself, the addresses of its interface on that link (policy routing on the clients makes a
 packet from an address leave by the interface that owns it, so a client's lte port never
@@ -40,12 +44,17 @@ def source_bindings(topo, roles: Roles) -> dict[str, dict[int, frozenset[str]]]:
     bindings = {}
     for datapath in roles.middleboxes:
         switch = datapath.switch
+        siblings = {
+            other.switch
+            for other in roles.middleboxes
+            if datapath.position is not None and other.position == datapath.position
+        }
         ports: dict[int, set[str]] = defaultdict(set)
         for port, neighbour, interface in neighbours[switch]:
             if neighbour in hosts and neighbour not in routers:
                 ports[port] |= interface_addresses.get(interface, set())
                 continue
-            seen, stack = {switch, neighbour}, [neighbour]
+            seen, stack = {switch, neighbour} | siblings, [neighbour]
             while stack:
                 node = stack.pop()
                 if node in hosts:

@@ -20,6 +20,8 @@ AGENT_MAC = "02:00:00:00:00:fe"  # locally administered, not any host's
 AGENT_PORT = 7400
 VIP = "10.0.0.100"  # the load balancer's virtual IP
 VIP_MAC = "02:00:00:00:00:fa"
+# How a front end in front of middlebox replicas picks one (topologies/replicas.py).
+STEERINGS = ("hash", "next-replica")
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,14 @@ class ServerRole:
 @dataclass(frozen=True)
 class DatapathRole:
     """One middlebox hop: its OVS bridge, its OpenFlow datapath id and the public address
-    its NAT translates to (each hop has its own)."""
+    its NAT translates to (each hop has its own; replicas of one hop share theirs).
+    Replicas of one hop share a `position` (1-based, path order); None: a hop of its own."""
 
     switch: str
     dpid: int
     nat_public_ip: str
     nat_public_mac: str
+    position: int | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,9 @@ class Roles:
     agent_port: int = AGENT_PORT
     agent_mac: str = AGENT_MAC
     router: RouterRole | None = None
+    # Bridges the topology programs itself (`reset`, with ovs-ofctl) and that no controller
+    # drives: a front end that spreads flows over replicas, as ECMP hardware would.
+    static_switches: tuple[str, ...] = ()
 
     def service_ip(self, load_balanced: bool) -> str:
         return self.vip if load_balanced else self.server.ip

@@ -88,6 +88,9 @@ class Reason(enum.StrEnum):
     CONNECTION_FULL = "connection_full"  # at its maximum of CIDs or paths
     PATH_QUOTA = "path_quota"  # the client's connections hold agent.max_paths live paths
     NOT_RETIRABLE = "not_retirable"
+    # A shared store: the connection ended (another replica's lookup found it idle) while
+    # this packet was decided; what was allocated for it is given back.
+    CONNECTION_ENDED = "connection_ended"
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,8 @@ class PacketIn(Event):
     nat_allocated: tuple[NatMapping, ...] = ()
     nat_released: tuple[NatMapping, ...] = ()  # also ports of connections that ended
     flow_mods: int = 0
+    # Requests to the shared connection store (Redis) this decision made; 0 in memory.
+    store_round_trips: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,7 @@ class AgentReport(Event):
     new_path: FlowKey | None = None  # as the client announced it
     retired_path: FlowKey | None = None
     flow_mods: int = 0
+    store_round_trips: int = 0  # checking and carrying it out on every hop
 
 
 @dataclass(frozen=True)
@@ -231,6 +237,8 @@ class HopStats(Event):
     nat_exhausted: int | None = None
     agent: dict[str, int] | None = None
     rss_kib: int | None = None
+    # The hop's shared store (Redis): requests sent so far by everything using it.
+    store_round_trips: int | None = None
 
 
 @dataclass(frozen=True)

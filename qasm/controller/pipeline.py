@@ -26,13 +26,33 @@ What each function does is in qasm/functions/ (one class each, with its typed pe
 state); the hop calls their hooks in the configured order. `quic-lb` is the load balancer
 alone, stateless, and `baseline` keeps no state (a load balancer's VIP goes to the first
 backend by static rules).
+
+Replicas. Several datapaths may share one position on the path (`HopSettings.position`): a
+replica set behind a front end that spreads flows over them, each replica its own
+`Middlebox` (its own locations, rules and meters: what is on its switch, `OnSwitch`). Where
+connection state lives is `MiddleboxConfig.state`:
+- `memory` (the default): each replica keeps its own table and its own slice of the NAT
+  pool, as replicas without shared state do; a path the front end sends to another replica
+  meets a replica that does not know its connection.
+- `redis`: the replicas of a position share one table and one NAT pool in Redis
+  (qasm/state/redis_store.py), so any replica finds any connection (by 5-tuple or DCID) and
+  installs its path on its own switch (a pull from the store). In push mode the Tracking
+  Agent writes an announced path to the store once and installs its rules on every replica of
+  the position, since which replica the front end picks for the new path is the front end's
+  business; a replica that ends a connection tells its siblings, which remove their rules
+  and meters for it (one process here; between processes that message would be a Redis
+  pub/sub channel). Each connection is saved back to the store before the decision that
+  depends on it leaves (`ConnectionStore.save`).
+Replicas of a position are wired alike (the same port towards the clients, the same towards
+the service), so a path's ends on one replica are its ends on every other.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import NamedTuple
 
 from qasm.agents.messages import Announce, Retire
 from qasm.agents.tracking import (
@@ -108,9 +128,12 @@ from qasm.state.connections import (
     EVICTED,
     EXPIRED,
     Connection,
+    ConnectionStore,
     ConnectionTable,
     PathEnds,
 )
+from qasm.state.redis_nat import SharedNatPool
+from qasm.state.redis_store import RedisConnectionTable, connect_redis
 from qasm.wire.errors import WireError
 from qasm.wire.header import (
     KNOWN_VERSIONS,
@@ -126,6 +149,8 @@ STATEFUL_VARIANTS = ("tuple", *CID_AWARE_VARIANTS)
 VARIANTS = ("baseline", *STATEFUL_VARIANTS, "quic-lb")
 FUNCTIONS = ("firewall", "ratelimit", "nat", "loadbalancer")
 AGENT_MODES = ("push", "pull")
+# Where connection state lives: each hop's own memory, or Redis, shared by a hop's replicas.
+STATES = ("memory", "redis")
 # Packet-ins of a path (or a MAC) whose rules went out less than this long ago were already
 # queued before the switch had the rules; forward them without sending the rules again.
 RULES_IN_FLIGHT_S = 1.0
@@ -180,6 +205,19 @@ class HopSettings:
     dpid: int
     nat: NatSettings | None = None
     sources: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    # Replicas of one hop share a position (1-based, in path order); None: a hop of its own.
+    position: int | None = None
+
+
+def hop_positions(hops: tuple[HopSettings, ...]) -> list[list[HopSettings]]:
+    """The hops grouped by position, in path order (replicas of a position adjacent)."""
+    groups: list[list[HopSettings]] = []
+    for hop in hops:
+        if groups and hop.position is not None and groups[-1][0].position == hop.position:
+            groups[-1].append(hop)
+        else:
+            groups.append([hop])
+    return groups
 
 
 @dataclass(frozen=True)
@@ -202,6 +240,11 @@ class MiddleboxConfig:
     # netfilter-qasm: the router's network namespace (a process in it), where the Tracking
     # Agent anchors announced paths in conntrack instead of on switches.
     kernel_netns_pid: int | None = None
+    # Connection state: "memory" (each hop its own) or "redis" at `state_url`, under keys
+    # starting with `state_prefix` (one per run, so runs never see each other's state).
+    state: str = "memory"
+    state_url: str | None = None
+    state_prefix: str = "qasm"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -229,6 +272,22 @@ class MiddleboxConfig:
             raise ConfigError("kernel_netns_pid: expected variant qasm with no middlebox hops")
         if self.variant == "quic-lb" and self.functions != ("loadbalancer",):
             raise ConfigError("functions: the quic-lb variant is a load balancer only")
+        if self.state not in STATES:
+            raise ConfigError(f"state: {self.state!r}, expected memory or redis")
+        if self.state == "redis" and not self.state_url:
+            raise ConfigError("state_url: state redis needs the Redis URL")
+        groups = hop_positions(self.hops)
+        named = [group[0].position for group in groups if group[0].position is not None]
+        if len(named) != len(set(named)) or named != sorted(named):
+            raise ConfigError("hops: expected positions in path order, replicas side by side")
+        for group in groups:
+            nats = {hop.nat.public_ip for hop in group if hop.nat}
+            if len(nats) > 1:
+                raise ConfigError(f"hops: replicas of position {group[0].position} share one "
+                                  f"NAT public address, not {sorted(nats)}")  # fmt: skip
+            if self.state == "redis" and len({hop.nat for hop in group}) > 1:
+                raise ConfigError(f"hops: replicas of position {group[0].position} share one "
+                                  "NAT pool in Redis: expected the same NAT settings")  # fmt: skip
 
     @classmethod
     def from_json(cls, text: str) -> MiddleboxConfig:
@@ -249,6 +308,7 @@ class MiddleboxConfig:
                         hop["dpid"],
                         NatSettings(**hop["nat"]) if hop.get("nat") else None,
                         tuple((port, tuple(ips)) for port, ips in hop.get("sources", ())),
+                        hop.get("position"),
                     )
                     for hop in values["hops"]
                 )
@@ -294,8 +354,9 @@ def _flow_mods(messages) -> int:
 
 
 class Controller:
-    """Every datapath of an emulation: the middlebox hops in path order, plain switches (any
-    other dpid) and the Tracking Agent that serves all hops."""
+    """Every datapath of an emulation: the middlebox hops in path order (replicas of a hop
+    side by side), plain switches (any other dpid) and the Tracking Agent that serves all
+    hops."""
 
     def __init__(self, config: MiddleboxConfig) -> None:
         self.config = config
@@ -311,9 +372,38 @@ class Controller:
                 max_paths=agent.max_paths,
             )
         pull = self.tracking.announced if self.tracking and config.agent.mode == "pull" else None
-        self.hops: list[Middlebox] = [Middlebox(config, hop, pull) for hop in config.hops]
+        # Shared stores (Redis), one table and one NAT pool per position; none in memory.
+        self._stores: list = []
+        client = None
+        if config.state == "redis" and config.variant in STATEFUL_VARIANTS:
+            client = connect_redis(config.state_url)
+        # Replicas of each position, in path order.
+        self.positions: list[list[Middlebox]] = []
+        for index, group in enumerate(hop_positions(config.hops)):
+            table = pool = None
+            if client is not None:
+                prefix = f"{config.state_prefix}:hop{index + 1}"
+                table = RedisConnectionTable(
+                    client, prefix, state_types(config.functions),
+                    config.state_idle_timeout_s, config.max_connections,
+                )  # fmt: skip
+                self._stores.append(table)
+                if "nat" in config.functions:
+                    pool = SharedNatPool(client, prefix, group[0].nat)
+                    self._stores.append(pool)
+            replicas = [Middlebox(config, hop, pull, table, pool) for hop in group]
+            for replica in replicas:
+                replica.siblings = replicas if table is not None else [replica]
+            self.positions.append(replicas)
+        self.hops: list[Middlebox] = [hop for replicas in self.positions for hop in replicas]
         self._hop_of: dict[int, Middlebox] = {hop.dpid: hop for hop in self.hops}
         self._plain: dict[int, Switch] = {}
+        # The client-facing hop's connections, where the Tracking Agent judges ownership.
+        self._agent_table: ConnectionStore | None = None
+        if self.positions:
+            first = self.positions[0]
+            shared = first[0].siblings is first
+            self._agent_table = first[0].table if shared else _AnyTable(first)
 
     def switch(self, dpid: int) -> Switch:
         hop = self._hop_of.get(dpid)
@@ -332,11 +422,29 @@ class Controller:
         self, dpid: int, in_port: int, data: bytes, now: float, cookie: int = 0
     ) -> list[Decision]:
         switch = self.switch(dpid)
+        if isinstance(switch, Middlebox):
+            switch.expire(now)  # a periodic sweep: not this packet's cost
+        before = self.store_round_trips()
+        decisions = self._packet_in(switch, in_port, data, now, cookie)
+        if isinstance(switch, Middlebox):
+            # What a sibling must remove for connections this replica found ended.
+            decisions[:0] = [
+                d for s in switch.siblings if s is not switch and (d := s.ended_decision())
+            ]
+        spent = self.store_round_trips() - before
+        if spent and isinstance(decisions[-1].event, PacketIn | AgentReport):
+            last = decisions[-1]
+            decisions[-1] = replace(last, event=replace(last.event, store_round_trips=spent))
+        return decisions
+
+    def _packet_in(
+        self, switch: Switch, in_port: int, data: bytes, now: float, cookie: int
+    ) -> list[Decision]:
         try:
             frame = parse_frame(data)
         except FrameError as exc:
-            event = PacketIn(dpid, in_port, Verdict.DROP, Reason.FRAME_UNREADABLE, str(exc))
-            return [Decision(dpid, (), event)]
+            event = PacketIn(switch.dpid, in_port, Verdict.DROP, Reason.FRAME_UNREADABLE, str(exc))
+            return [Decision(switch.dpid, (), event)]
         if switch.spoofed(in_port, frame):
             # Not learnt: a spoofed source would move the address's location (and its
             # traffic and rules) to the sender's port.
@@ -351,13 +459,36 @@ class Controller:
             return self._agent_datagram(switch, in_port, frame, now)
         return switch.packet_in(in_port, frame, data, now, cookie)
 
+    def store_round_trips(self) -> int:
+        """Requests sent to the shared stores so far (0 in memory)."""
+        return sum(store.round_trips for store in self._stores)
+
     def stats(self) -> list[HopStats]:
         agent = dict(self.tracking.counters) if self.tracking else None
-        return [hop.stats(agent) for hop in self.hops]
+        stats = []
+        for replicas in self.positions:
+            first = replicas[0]
+            shared = first.siblings is replicas and len(replicas) > 1
+            figures = first.stats(agent)
+            stats.append(figures)
+            for replica in replicas[1:]:
+                # One store: its sizes asked once, not once per replica.
+                stats.append(
+                    replace(figures, dpid=replica.dpid, locations=len(replica.locations()))
+                    if shared
+                    else replica.stats(agent)
+                )
+        return stats
 
     def snapshot(self) -> list[ConnectionState]:
-        """Every connection every hop holds now (logged when the controller stops)."""
-        return [state for hop in self.hops for state in hop.snapshot()]
+        """Every connection every hop holds now (logged when the controller stops); a table
+        replicas share is written once, under the first replica's datapath."""
+        states = []
+        for replicas in self.positions:
+            shared = replicas[0].siblings is replicas
+            for replica in replicas[:1] if shared else replicas:
+                states += replica.snapshot()
+        return states
 
     def locations(self) -> list[Locations]:
         """Where each hop locates each address now (logged when the controller stops)."""
@@ -380,12 +511,13 @@ class Controller:
 
         def apply(message: Announce | Retire, connection: Connection | None) -> Refusal | None:
             if isinstance(message, Announce):
-                return self._announce(message, connection, switch, in_port, now, installs)
+                return self._announce(message, connection, switch, in_port, frame, now, installs)
             self._retire(message, connection, now, installs, switch.dpid)
             return None
 
-        first_hop = self.hops[0].table if self.hops else None
-        report = self.tracking.receive(frame.udp_payload, flow.src_ip, now, first_hop, apply)
+        report = self.tracking.receive(
+            frame.udp_payload, flow.src_ip, now, self._agent_table, apply
+        )
         messages: list[SwitchMessage] = []
         if report.reply is not None:
             answer = build_udp_frame(agent.mac, frame.eth_src, flow.reversed(), report.reply)
@@ -411,6 +543,7 @@ class Controller:
         connection: Connection | None,
         switch: Switch,
         in_port: int,
+        frame: Frame,
         now: float,
         installs: list[Decision],
     ) -> Refusal | None:
@@ -423,7 +556,7 @@ class Controller:
             self.tracking.remember(message)
             done = []
         else:
-            done = self._install_on_every_hop(message, connection, switch, in_port, now)
+            done = self._install_on_every_hop(message, connection, switch, in_port, frame, now)
             if isinstance(done, Refusal):
                 return done
         if message.retire is not None:
@@ -431,32 +564,67 @@ class Controller:
             # the new one (at most two paths, and two NAT ports, per connection).
             retire = Retire(message.client, message.counter, message.connection_cid, message.retire)
             self._retire(
-                retire, self.hops[0].table.by_cid(message.connection_cid, now), now, installs,
+                retire, self._agent_table.by_cid(message.connection_cid, now), now, installs,
                 switch.dpid,
             )  # fmt: skip
-        installs += [installed.decision for installed in done]
+        installs += [d for installed in done for d in installed.decisions()]
+        return None
+
+    def _holder(
+        self, replicas: list[Middlebox], path: FlowKey, cid: bytes, now: float, prefer=None
+    ) -> tuple[Middlebox, Connection] | None:
+        """The replica of a position that holds the connection on `path` or `cid`, and the
+        connection: with a shared store any replica (`prefer`, if it is one), in memory the
+        one whose table has it."""
+        if replicas[0].siblings is replicas:
+            holder = prefer if prefer in replicas else replicas[0]
+            connection = holder.connection_of(path, cid, now)
+            return (holder, connection) if connection is not None else None
+        for replica in replicas:
+            connection = replica.connection_of(path, cid, now)
+            if connection is not None:
+                return replica, connection
         return None
 
     def _install_on_every_hop(
-        self, message: Announce, connection: Connection, switch: Switch, in_port: int, now: float
+        self,
+        message: Announce,
+        connection: Connection,
+        switch: Switch,
+        in_port: int,
+        frame: Frame,
+        now: float,
     ) -> list[Installed] | Refusal:
         """Push mode: the announced CID and path on every hop, in path order, each hop seeing
-        the path as the hops before it translated it; all hops or none."""
+        the path as the hops before it translated it; all hops or none. With a shared store,
+        the path's state is written once per position and its rules go to every replica."""
         old_path = FlowKey(*message.old, self.config.service_ip, self.config.service_port)
         new_path = FlowKey(*message.new, self.config.service_ip, self.config.service_port)
-        first = self.hops[0]
-        # Where the new address is on the client-facing hop: the report came from it.
-        client_port = first.located_port(message.new[0])
-        if client_port is None and switch is first:
-            client_port = in_port
         done: list[Installed] = []
-        for index, hop in enumerate(self.hops):
-            if index > 0:
-                connection = hop.connection_of(old_path, message.connection_cid, now)
-                if connection is None:
+        for index, replicas in enumerate(self.positions):
+            if index == 0:
+                shared = replicas[0].siblings is replicas
+                holder = next(
+                    (r for r in replicas if r.table.is_live(connection)), None
+                ) if not shared else (switch if switch in replicas else replicas[0])  # fmt: skip
+                if holder is None:
+                    continue
+                # Where the new address is on the client-facing hop: the report came from it.
+                client_port = holder.located_port(message.new[0])
+                client_mac = holder.mac_of(message.new[0])
+                if switch in replicas:
+                    client_port = client_port or in_port
+                    if frame.ip_src == message.new[0]:
+                        client_mac = client_mac or frame.eth_src
+                client = (client_port, client_mac)
+            else:
+                found = self._holder(replicas, old_path, message.connection_cid, now)
+                if found is None:
                     continue  # this hop lost the connection (evicted): nothing to anchor
-            installed = hop.install_announced(
-                connection, message, old_path, new_path, client_port if index == 0 else None, now
+                holder, connection = found
+                client = None
+            installed = holder.install_announced(
+                connection, message, old_path, new_path, client, now
             )
             if installed is None:
                 # What the hops before did is undone and never sent, so a refused report
@@ -465,11 +633,19 @@ class Controller:
                     earlier.undo()
                 return Refusal(
                     Reason.CONNECTION_FULL,
-                    f"hop {hop.dpid}: connection holds its maximum of CIDs or paths",
+                    f"hop {holder.dpid}: connection holds its maximum of CIDs or paths",
                 )
             done.append(installed)
-            old_path = hop.service_flow(connection, old_path)
+            old_path = holder.service_flow(connection, old_path)
             new_path = installed.next_hop_path
+        for installed in done:
+            # Every hop agreed: written back (shared store), then the copies' rules.
+            if not installed.hop.table.save(installed.connection, now):
+                installed.abandon()
+                continue
+            for sibling in installed.hop.siblings:
+                if sibling is not installed.hop:
+                    installed.copies.append(sibling.install_copy(installed, now))
         return done
 
     def _kernel_change(self, dpid: int, message: Announce | Retire) -> Decision:
@@ -500,16 +676,45 @@ class Controller:
         if connection is None:
             return
         path = FlowKey(*message.path, self.config.service_ip, self.config.service_port)
-        for index, hop in enumerate(self.hops):
-            if index > 0:
-                connection = hop.connection_of(path, message.connection_cid, now)
-                if connection is None:
+        for index, replicas in enumerate(self.positions):
+            if index == 0 and replicas[0].siblings is not replicas:
+                holder = next((r for r in replicas if r.table.is_live(connection)), None)
+                if holder is None:
                     continue
-            next_path = hop.service_flow(connection, path)
-            decision = hop.retire(connection, path, message.client)
+            else:
+                found = self._holder(replicas, path, message.connection_cid, now)
+                if found is None:
+                    continue
+                holder, connection = found
+            next_path = holder.service_flow(connection, path)
+            # The siblings' rules first: they are found through the path's NAT mapping,
+            # which the holder's retirement gives back.
+            for sibling in holder.siblings:
+                if sibling is not holder:
+                    decision = sibling.retire_copy(connection, path, message.client)
+                    if decision is not None:
+                        installs.append(decision)
+            decision = holder.retire(connection, path, message.client, now)
             if decision is not None:
                 installs.append(decision)
             path = next_path
+
+
+class _AnyTable:
+    """The tables of replicas that keep state apart, as the Tracking Agent asks them: a
+    connection is in one of them (the one whose replica carried its first packet)."""
+
+    def __init__(self, replicas: list[Middlebox]) -> None:
+        self._tables = [replica.table for replica in replicas]
+
+    def by_cid(self, cid: bytes, now: float) -> Connection | None:
+        return next((c for t in self._tables if (c := t.by_cid(cid, now)) is not None), None)
+
+    def by_path(self, path: FlowKey, now: float) -> Connection | None:
+        return next((c for t in self._tables if (c := t.by_path(path, now)) is not None), None)
+
+    def is_live(self, connection: Connection) -> bool:
+        return any(table.is_live(connection) for table in self._tables)
 
 
 class Switch:
@@ -601,11 +806,57 @@ class Switch:
         return self.decide(messages, **context, verdict=Verdict.FORWARD, reason=Reason.L2)
 
 
-class Middlebox(Switch):
-    """One middlebox hop: its own connection table and its own instance of every configured
-    function (so its own NAT pool and public address)."""
+@dataclass(slots=True)
+class OnSwitch:
+    """What one datapath holds for one connection: the switch's own, never shared with other
+    replicas. Each path's ends on this switch and when its rules were last sent here, whether
+    its service-side rules copy packets to the controller, and the meter installed here."""
 
-    def __init__(self, config: MiddleboxConfig, hop: HopSettings, pull=None) -> None:
+    ends: dict[FlowKey, PathEnds] = field(default_factory=dict)
+    sent_at: dict[FlowKey, float] = field(default_factory=dict)
+    copying: bool = False
+    meter: int | None = None
+
+
+class PathRules(NamedTuple):
+    """A path's ends on a switch, its messages there (the connection's meter if the switch
+    does not have it yet, then the client's direction, then the service's direction) and
+    the fields each direction rewrites."""
+
+    ends: PathEnds
+    messages: list[SwitchMessage]
+    forward: tuple
+    backward: tuple
+
+    @property
+    def to_client(self) -> FlowRule:
+        return self.messages[-1]
+
+
+def state_types(functions: tuple[str, ...]) -> dict[str, type]:
+    """The typed per-connection state of each configured function (to read a store)."""
+    types = {
+        "firewall": Firewall.State,
+        "ratelimit": RateLimiter.State,
+        "nat": Nat.State,
+        "loadbalancer": LoadBalancer.State,
+    }
+    return {name: types[name] for name in functions if types.get(name) is not None}
+
+
+class Middlebox(Switch):
+    """One middlebox hop (or one replica of it): its own instance of every configured
+    function, with its table and NAT pool its own (`state` memory) or its position's, shared
+    in Redis (`state` redis); what is installed on its switch is always its own."""
+
+    def __init__(
+        self,
+        config: MiddleboxConfig,
+        hop: HopSettings,
+        pull=None,
+        table: ConnectionStore | None = None,
+        nat_pool=None,
+    ) -> None:
         super().__init__(hop.dpid, hop.sources)
         self.config = config
         self.variant = config.variant
@@ -620,14 +871,20 @@ class Middlebox(Switch):
         )
         # pull mode: next CID → the announcement the Tracking Agent accepted, or None.
         self._pull = pull
-        self.table = ConnectionTable(config.state_idle_timeout_s, config.max_connections)
+        self.table: ConnectionStore = (
+            table
+            if table is not None  # (an empty table is falsy: it has a length)
+            else ConnectionTable(config.state_idle_timeout_s, config.max_connections)
+        )
+        # The replicas sharing this hop's table, itself included (itself alone in memory).
+        self.siblings: list[Middlebox] = [self]
         self.admission = config.admission
         self._admitted = TokenBuckets(config.admission.rate_per_s, config.admission.burst)
         self.lb = config.loadbalancer if "loadbalancer" in config.functions else None
         self._backend_ips = {b.ip: b for b in self.lb.backends} if self.lb else {}
         self.functions: list[MiddleboxFunction] = []
         if self.stateful:
-            self.functions = [self._function(name, hop) for name in config.functions]
+            self.functions = [self._function(name, hop, nat_pool) for name in config.functions]
         for function in self.functions:
             self.arp_answers.update(function.arp_addresses())
         if self.lb:
@@ -637,18 +894,23 @@ class Middlebox(Switch):
         self._ended_change = Change()
         self.firewall = next((f for f in self.functions if isinstance(f, Firewall)), None)
         self._state_types = {f.name: f.State for f in self.functions if f.State}
+        # Connection id → what this switch holds for it (rules, ends, meter).
+        self._on_switch: dict[int, OnSwitch] = {}
 
-    def _function(self, name: str, hop: HopSettings) -> MiddleboxFunction:
+    def _function(self, name: str, hop: HopSettings, nat_pool=None) -> MiddleboxFunction:
         config = self.config
         if name == "firewall":
             return Firewall(config.sni)
         if name == "ratelimit":
             return RateLimiter(config.ratelimit)
         if name == "nat":
-            return Nat(hop.nat)
+            return Nat(hop.nat, nat_pool)
         return LoadBalancer(config.loadbalancer, config.service_ip)
 
     def stats(self, agent: dict | None = None) -> HopStats:
+        round_trips = getattr(self.table, "round_trips", None)
+        if round_trips is not None and self.nat is not None:
+            round_trips += getattr(self.nat.pool, "round_trips", 0)
         return HopStats(
             dpid=self.dpid,
             connections=len(self.table),
@@ -659,6 +921,7 @@ class Middlebox(Switch):
             nat_in_use=self.nat.pool.in_use if self.nat else None,
             nat_exhausted=self.nat.pool.exhausted if self.nat else None,
             agent=agent,
+            store_round_trips=round_trips,
         )
 
     def snapshot(self) -> list[ConnectionState]:
@@ -675,10 +938,25 @@ class Middlebox(Switch):
             for c in self.table.connections()
         ]
 
+    def mac_of(self, ip: str) -> str | None:
+        return self._mac_of_ip.get(ip)
+
+    def _local(self, connection: Connection) -> OnSwitch:
+        local = self._on_switch.get(connection.id)
+        if local is None:
+            local = self._on_switch[connection.id] = OnSwitch()
+        return local
+
+    def on_switch(self, connection: Connection) -> OnSwitch | None:
+        """What this switch holds for `connection`, if anything."""
+        return self._on_switch.get(connection.id)
+
     # --- events ---------------------------------------------------------------------------
 
     def connected(self) -> list[SwitchMessage]:
         messages = super().connected()
+        # ClearFlows removed every rule and meter of this switch: nothing of ours is on it.
+        self._on_switch.clear()
         if self.stateful:
             service = self.config.service_ip
             messages += [
@@ -717,8 +995,7 @@ class Middlebox(Switch):
     ) -> list[Decision]:
         self.learn(in_port, frame)
         context = self.context(in_port, frame)
-        self.table.expire(now)
-        self._release_ended()
+        self.expire(now)
         if cookie == COOKIE_OBSERVE:
             # Already forwarded by the switch; this copy only feeds CID learning.
             decision = self._observe(frame, now, context)
@@ -742,21 +1019,41 @@ class Middlebox(Switch):
         ended = self.ended_decision()
         return [ended, decision] if ended else [decision]
 
+    def expire(self, now: float) -> None:
+        """Ends the connections idle past the timeout (a shared store sweeps at most once a
+        second) and gives back what they held."""
+        self.table.expire(now)
+        self._release_ended()
+
     def _release_ended(self) -> None:
         """Connections that ended in the table (idle timeout, eviction, found expired on a
         lookup) give back everything at once, so a port they held is free for the packet
-        being decided; `ended_decision` then reports it."""
+        being decided; `ended_decision` then reports it. Every replica sharing the table
+        removes its own rules and meter for them; their NAT ports go back once."""
         for connection, cause in self.table.take_ended():
             self._ended[cause].append(connection.id)
-            for path in (*connection.paths, *connection.retired_paths):
-                self._ended_change.messages += self._remove_path_rules(connection, path)
+            for replica in self.siblings:
+                replica._ended_change.messages += replica._forget(connection)
             for function in self.functions:
                 self._ended_change.merge(function.connection_ended(connection))
+
+    def _forget(self, connection: Connection) -> list[SwitchMessage]:
+        """This switch's rules and meter of a connection that is no longer in the table."""
+        local = self._on_switch.get(connection.id)
+        if local is None:
+            return []
+        messages = []
+        for path in list(local.ends):
+            messages += self._remove_path_rules(connection, path)
+        del self._on_switch[connection.id]
+        if local.meter is not None:
+            messages.append(RemoveMeter(local.meter))
+        return messages
 
     def ended_decision(self) -> Decision | None:
         """The messages and event for connections ended since the last call, if any."""
         self._release_ended()
-        if not any(self._ended.values()):
+        if not any(self._ended.values()) and not self._ended_change.messages:
             return None
         change, ended = self._ended_change, self._ended
         self._ended_change, self._ended = Change(), {EXPIRED: [], EVICTED: []}
@@ -815,13 +1112,15 @@ class Middlebox(Switch):
             for function in self.functions:
                 outcome = function.inspect(connection, frame.udp_payload)
                 if isinstance(outcome, Refusal):
-                    self.table.remove(connection)
+                    self._remove(connection)
                     return self._drop(context, outcome, connection=connection.id)
                 if outcome is not None:
                     reason = outcome
         pending = any(function.pending(connection) for function in self.functions)
         change = self._path_added(connection, path, now)
         if change.refusal is not None:
+            if not self.table.save(connection, now):
+                self._ended_meanwhile(connection)
             return self._drop(context, change.refusal, connection=connection.id)
         fields = dict(connection=connection.id, backend=change.backend)
         fields["nat_allocated"] = tuple(change.nat_allocated)
@@ -836,15 +1135,39 @@ class Middlebox(Switch):
             ends, path_rules, forward, backward = rules
             learnt = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
             messages += learnt
+            local = self._local(connection)
             if pending:
                 pass  # SNI not read yet: no rules, so the next Initials come here too
-            elif not learnt and _rules_due(connection.rules_sent_at.get(path), now):
+            elif not learnt and _rules_due(local.sent_at.get(path), now):
                 messages += path_rules
-                connection.rules_sent_at[path] = now
+                local.sent_at[path] = now
             out_port = ends.service_port if to_service else ends.client_port
             messages.append(PacketOut(in_port, out_port, data, forward if to_service else backward))
+        if not self.table.save(connection, now):
+            # Another replica ended it (idle) since it was read: what this decision
+            # allocated for it goes back, and the packet is dropped.
+            released = self._ended_meanwhile(connection)
+            refusal = Refusal(Reason.CONNECTION_ENDED, "the connection ended meanwhile")
+            return self._drop(context, refusal, connection=connection.id, nat_released=released)
         verdict = Verdict.FORWARD if reason is Reason.KNOWN_PATH else Verdict.ADMIT
         return self.decide(messages, **context, verdict=verdict, reason=reason, **fields)
+
+    def _ended_meanwhile(self, connection: Connection) -> tuple[NatMapping, ...]:
+        """A connection found ended on `save`: every replica forgets it, and what it still
+        holds goes back (its NAT ports; giving one back twice changes nothing)."""
+        for replica in self.siblings:
+            replica._ended_change.messages += replica._forget(connection)
+        change = Change()
+        for function in self.functions:
+            change.merge(function.connection_ended(connection))
+        return tuple(change.nat_released)
+
+    def _remove(self, connection: Connection) -> None:
+        """A policy refused the connection while deciding on it (no rules anywhere yet): out
+        of the table, and out of every replica's records."""
+        self.table.remove(connection)
+        for replica in self.siblings:
+            replica._on_switch.pop(connection.id, None)
 
     def _drop(self, context: dict, refusal: Refusal, **fields) -> Decision:
         return self.decide(
@@ -880,6 +1203,9 @@ class Middlebox(Switch):
         initial = problem is None
         connection = self.table.put(path, now)
         self._release_ended()  # what the bound evicted, before this connection allocates
+        if self.table.last_put_existing:
+            # Another replica opened it first, racing on the same first packet.
+            return connection, Reason.KNOWN_PATH
         # Only a connection that starts with its handshake has server SCIDs to observe; one
         # first seen mid-flight would be copied to the controller packet by packet for nothing.
         connection.observing = self.observes and initial
@@ -933,6 +1259,8 @@ class Middlebox(Switch):
 
     # --- rules ----------------------------------------------------------------------------
 
+    # --- rules ----------------------------------------------------------------------------
+
     def _translations(self, connection: Connection, path: FlowKey, functions=None):
         """The path as the service sees it, the fields to set each way, and the switch port
         of the service side if a function decides it."""
@@ -947,30 +1275,56 @@ class Middlebox(Switch):
 
     def _ends(self, path: FlowKey, flow: FlowKey, service_port: int | None):
         """The two ends on this switch of `path`, which the service sees as `flow`, or None
-        while one is not located."""
-        client_port = self._port_of_ip.get(path.src_ip)
-        service_port = service_port or self._port_of_ip.get(flow.dst_ip)
-        client_mac = self._mac_of_ip.get(path.src_ip)
+        while one is not located. A replica takes what a sibling located (wired alike): the
+        front and back ends send ARP and the like through one replica only."""
+        client_port = self._located(self._port_of_ip, path.src_ip)
+        service_port = service_port or self._located(self._port_of_ip, flow.dst_ip)
+        client_mac = self._located(self._mac_of_ip, path.src_ip)
         if client_port is None or service_port is None or client_mac is None:
             return None
         return PathEnds(client_port, client_mac, service_port)
 
+    def _located(self, table: dict, ip: str):
+        found = table.get(ip)
+        if found is None and len(self.siblings) > 1:
+            name = "_port_of_ip" if table is self._port_of_ip else "_mac_of_ip"
+            found = next(
+                (f for s in self.siblings if (f := getattr(s, name).get(ip)) is not None), None
+            )
+        return found
+
     def _rules(
-        self, connection: Connection, path: FlowKey, ends: PathEnds | None = None, functions=None
-    ):
-        """(ends, both directions' rules, forward and backward rewrites), or None while an
-        end is not located. The client's direction goes under the connection's meter."""
+        self,
+        connection: Connection,
+        path: FlowKey,
+        ends: PathEnds | None = None,
+        functions=None,
+        local: OnSwitch | None = None,
+    ) -> PathRules | None:
+        """The path's rules on this switch, or None while an end is not located. The
+        client's direction goes under the connection's meter, installed on this switch
+        first if it is not there yet."""
         functions = self.functions if functions is None else functions
+        local = local if local is not None else self._local(connection)
         flow, forward, backward, service_port = self._translations(connection, path, functions)
-        ends = ends or connection.ends.get(path) or self._ends(path, flow, service_port)
+        ends = ends or local.ends.get(path) or self._ends(path, flow, service_port)
         if ends is None:
             return None
-        connection.ends[path] = ends
+        local.ends[path] = ends
         if backward:
             backward += (("eth_dst", ends.client_mac),)
-        meter = next((m for f in functions if (m := f.meter(connection)) is not None), None)
+        messages: list[SwitchMessage] = []
+        meter = None
+        for function in functions:
+            meter = function.meter(connection)
+            if meter is not None:
+                if local.meter != meter:
+                    messages.append(function.meter_rule(meter))
+                    local.meter = meter
+                break
         idle = int(self.config.state_idle_timeout_s)
-        rules = [
+        local.copying = connection.observing
+        messages += [
             FlowRule(
                 PRIORITY_ADMITTED_FLOW, Match(flow=path), ends.service_port, idle,
                 meter_id=meter, set_fields=forward,
@@ -980,10 +1334,11 @@ class Middlebox(Switch):
                 copy_to_controller=connection.observing, set_fields=backward,
             ),
         ]  # fmt: skip
-        return ends, rules, forward, backward
+        return PathRules(ends, messages, forward, backward)
 
     def _remove_path_rules(self, connection: Connection, path: FlowKey) -> list[SwitchMessage]:
-        if path not in connection.ends:
+        local = self._on_switch.get(connection.id)
+        if local is None or path not in local.ends:
             return []
         flow = self._translations(connection, path)[0]
         return [
@@ -995,7 +1350,8 @@ class Middlebox(Switch):
         self, connection: Connection, to_service: bool, payload: bytes, now: float
     ) -> list[SwitchMessage]:
         """RFC 9312 §3.5: the server's long-header SCIDs are the DCIDs its client will use.
-        Returns the service-side rules without copies once a server CID is known."""
+        Returns this switch's service-side rules without copies once a server CID is known
+        (learnt here, or by another replica sharing the table)."""
         if not self.observes or to_service:
             return []
         try:
@@ -1006,13 +1362,16 @@ class Middlebox(Switch):
         for header in headers:
             if header.form is HeaderForm.LONG and header.version in KNOWN_VERSIONS and header.scid:
                 learnt |= self.table.associate_cid(connection, header.scid, now)
-        if not (learnt and connection.observing):
+        if learnt:
+            connection.observing = False
+        local = self._local(connection)
+        if connection.observing or not local.copying:
             return []
-        connection.observing = False
         messages: list[SwitchMessage] = []
-        for path, ends in connection.ends.items():
+        for path, ends in local.ends.items():
             if path in connection.paths:
-                messages.append(self._rules(connection, path, ends)[1][1])
+                messages.append(self._rules(connection, path, ends).to_client)
+        local.copying = False
         return messages
 
     def _observe(self, frame: Frame, now: float, context: dict) -> Decision:
@@ -1024,6 +1383,9 @@ class Middlebox(Switch):
                 connection = self.table.by_path(path, now)
                 if connection is not None:
                     messages = self._learn_server_cids(connection, False, frame.udp_payload, now)
+                    if not self.table.save(connection, now):
+                        self._ended_meanwhile(connection)
+                        messages = []
         return self.decide(
             messages, **context, verdict=Verdict.OBSERVE, reason=Reason.HANDSHAKE_COPY
         )
@@ -1036,12 +1398,14 @@ class Middlebox(Switch):
         message: Announce,
         old_path: FlowKey,
         new_path: FlowKey,
-        client_port: int | None,
+        client: tuple[int | None, str | None] | None,
         now: float,
     ) -> Installed | None:
         """Push mode: the announced next CID and new path (as this hop sees it) join the
-        connection and get their rules now. None, changing nothing, if the connection
-        holds its maximum of CIDs or paths, or the path is another connection's."""
+        connection and get their rules now. `client` is where the new address is on the
+        client-facing hop (port and MAC, where known); None past it. None, changing
+        nothing, if the connection holds its maximum of CIDs or paths, or the path is
+        another connection's. The caller saves the connection once every hop agreed."""
         # The connection's current CID too: in push mode nothing else told this hop of it.
         cids = dict.fromkeys((message.connection_cid, message.next_cid))
         added = [cid for cid in cids if cid not in connection.server_cids]
@@ -1060,7 +1424,7 @@ class Middlebox(Switch):
             dpid=self.dpid, client=message.client, connection=connection.id, path=new_path,
             nat_allocated=tuple(change.nat_allocated), backend=change.backend,
         )  # fmt: skip
-        installed = Installed(self, connection, new_path, tuple(added))
+        installed = Installed(self, connection, new_path, tuple(added), client=message.client)
         if change.refusal is not None:
             # Announced, but the path has no public port: its packets will be dropped.
             installed.decision = Decision(
@@ -1071,22 +1435,52 @@ class Middlebox(Switch):
         connection.owner = message.client
         messages = list(change.messages)
         ends = None
-        old_ends = connection.ends.get(old_path)
+        # The old path's ends on this switch, or on a replica that carried it (replicas
+        # are wired alike).
+        old_ends = next(
+            (
+                local.ends[old_path]
+                for replica in (self, *self.siblings)
+                if (local := replica.on_switch(connection)) and old_path in local.ends
+            ),
+            None,
+        )
         if old_ends is not None:
             # Past the first hop a path's ends are where the old path's are; on the first
             # hop the client may have moved to another interface.
-            client_mac = old_ends.client_mac
-            if client_port is not None:
-                client_mac = self._mac_of_ip.get(new_path.src_ip, client_mac)
-            ends = PathEnds(client_port or old_ends.client_port, client_mac, old_ends.service_port)
+            client_port, client_mac = client or (None, None)
+            ends = PathEnds(
+                client_port or old_ends.client_port,
+                client_mac or old_ends.client_mac,
+                old_ends.service_port,
+            )
         rules = self._rules(connection, new_path, ends)
         if rules is not None:
-            messages += rules[1]
-            connection.rules_sent_at[new_path] = now
+            messages += rules.messages
+            self._local(connection).sent_at[new_path] = now
+            installed.ends = rules.ends
         event = PathInstalled(**fields, flow_mods=_flow_mods(messages))
         installed.decision = Decision(self.dpid, tuple(messages), event)
         installed.next_hop_path = self.service_flow(connection, new_path)
         return installed
+
+    def install_copy(self, installed: Installed, now: float) -> Decision:
+        """Push mode, shared store: the rules of a path a sibling replica installed, on this
+        replica's switch too (the front end may send the path here)."""
+        connection, path = installed.connection, installed.path
+        ends = None
+        if installed.ends is not None:
+            flow, _, _, service_port = self._translations(connection, path)
+            ends = self._ends(path, flow, service_port) or installed.ends
+        rules = self._rules(connection, path, ends) if ends is not None else None
+        messages = rules.messages if rules is not None else []
+        if rules is not None:
+            self._local(connection).sent_at[path] = now
+        event = PathInstalled(
+            dpid=self.dpid, client=installed.client, connection=connection.id, path=path,
+            flow_mods=_flow_mods(messages),
+        )  # fmt: skip
+        return Decision(self.dpid, tuple(messages), event)
 
     def undo_install(self, installed: Installed) -> None:
         """Forgets a path `install_announced` added (its decision was never sent)."""
@@ -1096,11 +1490,15 @@ class Middlebox(Switch):
         self.table.forget_path(connection, path)
         for cid in installed.added_cids:
             self.table.forget_cid(connection, cid)
-        connection.ends.pop(path, None)
-        connection.rules_sent_at.pop(path, None)
+        local = self.on_switch(connection)
+        if local is not None:
+            local.ends.pop(path, None)
+            local.sent_at.pop(path, None)
         connection.migrations -= 1
 
-    def retire(self, connection: Connection, path: FlowKey, client: str) -> Decision | None:
+    def retire(
+        self, connection: Connection, path: FlowKey, client: str, now: float | None = None
+    ) -> Decision | None:
         """A path the client stopped using: its rules go, its NAT port goes back."""
         messages = self._remove_path_rules(connection, path)
         if not self.table.retire_path(connection, path):
@@ -1109,13 +1507,32 @@ class Middlebox(Switch):
         change = Change(messages)
         for function in self.functions:
             change.merge(function.path_retired(connection, path))
-        connection.ends.pop(path, None)
-        connection.rules_sent_at.pop(path, None)
+        self._forget_path(connection, path)
+        if now is not None and not self.table.save(connection, now):
+            self._ended_meanwhile(connection)
         event = PathRetired(
             dpid=self.dpid, client=client, connection=connection.id, path=path,
             nat_released=tuple(change.nat_released), flow_mods=_flow_mods(change.messages),
         )  # fmt: skip
         return Decision(self.dpid, tuple(change.messages), event)
+
+    def retire_copy(self, connection: Connection, path: FlowKey, client: str) -> Decision | None:
+        """A sibling replica retires a path: this switch's rules for it go too."""
+        messages = self._remove_path_rules(connection, path)
+        if not messages:
+            return None
+        self._forget_path(connection, path)
+        event = PathRetired(
+            dpid=self.dpid, client=client, connection=connection.id, path=path,
+            flow_mods=_flow_mods(messages),
+        )  # fmt: skip
+        return Decision(self.dpid, tuple(messages), event)
+
+    def _forget_path(self, connection: Connection, path: FlowKey) -> None:
+        local = self.on_switch(connection)
+        if local is not None:
+            local.ends.pop(path, None)
+            local.sent_at.pop(path, None)
 
     # --- stateless load balancing: baseline's static VIP, quic-lb ---------------------------
 
@@ -1170,7 +1587,7 @@ class Middlebox(Switch):
         # backend (the pipeline's one rule builder, with the balancer as the only function).
         placeholder = Connection(id=0, created_at=0.0, last_seen=0.0)
         placeholder.functions[balancer.name] = LoadBalancerState(backend.ip)
-        rules = self._rules(placeholder, path, functions=[balancer])
+        rules = self._rules(placeholder, path, functions=[balancer], local=OnSwitch())
         if rules is None:
             refusal = Refusal(Reason.LOCATION_UNKNOWN, "client location unknown")
             return self._drop(context, refusal, backend=backend.ip)
@@ -1192,9 +1609,25 @@ class Installed:
     added_cids: tuple[bytes, ...]  # the CIDs the connection did not hold before
     decision: Decision | None = None
     next_hop_path: FlowKey | None = None  # the new path as the next hop sees it
+    client: str = ""
+    ends: PathEnds | None = None  # the path's ends on the hop's switch, once located
+    copies: list[Decision] = field(default_factory=list)  # its rules on sibling replicas
 
     def undo(self) -> None:
         self.hop.undo_install(self)
+
+    def abandon(self) -> None:
+        """The connection ended before this install was saved: nothing of it is sent, and
+        what it allocated goes back."""
+        released = self.hop._ended_meanwhile(self.connection)
+        event = PathRetired(
+            dpid=self.hop.dpid, client=self.client, connection=self.connection.id,
+            path=self.path, nat_released=released,
+        )  # fmt: skip
+        self.decision = Decision(self.hop.dpid, (), event)
+
+    def decisions(self) -> list[Decision]:
+        return [*([self.decision] if self.decision else []), *self.copies]
 
 
 def _rules_due(sent_at: float | None, now: float) -> bool:

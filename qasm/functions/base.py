@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from qasm.controller.events import NatMapping, Reason, Refusal
-from qasm.controller.messages import SwitchMessage
+from qasm.controller.messages import MeterRule, SwitchMessage
 from qasm.flow import FlowKey
 
 SetFields = tuple[tuple[str, str | int], ...]
@@ -123,4 +123,9 @@ class MiddleboxFunction:
         return Translation(flow)
 
     def meter(self, connection) -> int | None:
+        """The meter the client's packets of `connection` go through, if any."""
+        return None
+
+    def meter_rule(self, meter_id: int) -> MeterRule | None:
+        """The meter to install on a datapath before its first rule that uses it."""
         return None

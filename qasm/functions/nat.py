@@ -38,6 +38,18 @@ class NatSettings:
             raise ValueError(f"NAT port pool {self.first_port}+{self.ports} outside 1024..65535")
 
 
+def pool_slice(settings: NatSettings, index: int, count: int) -> NatSettings:
+    """Slice `index` (0-based) of `count` equal contiguous slices of a pool: replicas of one
+    hop that keep state apart share its public address but never a port, so the service's
+    replies can be steered back to the replica that holds the mapping (by port range)."""
+    size = settings.ports // count
+    if size < 1 or not 0 <= index < count:
+        raise ValueError(f"NAT port pool of {settings.ports} ports: no slice {index} of {count}")
+    return NatSettings(
+        settings.public_ip, settings.public_mac, settings.first_port + index * size, size
+    )
+
+
 @dataclass
 class NatPool:
     settings: NatSettings
@@ -95,8 +107,10 @@ class Nat(MiddleboxFunction):
     name = "nat"
     State = NatState
 
-    def __init__(self, settings: NatSettings) -> None:
-        self.pool = NatPool(settings)
+    def __init__(self, settings: NatSettings, pool=None) -> None:
+        # `pool`: another `NatPool` implementation, e.g. the one replicas share in Redis
+        # (qasm.state.redis_nat.SharedNatPool).
+        self.pool = pool if pool is not None else NatPool(settings)
 
     @property
     def settings(self) -> NatSettings:

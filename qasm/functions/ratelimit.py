@@ -1,16 +1,18 @@
 """A per-connection rate limit: every path of a connection under one OpenFlow meter.
 
 One meter is one token bucket (rate, burst), so a connection that migrates keeps spending the
-same budget instead of getting a fresh bucket per 5-tuple. The meter is created with the
-connection's first path rules and deleted when the connection ends, so meter ids (the
-connection's id) are never left behind on the switch.
+same budget instead of getting a fresh bucket per 5-tuple. The connection's state names its
+meter (its id: unique across replicas that share a store, whose ids come from one counter);
+a meter is a switch's own, so the hop (qasm/controller/pipeline.py) installs it on its
+datapath with the first rules that use it there and deletes it when the connection ends: a
+replica that takes over a connection installs its own, and meter ids are never left behind.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from qasm.controller.messages import MeterRule, RemoveMeter
+from qasm.controller.messages import MeterRule
 from qasm.flow import FlowKey
 from qasm.functions.base import Change, MiddleboxFunction
 
@@ -23,7 +25,7 @@ class RateLimit:
 
 @dataclass(slots=True)
 class RateLimitState:
-    meter_id: int | None = None  # set once the meter is on the switch
+    meter_id: int | None = None  # the connection's meter, once it has a path
 
 
 class RateLimiter(MiddleboxFunction):
@@ -38,14 +40,11 @@ class RateLimiter(MiddleboxFunction):
         if state.meter_id is not None:
             return Change()
         state.meter_id = connection.id
-        return Change([MeterRule(state.meter_id, self.limit.rate_kbps, self.limit.burst_kbit)])
-
-    def connection_ended(self, connection) -> Change:
-        state = connection.functions.get(self.name)
-        if state is None or state.meter_id is None:
-            return Change()
-        return Change([RemoveMeter(state.meter_id)])
+        return Change()
 
     def meter(self, connection) -> int | None:
         state = connection.functions.get(self.name)
         return state.meter_id if state else None
+
+    def meter_rule(self, meter_id: int) -> MeterRule:
+        return MeterRule(meter_id, self.limit.rate_kbps, self.limit.burst_kbit)

@@ -105,6 +105,9 @@ class ConnectionStore(Protocol):
     evicted: int  # connections this store instance ended at the bound
     expired: int  # ... and by idle timeout
     cid_lengths: set[int]
+    # Whether the last `put` found the path's connection made by another replica (racing on
+    # its first packet) instead of making one: then it was opened already.
+    last_put_existing: bool
 
     def __len__(self) -> int: ...
     def connections(self) -> list[Connection]: ...
@@ -143,6 +146,7 @@ class ConnectionTable:
         self.evicted = 0
         self.expired = 0
         self.cid_lengths: set[int] = set()  # lengths of server CIDs seen (short-header parsing)
+        self.last_put_existing = False  # one table, no other replica: every put makes one
         self._connections: OrderedDict[int, Connection] = OrderedDict()
         self._by_path: dict[FlowKey, int] = {}
         self._by_cid: dict[bytes, int] = {}

@@ -376,6 +376,7 @@ class RedisConnectionTable:
         self.evicted = 0
         self.expired = 0
         self.cid_lengths: set[int] = set()  # refreshed from Redis by every sweep
+        self.last_put_existing = False
         self.round_trips = 1  # loading the scripts
         self._client = client
         self._scripts = _Scripts(client)
@@ -453,6 +454,7 @@ class RedisConnectionTable:
         )
         for cause, victim in ended:
             self._end(victim, cause)
+        self.last_put_existing = state == "existing"
         if state == "existing":
             return self._adopt(*_found_fields(found))
         connection = Connection(int(found[0]), created_at=now, last_seen=now, paths=(path,))

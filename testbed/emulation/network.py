@@ -4,6 +4,13 @@
 also on an exception, Ctrl-C or SIGTERM (the runner turns those into exceptions). Facts it
 relies on (measured on these machines): no openvswitch kernel module, so the switch uses OVS's
 userspace datapath; veth offloads must be off or UDP checksums break through that datapath.
+
+Shared connection state (`middlebox.state: redis`): unless the scenario names an external
+Redis, the emulation starts a private redis-server (testbed/redis_server.py) the first time a
+run needs one, on 127.0.0.1 where the controller is, with its directory under
+/run/qasm/redis/<prefix>/ (recorded in the run record before it is made, the server's PID
+right after it starts: `qasm clean` removes both after a crash), and stops it at teardown.
+Each run keeps its keys under its own prefix, deleted when the run ends.
 """
 
 from __future__ import annotations
@@ -30,7 +37,12 @@ from mininet.node import OVSSwitch, RemoteController
 from qasm.controller.pipeline import MiddleboxConfig
 from testbed.emulation.kernel import RouterKernel
 from testbed.emulation.link_emulation import EmulatedLinks, LinkEnd, LinkSetupError
-from testbed.emulation.ownership import RunRecord, process_start_time, remove_run_resources
+from testbed.emulation.ownership import (
+    STATE_DIR,
+    RunRecord,
+    process_start_time,
+    remove_run_resources,
+)
 from testbed.emulation.pinning import (
     CpuLayout,
     OvsAffinity,
@@ -38,6 +50,7 @@ from testbed.emulation.pinning import (
     pin_in_child,
     plan_layout,
 )
+from testbed.redis_server import RedisServer, RedisServerError
 from topologies import TOPOLOGIES
 from topologies.bindings import source_bindings
 from topologies.roles import Roles
@@ -48,6 +61,7 @@ SWITCH_CONNECT_TIMEOUT_S = 20.0
 # restarted per variant, so keep it short. 1000 ms is the minimum OVS accepts.
 SWITCH_RECONNECT_MS = 1000
 _PR_SET_PDEATHSIG = 1
+REDIS_DIR = STATE_DIR / "redis"
 
 
 class InfrastructureError(RuntimeError):
@@ -168,6 +182,7 @@ class Emulation:
         self.net: Mininet | None = None
         self.controller: ManagedProcess | None = None
         self._processes: list[ManagedProcess] = []
+        self.redis: RedisServer | None = None  # the private store, once a run needs it
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -275,12 +290,21 @@ class Emulation:
         the run)."""
         sections = []
         for bridge in self.roles.switches:
-            argv = ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge]
-            try:
-                result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-                text = result.stdout if result.returncode == 0 else f"# {argv}: {result.stderr}"
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                text = f"# {argv}: {exc}\n"
+            commands = [["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge]]
+            if bridge in self.roles.static_switches:
+                # A front or back end: OpenFlow 1.5 tables, groups and what each bucket took.
+                commands = [
+                    ["ovs-ofctl", "-O", "OpenFlow15", what, bridge]
+                    for what in ("dump-flows", "dump-groups", "dump-group-stats")
+                ]
+            text = ""
+            for argv in commands:
+                try:
+                    result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+                    ok = result.returncode == 0
+                    text += result.stdout if ok else f"# {argv}: {result.stderr}"
+                except (OSError, subprocess.TimeoutExpired) as exc:
+                    text += f"# {argv}: {exc}\n"
             sections.append(f"# {bridge}\n{text}")
         path.write_text("".join(sections))
 
@@ -313,6 +337,7 @@ class Emulation:
             process.stop()
         self._processes.clear()
         self.stop_controller()
+        self._stop_redis()
         if self.links is not None:
             for problem in self.links.remove():  # before the namespaces go with net.stop()
                 mininet_log.error(f"link emulation removal: {problem}")
@@ -339,6 +364,14 @@ class Emulation:
         """Starts the controller for one variant; returns its decision log once every
         switch has connected to it."""
         self.stop_controller()
+        reset = getattr(self.topo, "reset", None)
+        if reset is not None:
+            # The network's own state (a front end's tables, replicas' links) as every run
+            # starts from it.
+            try:
+                reset(self.net, config)
+            except RuntimeError as exc:
+                raise InfrastructureError(str(exc)) from exc
         config_path = artifacts / "controller.json"
         config_path.write_text(config.to_json())
         decision_log = artifacts / "decisions.jsonl"
@@ -359,6 +392,8 @@ class Emulation:
             )
         self.record.own(popen.pid, "controller")
         self.controller = ManagedProcess(popen, "controller", log_path)
+        # The topology's own (static) switches never connect: no controller drives them.
+        controlled = [s for s in self.roles.switches if s not in self.roles.static_switches]
         deadline = time.monotonic() + SWITCH_CONNECT_TIMEOUT_S
         while time.monotonic() < deadline:
             if popen.poll() is not None:
@@ -370,11 +405,11 @@ class Emulation:
                 for line in decision_log.read_text().splitlines()
                 if (record := json.loads(line)).get("event") == "switch_connected"
             }
-            if len(connected) >= len(self.roles.switches):
+            if len(connected) >= len(controlled):
                 return decision_log
             time.sleep(0.1)
         raise InfrastructureError(
-            f"not every switch ({len(self.roles.switches)}) connected to the controller within "
+            f"not every switch ({len(controlled)}) connected to the controller within "
             f"{SWITCH_CONNECT_TIMEOUT_S:g} s"
         )
 
@@ -382,6 +417,65 @@ class Emulation:
         if self.controller is not None:
             self.controller.stop()
             self.controller = None
+
+    # --- shared connection state and faults --------------------------------------------
+
+    def state_store_url(self, external: str | None = None) -> str:
+        """Where a run keeps its middlebox state with `state: redis`: `external`, or this
+        emulation's private redis-server (started on first use, from the runner's main
+        thread: the server dies with the thread that started it)."""
+        if external:
+            return external
+        if self.redis is None:
+            base = REDIS_DIR / self.record.prefix
+            # Recorded before it exists, so a crash at any later point leaves a trail.
+            self.record.directories.append(str(base))
+            self.record.save()
+            base.mkdir(parents=True, exist_ok=True)
+            server = RedisServer(base, own=self.record.own)
+            try:
+                server.start()
+            except RedisServerError as exc:
+                raise InfrastructureError(str(exc)) from exc
+            self.redis = server
+        return self.redis.url
+
+    def forget_store(self, config: MiddleboxConfig) -> None:
+        """Deletes a finished run's keys (its own prefix) from the store it used."""
+        if config.state != "redis" or not config.state_url:
+            return
+        from qasm.state.redis_store import connect_redis
+
+        try:
+            client = connect_redis(config.state_url)
+        except (ValueError, ConnectionError) as exc:
+            raise InfrastructureError(f"the run's state store went away: {exc}") from exc
+        try:
+            keys = list(client.scan_iter(match=f"{config.state_prefix}:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.unlink(*keys[start : start + 1000])
+        finally:
+            client.close()
+
+    def _stop_redis(self) -> None:
+        if self.redis is None:
+            return
+        self.redis.stop()
+        self.redis = None
+        base = REDIS_DIR / self.record.prefix
+        shutil.rmtree(base, ignore_errors=True)
+        if str(base) in self.record.directories:
+            self.record.directories.remove(str(base))
+            with contextlib.suppress(OSError):
+                self.record.save()
+
+    def kill_replica(self, replica: int) -> list[str]:
+        """Stops a middlebox replica's datapath (topologies that have replicas); returns
+        what went down."""
+        kill = getattr(self.topo, "kill_replica", None)
+        if kill is None:
+            raise InfrastructureError(f"topology {type(self.topo).__name__} has no replicas")
+        return kill(self.net, replica)
 
     def controller_failure(self) -> str | None:
         """Why the controller is no longer running, or None while it is."""

@@ -2,10 +2,12 @@
 those: never a broad `mn -c` that would kill another run's processes.
 
 Before a run creates anything it writes `/run/qasm/runs/<prefix>.json` naming its runner
-process; it adds every process it starts. `qasm clean` removes, for records whose runner is
-dead, the recorded processes (only while their start time still matches, so a recycled pid
-is never killed), Mininet shells named `mininet:<prefix>...`, OVS bridges and interfaces
-named with the prefix, then the record. Runs whose runner is alive are left alone.
+process; it adds every process it starts and every directory it makes outside the run
+directory (a private redis-server's, under /run/qasm/redis/<prefix>). `qasm clean` removes,
+for records whose runner is dead, the recorded processes (only while their start time still
+matches, so a recycled pid is never killed), Mininet shells named `mininet:<prefix>...`, OVS
+bridges and interfaces named with the prefix, the recorded directories (only under
+/run/qasm), then the record. Runs whose runner is alive are left alone.
 
 One emulation at a time: the runner holds an exclusive lock on /run/qasm/emulation.lock.
 """
@@ -18,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -62,6 +65,8 @@ class RunRecord:
     # A machine-wide daemon this run pinned (testbed.emulation.pinning): {"process": OwnedProcess
     # fields, "saved": {tid: cpus}}; its threads get their saved CPUs back on removal.
     pinned: dict | None = None
+    # Directories the run made under STATE_DIR (recorded before they are made).
+    directories: list[str] = field(default_factory=list)
 
     @property
     def path(self) -> Path:
@@ -89,6 +94,7 @@ class RunRecord:
             bridges=list(data["bridges"]),
             processes=[OwnedProcess(**p) for p in data["processes"]],
             pinned=data.get("pinned"),
+            directories=list(data.get("directories", [])),
         )
 
 
@@ -161,6 +167,12 @@ def remove_run_resources(record: RunRecord) -> list[str]:
             if any(arg.decode(errors="replace").startswith(marker) for arg in argv):
                 os.kill(int(entry.name), signal.SIGKILL)
                 removed.append(f"process {entry.name} ({marker}...)")
+    for directory in map(Path, record.directories):
+        # Only under the state directory: a corrupt record never removes anything else.
+        inside = STATE_DIR.resolve() in directory.resolve().parents
+        if inside and directory.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(f"directory {directory}")
     for bridge in record.bridges:
         if _run("ovs-vsctl", "--timeout=5", "br-exists", bridge).returncode == 0:
             _run("ovs-vsctl", "--timeout=5", "--if-exists", "del-br", bridge)

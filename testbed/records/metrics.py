@@ -17,7 +17,9 @@ Definitions (../shared/DESIGN.md):
 Which events are a client's: on the first hop, those whose addresses are the client's; on
 each later hop, those of the paths the hop before it handed on, i.e. the client's own
 addresses again, or behind a NAT the public address and ports that NAT gave the client's
-paths (a chain of NATs is followed hop by hop). Counters are per hop and summed.
+paths (a chain of NATs is followed hop by hop). Counters are per hop and summed. Replicas of
+one hop (`positions`: the datapaths of each hop) all see the client as the hop before handed
+it on; per-hop counters are then per replica.
 """
 
 from __future__ import annotations
@@ -142,11 +144,13 @@ def client_events(
     hops: tuple[int, ...],
     addresses: Iterable[str],
     sockets: Iterable[tuple[str, int]] | None = None,
+    positions: tuple[tuple[int, ...], ...] | None = None,
 ) -> dict[int, list[Logged]]:
     """Per hop dpid (path order; a run without middlebox hops has one plain switch, keyed
     0), the events about this client's packets, paths and connections. The client is its
     host's `addresses`, or with `sockets` (a host with several connections) the (ip, port)
-    pairs this one connection used."""
+    pairs this one connection used. `positions` groups replicas of one hop (default: each
+    hop alone)."""
     by_dpid: dict[int, list[Logged]] = {}
     for logged in decisions:
         by_dpid.setdefault(getattr(logged.event, "dpid", None), []).append(logged)
@@ -158,16 +162,20 @@ def client_events(
     if not hops:
         plain = [e for dpid, events in by_dpid.items() for e in events if dpid is not None]
         return {0: [e for e in plain if _touches(e.event, endpoints)]}
-    for dpid in hops:
-        mine = [e for e in by_dpid.get(dpid, []) if _touches(e.event, endpoints)]
-        result[dpid] = mine
-        handed_on = {
-            (m.public_ip, m.public_port)
-            for e in mine
-            for m in _allocations(e.event)
-            if endpoints.path(m.path)
-        }
-        if handed_on or any(_allocations(e.event) for e in by_dpid.get(dpid, [])):
+    for position in positions or tuple((dpid,) for dpid in hops):
+        handed_on: set[tuple[str, int]] = set()
+        translating = False
+        for dpid in position:
+            mine = [e for e in by_dpid.get(dpid, []) if _touches(e.event, endpoints)]
+            result[dpid] = mine
+            handed_on |= {
+                (m.public_ip, m.public_port)
+                for e in mine
+                for m in _allocations(e.event)
+                if endpoints.path(m.path)
+            }
+            translating |= any(_allocations(e.event) for e in by_dpid.get(dpid, []))
+        if handed_on or translating:
             endpoints = _Endpoints(sockets=handed_on)  # behind a NAT: only its mappings
     return result
 
@@ -385,13 +393,15 @@ def build_record(
     ratelimit=None,
     nat: bool = False,
     shared_host: bool = False,
+    positions: tuple[tuple[int, ...], ...] | None = None,
 ) -> dict:
     """One connection's record. With `shared_host` its host runs other connections too, so
     its events are told apart by the sockets it used, not by the host's addresses (the
-    host's ARP and agent reports are then nobody's in particular)."""
+    host's ARP and agent reports are then nobody's in particular). `positions`: the
+    replicas of each hop, when hops have replicas (`hops` then counts positions)."""
     addresses = tuple(addresses)
     sockets = connection_sockets(report) if shared_host else None
-    per_hop = client_events(decisions, hops, addresses, sockets)
+    per_hop = client_events(decisions, hops, addresses, sockets, positions)
     mine = [e for events in per_hop.values() for e in events]
     reports = [] if shared_host else agent_reports(decisions, addresses)
     migration = report.get("migration")
@@ -408,6 +418,13 @@ def build_record(
     held = {dpid: nat_mappings_held(events) for dpid, events in per_hop.items()}
     peaks = {dpid: nat_mappings_peak(events) for dpid, events in per_hop.items()}
     entries = [state_entries(events) for events in per_hop.values()]
+    held_per_hop = list(held.values())
+    if positions:
+        # Replicas sharing a table log it once (under the first replica): a hop holds what
+        # its replicas hold together; its peak is over their events together.
+        held_per_hop = [_replicas_total([held[d] for d in p]) for p in positions]
+        peaks = {p[0]: nat_mappings_peak([e for d in p for e in per_hop[d]]) for p in positions}
+        entries = [_replicas_total([state_entries(per_hop[d]) for d in p]) for p in positions]
     agent = report.get("agent") or {}
     record = {
         "variant": arm(variant, agent_mode),
@@ -430,11 +447,11 @@ def build_record(
         "agent_messages": agent.get("messages", 0),
         "agent_bytes": agent.get("bytes", 0),
         "agent_exchanges": agent.get("exchanges", []),
-        "nat_mappings": _total(held.values()) if nat else None,
+        "nat_mappings": _total(held_per_hop) if nat else None,
         "nat_mappings_peak": max(peaks.values(), default=0) if nat else None,
         "nat_pool_exhausted": nat_pool_exhausted(mine) if nat else None,
         "state_entries": _total(entries) if variant != "baseline" else None,
-        "hops": len(hops),
+        "hops": len(positions) if positions else len(hops),
         "per_hop": {
             "dpid": list(per_hop),
             "packet_ins": [len(p) for p in packet_ins.values()],
@@ -455,10 +472,126 @@ def build_record(
         ),
         "migrated": migration is not None,
         "migration_detail": migration,
+        **store_round_trips(mine, reports, report, len(migrations)),
         "bytes_requested": report.get("bytes_requested"),
         "smoothed_rtt_ms": report.get("smoothed_rtt_ms"),
     }
     return record
+
+
+def store_round_trips(
+    events: Iterable[Logged], reports: Iterable[Logged], report: dict, migrations: int
+) -> dict:
+    """Requests to the shared connection store (Redis) the client's decisions made: those
+    before the (first) migration opened the connection; the Tracking Agent's reports and the
+    packet-ins from the migration on are what migrating cost, per migration. 0 in memory."""
+    migration = report.get("migration")
+    since = migration["at"] if migration else None
+    opening = migrating = 0
+    for logged in events:
+        if isinstance(logged.event, PacketIn):
+            if since is not None and logged.t >= since:
+                migrating += logged.event.store_round_trips
+            else:
+                opening += logged.event.store_round_trips
+    migrating += sum(e.event.store_round_trips for e in reports)
+    per_migration = round(migrating / migrations, 2) if migrations else None
+    return {
+        "store_round_trips_opening": opening,
+        "store_round_trips_per_migration": per_migration,
+    }
+
+
+def replica_record(
+    decisions: list[Logged],
+    positions: tuple[tuple[int, ...], ...],
+    addresses: Iterable[str],
+    report: dict,
+    carried: dict[int, dict[tuple[str, int], int]] | None = None,
+    shared_host: bool = False,
+) -> dict:
+    """Which replica (datapath id) of the client-facing hop carried the client's first path
+    (`replica_before`: where its first packet-in was) and its migrated path
+    (`replica_after`: the first packet-in of the new path, else, when the path was pushed
+    to every replica before its first packet, the replica whose rule for it counted the most
+    packets: `carried`, dpid → {(ip, port): packets} from the flow tables at the end); and
+    the client's packet-ins per replica from the migration on
+    (`migration_packet_ins_per_replica`, keyed by dpid)."""
+    sockets = connection_sockets(report) if shared_host else None
+    hops = tuple(dpid for position in positions for dpid in position)
+    per_hop = client_events(decisions, hops, tuple(addresses), sockets, positions)
+    replicas = positions[0]
+    migration = report.get("migration")
+
+    def first_packet_in(source: tuple, since: float | None = None) -> int | None:
+        found = [
+            logged
+            for dpid in replicas
+            for logged in per_hop.get(dpid, [])
+            if isinstance(logged.event, PacketIn)
+            and logged.event.flow is not None
+            and (logged.event.flow.src_ip, logged.event.flow.src_port) == source
+            and (since is None or logged.t >= since)
+        ]
+        return min(found, key=lambda logged: logged.t).event.dpid if found else None
+
+    first = report.get("local_address")
+    before = first_packet_in(tuple(first)) if first else None
+    after = per_replica = None
+    if migration:
+        moved = tuple(migration["to"])
+        after = first_packet_in(moved, migration["at"])
+        if after is None and carried:
+            counts = {dpid: carried.get(dpid, {}).get(moved, 0) for dpid in replicas}
+            busiest = max(counts, key=counts.get)
+            after = busiest if counts[busiest] else None
+        per_replica = {
+            str(dpid): sum(
+                1
+                for logged in per_hop.get(dpid, [])
+                if isinstance(logged.event, PacketIn)
+                and logged.event.flow is not None
+                and logged.event.verdict is not Verdict.OBSERVE
+                and logged.event.reason is not Reason.RETIRED_PATH
+                and logged.t >= migration["at"]
+            )
+            for dpid in replicas
+        }
+    return {
+        "replica_before": before,
+        "replica_after": after,
+        "migration_packet_ins_per_replica": per_replica,
+    }
+
+
+def flow_packets(flows_text: str, bridges: dict[str, int]) -> dict[int, dict[tuple, int]]:
+    """From a run's flows.txt (a `# bridge` line before each switch's table): per datapath
+    of `bridges`, the packets each client source (ip, port) sent through its path rules."""
+    counts: dict[int, dict[tuple, int]] = {}
+    dpid = None
+    for line in flows_text.splitlines():
+        if line.startswith("# "):
+            dpid = bridges.get(line[2:].strip())
+            continue
+        if dpid is None or "tp_src=" not in line or "n_packets=" not in line:
+            continue
+        fields = dict(
+            part.split("=", 1) for part in line.replace(" ", ",").split(",") if "=" in part
+        )
+        try:
+            source = (fields["nw_src"], int(fields["tp_src"]))
+            packets = int(fields["n_packets"])
+        except (KeyError, ValueError):
+            continue
+        per_source = counts.setdefault(dpid, {})
+        per_source[source] = per_source.get(source, 0) + packets
+    return counts
+
+
+def _replicas_total(values: list[int | None]) -> int | None:
+    """A hop's figure over its replicas: None only when no replica logged one."""
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
 
 
 def connection_sockets(report: dict) -> list[tuple[str, int]]:

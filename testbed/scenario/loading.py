@@ -240,8 +240,16 @@ def _in_data(where: Location, data: Any) -> Location:
     """The part of pydantic's location that names keys and items of the file: without the
     tags of tagged unions; a missing key stays when it is the last part."""
     location: list[str | int] = []
-    node = data
+    node, tagged = data, None
     for position, part in enumerate(where):
+        if (
+            isinstance(node, dict)
+            and tagged is not node
+            and node.get("name") == part
+            and part in _tags(where[:position])
+        ):
+            tagged = node  # the tag, once, even when a key has its name (replicas: replicas)
+            continue
         key = isinstance(node, dict) and part in node
         item = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         if key or item:

@@ -13,6 +13,7 @@ and turns each validation error into `FILE:LINE: KEY: expected ...`; schema.py w
 Schema of `Scenario` to scenarios/schema.json for editors.
 """
 
+import functools
 import hashlib
 import json
 import re
@@ -43,6 +44,7 @@ from qasm.controller.pipeline import (
     DEFAULT_ADMISSION_BURST,
     DEFAULT_ADMISSION_RATE_PER_S,
     FUNCTIONS,
+    STATES,
     VARIANTS,
     Admission,
 )
@@ -54,6 +56,7 @@ from testbed.analysis.regression import BLOCK_JSON_SCHEMA, Tolerance, check_bloc
 from testbed.apps.transfer import PROTOCOLS, SERVER_NAME
 from testbed.emulation.links import IMPAIRMENTS, LIMITS, LINK_KINDS, LinkConditions, link_conditions
 from testbed.migration import MIGRATION_KINDS, trigger
+from topologies.roles import STEERINGS
 
 # The SDN variants (the controller), then the router's kernel ones.
 ALL_VARIANTS = (*VARIANTS, *KERNEL_VARIANTS)
@@ -71,6 +74,7 @@ MAX_SERVER_PROCESSES = 8
 MAX_AGENT_REPORTS_PER_S = 100_000
 MAX_BACKENDS = 8
 MAX_HOPS = 8
+MAX_REPLICAS = 8
 MAX_REPETITIONS = 1000
 MAX_BYTES = 10**10
 MAX_SECONDS = 3600.0  # timeouts, migration instants, spreads and repeat intervals
@@ -101,6 +105,7 @@ SWEEPABLE_SECTIONS = (
     "ratelimit",
     "nat",
     "agent",
+    "faults",
 )
 # `migration.kind` values a `regression:` pattern may name; "None" is a run without migration.
 REGRESSION_KINDS = (*MIGRATION_KINDS, "None")
@@ -196,6 +201,19 @@ def _text(value: Any) -> str:
 
 Flag = _scalar(bool, _flag, {"type": "boolean"})
 Text = _scalar(str, _text, {"type": "string"})
+
+
+def OneOf(allowed: Sequence[str]) -> Any:
+    """One name from `allowed`."""
+    names = ", ".join(allowed)
+
+    def check(value: Any) -> str:
+        if value not in allowed:
+            raise problem(f"expected one of {names}, got {value!r}")
+        return value
+
+    return _scalar(str, check, {"type": "string", "enum": list(allowed)})
+
 
 # A DNS name (RFC 1123 labels), lowercase or not; patterns may start with "*." (subdomains).
 HOST_NAME = (r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
@@ -378,8 +396,28 @@ class RoutedTopology(Topology):
     )
 
 
+class ReplicasTopology(Topology):
+    """`replicas` middlebox replicas behind a front switch that spreads flows over them, a
+    back switch, then the server (topologies/replicas.py)."""
+
+    name: Literal["replicas"] = Field(
+        description="topologies/replicas.py: replicas behind a hashing front end"
+    )
+    replicas: Integer(2, MAX_REPLICAS) = Field(
+        2, description="middlebox replicas: one hop, one NAT public address, each its own switch"
+    )
+    steering: OneOf(STEERINGS) = Field(
+        "hash",
+        description="how the front end picks a replica: hash (a select group over the "
+        "5-tuple, as ECMP) or next-replica (a client address's first path on the replica "
+        "pinned to it, every later path on the next one: a migrated path always lands on "
+        "another replica)",
+    )
+
+
 AnyTopology = Annotated[
-    DualhomedTopology | ChainTopology | RoutedTopology, Field(discriminator="name")
+    DualhomedTopology | ChainTopology | RoutedTopology | ReplicasTopology,
+    Field(discriminator="name"),
 ]
 
 
@@ -588,6 +626,32 @@ class Middlebox(Section):
     new_connections_prefix_length: Integer(0, 32) = Field(
         32, description="the source prefix a bucket covers, bits (32: one per address)"
     )
+    state: OneOf(STATES) = Field(
+        "memory",
+        description="where connection state lives: memory (each hop, each replica its own) "
+        "or redis (one table per hop shared by its replicas and the Tracking Agent; the run "
+        "starts a private redis-server unless state_url names one)",
+    )
+    state_url: Text | None = Field(
+        None,
+        description="redis://[:password@]host:port/db or unix:///path.sock: an external "
+        "Redis (one server, not a Cluster) instead of the run's own (state: redis)",
+    )
+
+    @field_validator("state_url")
+    @classmethod
+    def _a_reachable_redis(cls, url: str | None) -> str | None:
+        if url is not None:
+            trouble = redis_trouble(url)
+            if trouble:
+                raise problem(f"expected a reachable Redis server ({trouble})")
+        return url
+
+    @model_validator(mode="after")
+    def _url_with_redis(self) -> "Middlebox":
+        if self.state_url is not None and self.state != "redis":
+            raise problems((("state_url",), "expected no state_url with state memory"))
+        return self
 
     def admission(self) -> Admission:
         return Admission(
@@ -595,6 +659,35 @@ class Middlebox(Section):
             self.new_connections_burst,
             self.new_connections_prefix_length,
         )
+
+
+@functools.cache
+def redis_trouble(url: str) -> str | None:
+    """Why `url` is no Redis the middlebox can keep its state in, or None (asked once per
+    URL and process: every point of a sweep is validated)."""
+    from qasm.state.redis_store import connect_redis  # (the redis client; validation only)
+
+    try:
+        client = connect_redis(url)
+    except (ValueError, ConnectionError) as exc:
+        return str(exc)
+    try:
+        if client.info("cluster").get("cluster_enabled"):
+            return f"{url} is a Redis Cluster node: the store's scripts need one server"
+    finally:
+        client.close()
+    return None
+
+
+class Fault(Section):
+    """A fault injected during every run of the point (topology: replicas)."""
+
+    kill_replica: Integer(1, MAX_REPLICAS) = Field(
+        description="the replica whose datapath stops: its links go down, as a crashed box's"
+    )
+    at_seconds: Number(0, MAX_SECONDS, inclusive=True) = Field(
+        description="seconds after the run's connections start (their handshakes included)"
+    )
 
 
 class Artifacts(Section):
@@ -753,6 +846,9 @@ class Scenario(Section):
         False, description="controller, switch and delay lines on one CPU, endpoints on others"
     )
     flood: Flood | None = Field(None, description="none: no garbage")
+    faults: tuple[Fault, ...] = Field(
+        (), description="faults injected during each run (kill_replica: topology replicas)"
+    )
     sweep_axes: SweepAxes | None = Field(
         None,
         alias="sweep",
@@ -922,6 +1018,49 @@ class Scenario(Section):
                 "ClientHello, which the Initial's keys protect)"
             )
         return firewall
+
+    @field_validator("middlebox")
+    @classmethod
+    def _a_pool_slice_per_replica(cls, middlebox: Middlebox, info: ValidationInfo):
+        topology, nat = info.data.get("topology"), info.data.get("nat")
+        replicas = getattr(topology, "replicas", 1)
+        if middlebox.state == "memory" and nat is not None and nat.ports < replicas:
+            raise problems(
+                (
+                    ("state",),
+                    f"expected redis, or nat.ports >= {replicas}: replicas keeping state apart "
+                    f"each take a slice of the NAT pool ({nat.ports} ports)",
+                )
+            )
+        return middlebox
+
+    @field_validator("faults")
+    @classmethod
+    def _faults_on_replicas(cls, faults: tuple, info: ValidationInfo):
+        topology, timeouts = info.data.get("topology"), info.data.get("timeouts")
+        located = []
+        for index, fault in enumerate(faults):
+            if topology is None:
+                pass  # the topology has problems of its own
+            elif not isinstance(topology, ReplicasTopology):
+                located.append(((index, "kill_replica"), "expected topology replicas"))
+            elif fault.kill_replica > topology.replicas:
+                located.append(
+                    (
+                        (index, "kill_replica"),
+                        f"expected 1..{topology.replicas} (topology.replicas)",
+                    )
+                )
+            if timeouts and fault.at_seconds >= timeouts.run_s:
+                located.append(
+                    (
+                        (index, "at_seconds"),
+                        f"expected less than timeouts.run_s ({timeouts.run_s:g})",
+                    )
+                )
+        if located:
+            raise problems(*located)
+        return faults
 
     # --- what the runner reads besides the keys -----------------------------------------------
 

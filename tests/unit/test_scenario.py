@@ -252,11 +252,11 @@ def test_middlebox_state_bounds_default_to_rfc9312_and_are_configurable(tmp_path
         (VALID + "timeouts: [3, 60]\n", "10: timeouts: expected a mapping"),
         (
             VALID.replace("  name: dualhomed\n", ""),
-            "2: topology.name: expected this key (missing), one of dualhomed, chain, routed",
+            "2: topology.name: expected this key (missing), one of dualhomed, chain, routed, replicas",
         ),
         (
             VALID.replace("name: dualhomed", "name: ring"),
-            "3: topology.name: expected one of dualhomed, chain, routed, got 'ring'",
+            "3: topology.name: expected one of dualhomed, chain, routed, replicas, got 'ring'",
         ),
         (
             VALID.replace("clients: 1", "clients: 1\n  hops: 2"),
@@ -320,7 +320,7 @@ def test_a_bad_sweep_block_still_reports_the_rest_but_not_what_it_would_set(tmp_
     assert found == [
         "10: colour: unknown key, expected one of name, description, seed, repetitions, "
         "variants, functions, topology, workload, timeouts, migration, agent, ratelimit, nat, "
-        "firewall, middlebox, regression, artifacts, cpu_pinning, flood, sweep",
+        "firewall, middlebox, regression, artifacts, cpu_pinning, flood, faults, sweep",
         "12: sweep.workload.bytes: expected a non-empty list of values",
     ]
 

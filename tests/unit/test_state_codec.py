@@ -178,11 +178,12 @@ EXAMPLES = [
         dpid=1, in_port=2, verdict=Verdict.ADMIT, reason=Reason.DCID_MATCH, text="matched",
         addrs=("10.0.1.1", SERVER_IP), flow=PATH, connection=5, backend="10.0.4.1",
         nat_allocated=(MAPPING, OTHER), nat_released=(OTHER,), flow_mods=2,
+        store_round_trips=3,
     ),
     AgentReport(
         dpid=1, in_port=3, verdict=Verdict.REJECT, reason=Reason.NEW_ADDRESS_NOT_CLIENTS,
         text="new address 10.0.9.9", addrs=("10.0.2.1", "10.0.0.254"), bytes=230, client="c1",
-        new_path=NEW, retired_path=PATH, flow_mods=1,
+        new_path=NEW, retired_path=PATH, flow_mods=1, store_round_trips=4,
     ),
     PathInstalled(
         dpid=2, client="c1", connection=5, path=NEW, nat_allocated=(OTHER,), nat_exhausted=True,
@@ -197,6 +198,7 @@ EXAMPLES = [
     HopStats(
         dpid=1, connections=3, max_connections=100, evicted=4, expired=5, locations=6,
         nat_in_use=2, nat_exhausted=1, agent={"accepted": 3, "rejected: forged": 9}, rss_kib=51200,
+        store_round_trips=17,
     ),
     Locations(dpid=1, ports={"10.0.1.1": 2, "10.0.0.250": 1}),
     ConnectionState(

@@ -7,6 +7,7 @@ import pytest
 from topologies import TOPOLOGIES
 from topologies.chain import Chain, hop_public_address
 from topologies.dualhomed import DualHomed
+from topologies.replicas import Replicas
 from topologies.routed import Routed
 
 
@@ -55,4 +56,6 @@ def test_a_chain_of_no_hops_is_one_plain_switch():
 
 
 def test_every_topology_is_registered_by_its_scenario_name():
-    assert {"dualhomed": DualHomed, "chain": Chain, "routed": Routed} == TOPOLOGIES
+    assert {
+        "dualhomed": DualHomed, "chain": Chain, "routed": Routed, "replicas": Replicas
+    } == TOPOLOGIES  # fmt: skip
