@@ -453,6 +453,13 @@ class Migrator:
             "retired_with_announce": False,
         }
 
+    def retire_old_paths(self) -> None:
+        """The connection is over: old paths still in their grace period carry nothing
+        more, so they are retired now rather than left to the middlebox's idle timeout (the
+        timers would fire after the process has gone)."""
+        for path in list(self.paths[:-1]):
+            self._grace_over(path)
+
     def close(self) -> None:
         if self.rebinder is not None:
             self.rebinder.close()
@@ -577,6 +584,7 @@ async def run_transfer(
         if migrator is not None:
             if migrator.busy:
                 migrator.task.cancel()
+            migrator.retire_old_paths()
             migrator.close()
         report.last_received_at = protocol.last_received_at
         if not report.completed and report.progress:

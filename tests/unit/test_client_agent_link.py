@@ -76,3 +76,51 @@ def _retire(counter):
 
 def _announce(counter):
     return Announce("c1", counter, b"\x01" * 8, b"\x02" * 8, ("10.0.1.1", 5000), ("10.0.2.1", 6000))
+
+
+def test_old_paths_still_in_their_grace_period_are_retired_when_the_connection_ends():
+    """A transfer that ends within the grace period of its last migration would leave the
+    old path's NAT port held to the middlebox's idle timeout: the client retires it."""
+
+    class _Socket:
+        def __init__(self, port: int) -> None:
+            self.port, self.closed = port, False
+
+        def get_extra_info(self, name):
+            return ("10.0.1.1", self.port)
+
+        def close(self) -> None:
+            self.closed = True
+
+    class _Protocol:
+        transport = _Socket(1000)
+        _quic = object()
+
+    class _Agent:
+        def __init__(self) -> None:
+            self.retired: list[tuple] = []
+            self.pending: list = []
+            self.agent = self
+
+        def retire(self, quic, local):
+            self.retired.append(local)
+
+        async def exchange(self, report, local_ip, what, name):
+            report()
+            return {"accepted": True}
+
+    async def scenario() -> tuple[_Agent, client_app.Migrator]:
+        agent = _Agent()
+        migrator = client_app.Migrator(
+            _Protocol(), object(), agent, "c1", ("10.0.0.100", 4433)
+        )  # fmt: skip
+        for port in (1001, 1002):
+            migrator.paths.append(client_app._Path(("10.0.1.1", port), _Socket(port)))
+        migrator.paths[1].retired = True  # already retired by an announcement
+        migrator.retire_old_paths()
+        await asyncio.gather(*agent.pending)
+        return agent, migrator
+
+    agent, migrator = asyncio.run(scenario())
+    assert agent.retired == [("10.0.1.1", 1000)]  # not the retired one, not the current one
+    assert ("10.0.1.1", 1000) not in [p.local for p in migrator.paths]  # its socket closed
