@@ -29,6 +29,7 @@ from qasm.controller.events import KernelPath, SwitchConnected
 from qasm.controller.kernel_anchor import ConntrackAnchor
 from qasm.controller.openflow import encode
 from qasm.controller.pipeline import Controller, Decision, MiddleboxConfig
+from qasm.flow import FlowKey
 
 CONF = cfg.CONF
 CONF.register_cli_opts(
@@ -104,6 +105,18 @@ class MiddleboxApp(app_manager.OSKenApp):
             )
             self._send_and_log(decisions)
 
+    @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
+    @kill_on_exception
+    def flow_removed(self, ev) -> None:
+        # Only entries that asked (OFPFF_SEND_FLOW_REM: half-open probes) are reported.
+        msg = ev.msg
+        with self._lock:
+            decisions = self.controller.flow_removed(
+                msg.datapath.id, _flow_of(msg.match), msg.cookie, msg.packet_count, msg.reason,
+                time.monotonic(),
+            )  # fmt: skip
+            self._send_and_log(decisions)
+
     def _send_and_log(self, decisions: list[Decision]) -> None:
         now = time.monotonic()
         for decision in decisions:
@@ -151,6 +164,16 @@ class MiddleboxApp(app_manager.OSKenApp):
                 self._log(state, now)
             self.decision_log.flush()
         os._exit(0)
+
+
+def _flow_of(match) -> FlowKey | None:
+    """The IPv4/UDP 5-tuple an OFPMatch names exactly, or None."""
+    try:
+        return FlowKey(
+            match["ipv4_src"], match["udp_src"], match["ipv4_dst"], match["udp_dst"]
+        )  # fmt: skip
+    except KeyError:
+        return None
 
 
 def _rss_kib() -> int | None:

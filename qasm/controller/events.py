@@ -49,6 +49,9 @@ class Reason(enum.StrEnum):
     PULLED_FROM_AGENT = "pulled_from_agent"  # pull mode: the Tracking Agent knew the DCID
     NOT_AN_INITIAL = "not_an_initial"  # the firewall refuses a new 5-tuple
     ADMISSION_BUDGET = "admission_budget"  # the source opened too many connections too fast
+    # Under nat: the source holds middlebox.half_open_per_source connections the server has
+    # not answered (RFC 9312 §4.7); refused before a NAT port or a table slot is taken.
+    HALF_OPEN_QUOTA = "half_open_quota"
     NOT_UDP = "not_udp"
     PORT_NOT_SERVED = "port_not_served"
     NEVER_ADMITTED = "never_admitted"  # from the service on a 5-tuple no connection holds
@@ -88,6 +91,13 @@ class Reason(enum.StrEnum):
     CONNECTION_FULL = "connection_full"  # at its maximum of CIDs or paths
     PATH_QUOTA = "path_quota"  # the client's connections hold agent.max_paths live paths
     NOT_RETIRABLE = "not_retirable"
+    # A half-open probe rule went (ProbeEnded): the server had answered through it, it had
+    # not (the connection ends as half-open), or the probe was deleted or is of a connection
+    # the hop no longer holds.
+    SERVER_ANSWERED = "server_answered"
+    NEVER_ANSWERED = "never_answered"
+    PROBE_DELETED = "probe_deleted"
+    PROBE_STALE = "probe_stale"
     # A shared store: the connection ended (another replica's lookup found it idle) while
     # this packet was decided; what was allocated for it is given back.
     CONNECTION_ENDED = "connection_ended"
@@ -212,14 +222,31 @@ class KernelPath(Event):
 
 @dataclass(frozen=True)
 class ConnectionsEnded(Event):
-    """Connections a hop forgot: idle past the timeout, or evicted at the table's bound."""
+    """Connections a hop forgot: idle past the timeout, evicted at the table's bound, or
+    half-open (never answered: past the half-open timeout, or as a probe reported)."""
 
     name: ClassVar[str] = "connections_ended"
     dpid: int
     expired: tuple[int, ...] = ()
     evicted: tuple[int, ...] = ()
+    half_open: tuple[int, ...] = ()
     nat_released: tuple[NatMapping, ...] = ()
     flow_mods: int = 0
+
+
+@dataclass(frozen=True)
+class ProbeEnded(Event):
+    """A switch reported that a connection's half-open probe rule went (OFPT_FLOW_REMOVED,
+    qasm/controller/pipeline.py), and what the hop made of it (`reason`): established
+    (SERVER_ANSWERED), ended as half-open (NEVER_ANSWERED, also in a ConnectionsEnded), or
+    nothing (PROBE_DELETED, PROBE_STALE)."""
+
+    name: ClassVar[str] = "probe_ended"
+    dpid: int
+    connection: int
+    packets: int
+    reason: Reason
+    flow: FlowKey | None = None  # the probe's match (service→client, as on the switch)
 
 
 @dataclass(frozen=True)
@@ -233,6 +260,7 @@ class HopStats(Event):
     evicted: int
     expired: int
     locations: int
+    half_open_ended: int | None = None  # connections ended as half-open so far
     nat_in_use: int | None = None
     nat_exhausted: int | None = None
     agent: dict[str, int] | None = None
@@ -280,6 +308,7 @@ EVENTS: dict[str, type[Event]] = {
         PathRetired,
         KernelPath,
         ConnectionsEnded,
+        ProbeEnded,
         HopStats,
         ConnectionState,
         Locations,

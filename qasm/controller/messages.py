@@ -19,6 +19,9 @@ PRIORITY_L2 = 10
 PRIORITY_PROTECTED = 100  # service traffic goes to the middlebox, above L2 forwarding
 PRIORITY_VIP_REPLY = 150  # baseline behind a load balancer: backend replies, per client MAC
 PRIORITY_ADMITTED_FLOW = 200
+# A half-open connection's probe: a copy of its service-side rule above it, so the probe's
+# packet count says whether the server answered and its removal leaves no gap (pipeline.py).
+PRIORITY_PROBE = 201
 PRIORITY_AGENT = 300  # reports to the Tracking Agent's management address
 
 
@@ -36,6 +39,9 @@ class Match:
 # so a packet-in that is only a copy is observed, never forwarded a second time.
 COOKIE_OBSERVE = 0x0B5E
 
+# ofp_flow_removed_reason (OpenFlow 1.3.5 §7.4.2): why the switch removed an entry.
+REMOVED_IDLE_TIMEOUT, REMOVED_HARD_TIMEOUT, REMOVED_DELETE = 0, 1, 2
+
 
 @dataclass(frozen=True, slots=True)
 class FlowRule:
@@ -48,10 +54,15 @@ class FlowRule:
     # OpenFlow fields to rewrite before output, e.g. (("ipv4_src", "10.0.100.1"),); OVS
     # updates the IPv4 and UDP checksums itself.
     set_fields: tuple[tuple[str, str | int], ...] = ()
+    hard_timeout_s: int = 0
+    # OFPFF_SEND_FLOW_REM: the switch reports the entry's removal (with its packet count
+    # and `tag` as the cookie): a half-open probe, tagged with its connection's id.
+    notify_removed: bool = False
+    tag: int = 0
 
     @property
     def cookie(self) -> int:
-        return COOKIE_OBSERVE if self.copy_to_controller else 0
+        return COOKIE_OBSERVE if self.copy_to_controller else self.tag
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,7 @@ OFP_NO_BUFFER = 0xFFFFFFFF
 OFPCML_NO_BUFFER = 0xFFFF
 OFPCML_MAX = 0xFFE5  # os-ken's default max_len of an output action
 OFP_DEFAULT_PRIORITY = 0x8000
+OFPFF_SEND_FLOW_REM = 0x1
 OFPMT_OXM = 1
 OFPXMC_OPENFLOW_BASIC = 0x8000
 ETH_TYPE_IPV4, IP_PROTO_UDP = 0x0800, 17
@@ -75,6 +76,8 @@ def encode(message: SwitchMessage, xid: int) -> bytes:
         return _flow_mod(
             xid, OFPFC_ADD, message.priority, _match(message.match), instructions,
             cookie=message.cookie, idle_timeout=message.idle_timeout_s,
+            hard_timeout=message.hard_timeout_s,
+            flags=OFPFF_SEND_FLOW_REM if message.notify_removed else 0,
         )  # fmt: skip
     if isinstance(message, PacketOut):
         actions = _set_fields(message.set_fields) + _output(message.out_port)
@@ -116,13 +119,15 @@ def _flow_mod(
     *,
     cookie: int = 0,
     idle_timeout: int = 0,
+    hard_timeout: int = 0,
+    flags: int = 0,
     table_id: int = 0,
     out_port: int = 0,
     out_group: int = 0,
 ) -> bytes:
     body = _FLOW_MOD.pack(
-        cookie, 0, table_id, command, idle_timeout, 0, priority, OFP_NO_BUFFER,
-        out_port, out_group, 0,
+        cookie, 0, table_id, command, idle_timeout, hard_timeout, priority, OFP_NO_BUFFER,
+        out_port, out_group, flags,
     )  # fmt: skip
     return _message(OFPT_FLOW_MOD, xid, body + match + instructions)
 

@@ -50,6 +50,7 @@ the service), so a path's ends on one replica are its ends on every other.
 from __future__ import annotations
 
 import json
+import math
 import socket
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import NamedTuple
@@ -73,6 +74,7 @@ from qasm.controller.events import (
     PacketIn,
     PathInstalled,
     PathRetired,
+    ProbeEnded,
     Reason,
     Refusal,
     SwitchConnected,
@@ -95,9 +97,11 @@ from qasm.controller.messages import (
     PRIORITY_ADMITTED_FLOW,
     PRIORITY_AGENT,
     PRIORITY_L2,
+    PRIORITY_PROBE,
     PRIORITY_PROTECTED,
     PRIORITY_TABLE_MISS,
     PRIORITY_VIP_REPLY,
+    REMOVED_DELETE,
     ClearFlows,
     FlowRule,
     KernelPathChange,
@@ -123,15 +127,18 @@ from qasm.functions.nat import Nat, NatSettings
 from qasm.functions.ratelimit import RateLimit, RateLimiter
 from qasm.state.buckets import TokenBuckets
 from qasm.state.connections import (
+    DEFAULT_HALF_OPEN_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
     EVICTED,
     EXPIRED,
+    HALF_OPEN,
     Connection,
     ConnectionStore,
     ConnectionTable,
     PathEnds,
 )
+from qasm.state.half_open import DEFAULT_HALF_OPEN_PER_SOURCE, HalfOpenBySource
 from qasm.state.redis_nat import SharedNatPool
 from qasm.state.redis_store import RedisConnectionTable, connect_redis
 from qasm.wire.errors import WireError
@@ -233,6 +240,10 @@ class MiddleboxConfig:
     # New connections each source prefix may open (a token bucket per prefix): a flood of
     # well-formed Initials may not take every slot of the table and every NAT port.
     admission: Admission = field(default_factory=Admission)
+    # Connections the server has not answered end after this long idle (RFC 9312 §4.7), and
+    # under nat a source (the admission prefix) holds at most `half_open_per_source` of them.
+    half_open_timeout_s: float = DEFAULT_HALF_OPEN_TIMEOUT_S
+    half_open_per_source: int = DEFAULT_HALF_OPEN_PER_SOURCE
     agent: AgentSettings | None = None
     ratelimit: RateLimit | None = None
     loadbalancer: LoadBalancerSettings | None = None
@@ -256,6 +267,10 @@ class MiddleboxConfig:
             raise ConfigError(f"service_port: {self.service_port}, expected 1..65535")
         if self.state_idle_timeout_s <= 0 or self.max_connections <= 0:
             raise ConfigError("state_idle_timeout_s and max_connections: expected positive numbers")
+        if self.half_open_timeout_s <= 0 or self.half_open_per_source < 1:
+            raise ConfigError(
+                "half_open_timeout_s and half_open_per_source: expected positive numbers"
+            )
         if len({hop.dpid for hop in self.hops}) != len(self.hops):
             raise ConfigError("hops: expected each dpid once")
         if self.variant == "qasm" and self.agent is None:
@@ -386,6 +401,7 @@ class Controller:
                 table = RedisConnectionTable(
                     client, prefix, state_types(config.functions),
                     config.state_idle_timeout_s, config.max_connections,
+                    half_open_timeout_s=config.half_open_timeout_s,
                 )  # fmt: skip
                 self._stores.append(table)
                 if "nat" in config.functions:
@@ -394,6 +410,8 @@ class Controller:
             replicas = [Middlebox(config, hop, pull, table, pool) for hop in group]
             for replica in replicas:
                 replica.siblings = replicas if table is not None else [replica]
+                if table is not None:  # one table: one count of each source's half-open
+                    replica.half_open = replicas[0].half_open
             self.positions.append(replicas)
         self.hops: list[Middlebox] = [hop for replicas in self.positions for hop in replicas]
         self._hop_of: dict[int, Middlebox] = {hop.dpid: hop for hop in self.hops}
@@ -435,6 +453,21 @@ class Controller:
         if spent and isinstance(decisions[-1].event, PacketIn | AgentReport):
             last = decisions[-1]
             decisions[-1] = replace(last, event=replace(last.event, store_round_trips=spent))
+        return decisions
+
+    def flow_removed(
+        self, dpid: int, flow: FlowKey | None, cookie: int, packets: int, reason: int, now: float
+    ) -> list[Decision]:
+        """A switch removed a flow entry that asked to be reported (OFPT_FLOW_REMOVED with
+        its match as `flow`, its cookie, packet count and ofp_flow_removed_reason): only
+        half-open probes ask, tagged with their connection's id."""
+        hop = self._hop_of.get(dpid)
+        if hop is None or flow is None or not cookie:
+            return []
+        decisions = hop.probe_ended(flow, cookie, packets, reason, now)
+        decisions[:0] = [
+            d for s in hop.siblings if s is not hop and (d := s.ended_decision())
+        ]  # fmt: skip
         return decisions
 
     def _packet_in(
@@ -816,6 +849,7 @@ class OnSwitch:
     sent_at: dict[FlowKey, float] = field(default_factory=dict)
     copying: bool = False
     meter: int | None = None
+    probe: FlowKey | None = None  # the path whose half-open probe is on this switch
 
 
 class PathRules(NamedTuple):
@@ -874,12 +908,18 @@ class Middlebox(Switch):
         self.table: ConnectionStore = (
             table
             if table is not None  # (an empty table is falsy: it has a length)
-            else ConnectionTable(config.state_idle_timeout_s, config.max_connections)
+            else ConnectionTable(
+                config.state_idle_timeout_s,
+                config.max_connections,
+                half_open_timeout_s=config.half_open_timeout_s,
+            )
         )
         # The replicas sharing this hop's table, itself included (itself alone in memory).
         self.siblings: list[Middlebox] = [self]
         self.admission = config.admission
         self._admitted = TokenBuckets(config.admission.rate_per_s, config.admission.burst)
+        # Under nat: each source's half-open connections (shared by replicas of one table).
+        self.half_open = HalfOpenBySource()
         self.lb = config.loadbalancer if "loadbalancer" in config.functions else None
         self._backend_ips = {b.ip: b for b in self.lb.backends} if self.lb else {}
         self.functions: list[MiddleboxFunction] = []
@@ -890,7 +930,7 @@ class Middlebox(Switch):
         if self.lb:
             self.arp_answers[config.service_ip] = self.lb.vip_mac
         self.nat = next((f for f in self.functions if isinstance(f, Nat)), None)
-        self._ended: dict[str, list[int]] = {EXPIRED: [], EVICTED: []}
+        self._ended: dict[str, list[int]] = {EXPIRED: [], EVICTED: [], HALF_OPEN: []}
         self._ended_change = Change()
         self.firewall = next((f for f in self.functions if isinstance(f, Firewall)), None)
         self._state_types = {f.name: f.State for f in self.functions if f.State}
@@ -917,6 +957,7 @@ class Middlebox(Switch):
             max_connections=self.table.max_connections,
             evicted=self.table.evicted,
             expired=self.table.expired,
+            half_open_ended=self.table.half_open_ended,
             locations=len(self._port_of_ip),
             nat_in_use=self.nat.pool.in_use if self.nat else None,
             nat_exhausted=self.nat.pool.exhausted if self.nat else None,
@@ -1032,6 +1073,7 @@ class Middlebox(Switch):
         removes its own rules and meter for them; their NAT ports go back once."""
         for connection, cause in self.table.take_ended():
             self._ended[cause].append(connection.id)
+            self.half_open.discard(connection.id)
             for replica in self.siblings:
                 replica._ended_change.messages += replica._forget(connection)
             for function in self.functions:
@@ -1056,11 +1098,12 @@ class Middlebox(Switch):
         if not any(self._ended.values()) and not self._ended_change.messages:
             return None
         change, ended = self._ended_change, self._ended
-        self._ended_change, self._ended = Change(), {EXPIRED: [], EVICTED: []}
+        self._ended_change, self._ended = Change(), {EXPIRED: [], EVICTED: [], HALF_OPEN: []}
         event = ConnectionsEnded(
             dpid=self.dpid,
             expired=tuple(ended[EXPIRED]),
             evicted=tuple(ended[EVICTED]),
+            half_open=tuple(ended[HALF_OPEN]),
             nat_released=tuple(change.nat_released),
             flow_mods=_flow_mods(change.messages),
         )
@@ -1108,6 +1151,8 @@ class Middlebox(Switch):
         if isinstance(located, Refusal):
             return self._drop(context, located)
         connection, reason = located
+        if not to_service:
+            self._established(connection)  # the server answered (RFC 9312 §4.7)
         if to_service:
             for function in self.functions:
                 outcome = function.inspect(connection, frame.udp_payload)
@@ -1141,6 +1186,7 @@ class Middlebox(Switch):
             elif not learnt and _rules_due(local.sent_at.get(path), now):
                 messages += path_rules
                 local.sent_at[path] = now
+                messages += self._probe(connection, path, rules.to_client)
             out_port = ends.service_port if to_service else ends.client_port
             messages.append(PacketOut(in_port, out_port, data, forward if to_service else backward))
         if not self.table.save(connection, now):
@@ -1160,12 +1206,14 @@ class Middlebox(Switch):
         change = Change()
         for function in self.functions:
             change.merge(function.connection_ended(connection))
+        self.half_open.discard(connection.id)
         return tuple(change.nat_released)
 
     def _remove(self, connection: Connection) -> None:
         """A policy refused the connection while deciding on it (no rules anywhere yet): out
         of the table, and out of every replica's records."""
         self.table.remove(connection)
+        self.half_open.discard(connection.id)
         for replica in self.siblings:
             replica._on_switch.pop(connection.id, None)
 
@@ -1194,7 +1242,18 @@ class Middlebox(Switch):
         refusals = [r for f in self.functions if (r := f.admit(problem)) is not None]
         if refusals:
             return refusals[0]
-        if not self._admitted.take(self.admission.key(path.src_ip), now):
+        source = self.admission.key(path.src_ip)
+        if self.nat is not None:
+            held = self.half_open.count(source, self._still_half_open)
+            if held >= self.config.half_open_per_source:
+                # Before a NAT port or a table slot is taken (and before a token: the
+                # source's budget is not spent on what is refused anyway).
+                return Refusal(
+                    Reason.HALF_OPEN_QUOTA,
+                    f"{path.src_ip}/{self.admission.prefix_length} holds {held} connections "
+                    f"the server has not answered (quota {self.config.half_open_per_source})",
+                )
+        if not self._admitted.take(source, now):
             return Refusal(
                 Reason.ADMISSION_BUDGET,
                 f"new connections from {path.src_ip}/{self.admission.prefix_length} over "
@@ -1206,6 +1265,8 @@ class Middlebox(Switch):
         if self.table.last_put_existing:
             # Another replica opened it first, racing on the same first packet.
             return connection, Reason.KNOWN_PATH
+        if self.nat is not None:
+            self.half_open.add(source, connection)
         # Only a connection that starts with its handshake has server SCIDs to observe; one
         # first seen mid-flight would be copied to the controller packet by packet for nothing.
         connection.observing = self.observes and initial
@@ -1240,6 +1301,86 @@ class Middlebox(Switch):
                 connection.migrations += 1
                 return connection, reason
         return None
+
+    # --- half-open connections (RFC 9312 §4.7) ---------------------------------------------
+    #
+    # A connection is half-open until there is evidence the server answered: a packet from
+    # the service side reaches the controller (a copy while cid learns server CIDs, or a
+    # packet without a rule), the client's agent reports it (push: its connection CID is one
+    # the server issued), or a probe rule forwarded some. The probe is how a hop that copies
+    # nothing (tuple, qasm push) learns it without putting the handshake through the
+    # controller: with the first rules of a half-open connection goes a copy of its
+    # service-side rule one priority above, with a hard timeout of half_open_timeout_s and
+    # OFPFF_SEND_FLOW_REM. When it goes, the switch reports how many packets it forwarded:
+    # some, the connection is established; none, it ends as half-open. The plain rule below
+    # takes over with no gap and nothing to re-send, and a hard (not idle) timeout gives the
+    # verdict at a known time, so a busy real connection is not taken for half-open (first
+    # to be evicted, counted in its source's quota) for as long as its server talks.
+
+    def _still_half_open(self, connection: Connection) -> bool:
+        # A shared store's liveness costs a round trip: there, ends are discarded as they
+        # are found (`_release_ended`), and this checks the flag alone.
+        shared = len(self.siblings) > 1
+        return not connection.established and (shared or self.table.is_live(connection))
+
+    def _established(self, connection: Connection) -> None:
+        """Evidence that the server answered; the caller saves the connection."""
+        if not connection.established:
+            connection.established = True
+            connection.probing = False
+            self.half_open.discard(connection.id)
+
+    def _probe(self, connection: Connection, path: FlowKey, to_client: FlowRule) -> list:
+        """The probe to send with a half-open connection's first rules on this switch, if
+        it needs one: not while the service's packets are copied here (cid and pull learn
+        from those copies, and a probe above the rule would keep copying after it)."""
+        if connection.established or connection.observing or connection.probing:
+            return []
+        connection.probing = True
+        self._local(connection).probe = path
+        probe = replace(
+            to_client, priority=PRIORITY_PROBE, idle_timeout_s=0, copy_to_controller=False,
+            hard_timeout_s=max(1, math.ceil(self.config.half_open_timeout_s)),
+            notify_removed=True, tag=connection.id,
+        )  # fmt: skip
+        return [probe]
+
+    def probe_ended(
+        self, flow: FlowKey, cookie: int, packets: int, reason: int, now: float
+    ) -> list[Decision]:
+        """The switch removed a probe (`flow` its match, `cookie` its connection's id)."""
+        path, to_service = self._client_path(flow)
+        connection = None
+        if isinstance(path, FlowKey) and not to_service:
+            connection = self.table.by_path(path, now)
+        self._release_ended()
+        event = dict(dpid=self.dpid, connection=cookie, packets=packets, flow=flow)
+        if connection is None or connection.id != cookie:
+            decision = Decision(self.dpid, (), ProbeEnded(**event, reason=Reason.PROBE_STALE))
+            ended = self.ended_decision()
+            return [ended, decision] if ended else [decision]
+        local = self.on_switch(connection)
+        if local is not None and local.probe == path:
+            local.probe = None
+        ended_here = False
+        if packets > 0:
+            self._established(connection)
+            outcome = Reason.SERVER_ANSWERED
+        elif connection.established:
+            outcome = Reason.SERVER_ANSWERED  # learnt otherwise meanwhile
+        elif reason == REMOVED_DELETE:
+            # Deleted without a verdict (the switch reconnected, or the path was retired):
+            # the table's half-open clock takes over.
+            connection.probing = False
+            outcome = Reason.PROBE_DELETED
+        else:
+            ended_here = self.table.end_half_open(connection)
+            outcome = Reason.NEVER_ANSWERED
+        if not ended_here and not self.table.save(connection, now):
+            self._ended_meanwhile(connection)
+        decision = Decision(self.dpid, (), ProbeEnded(**event, reason=outcome))
+        ended = self.ended_decision()
+        return [ended, decision] if ended else [decision]
 
     def connection_of(self, path: FlowKey, cid: bytes, now: float) -> Connection | None:
         """The connection a path (as this hop sees it) or a server CID belongs to."""
@@ -1341,10 +1482,14 @@ class Middlebox(Switch):
         if local is None or path not in local.ends:
             return []
         flow = self._translations(connection, path)[0]
-        return [
+        messages: list[SwitchMessage] = [
             RemoveFlow(PRIORITY_ADMITTED_FLOW, Match(flow=path)),
             RemoveFlow(PRIORITY_ADMITTED_FLOW, Match(flow=flow.reversed())),
         ]
+        if local.probe == path:
+            messages.append(RemoveFlow(PRIORITY_PROBE, Match(flow=flow.reversed())))
+            local.probe = None
+        return messages
 
     def _learn_server_cids(
         self, connection: Connection, to_service: bool, payload: bytes, now: float
@@ -1382,6 +1527,7 @@ class Middlebox(Switch):
             if not to_service and isinstance(path, FlowKey):
                 connection = self.table.by_path(path, now)
                 if connection is not None:
+                    self._established(connection)  # a copy of the server's packet
                     messages = self._learn_server_cids(connection, False, frame.udp_payload, now)
                     if not self.table.save(connection, now):
                         self._ended_meanwhile(connection)
@@ -1419,6 +1565,9 @@ class Middlebox(Switch):
                 self.table.forget_cid(connection, cid)
             return None
         connection.migrations += 1
+        # The client's agent reports a connection whose handshake it finished (its connection
+        # CID is one the server issued): established.
+        self._established(connection)
         change = self._path_added(connection, new_path, now)
         fields = dict(
             dpid=self.dpid, client=message.client, connection=connection.id, path=new_path,

@@ -10,6 +10,15 @@ reads a clock. State ends by idle timeout (RFC 9312 §4.2: at least two minutes 
 or least-recently-used eviction at a hard bound; both return the connections that ended, so
 the caller gives back what they held (qasm/functions/base.py: `connection_ended`).
 
+Half-open connections (RFC 9312 §4.7: a flood of Initials opens state the server never
+answers) are those not `established`: no evidence yet that the server replied. They end
+after the shorter `half_open_timeout_s` of idleness (cause `half_open`), unless a switch
+`probing` them will report (the caller ends or establishes them then), and at the bound they
+are evicted before any established connection: the unprobed oldest first, then the probed.
+The table reads both flags lazily (the caller sets them in place and `save`s): each
+connection moves between its half-open orders at most once, so every step stays O(1)
+amortised.
+
 A `Connection` is plain typed data (the functions' shares included), so it serialises with
 `to_json_value` / `from_json_value` and can live in a store shared by middlebox replicas.
 `ConnectionStore` is the interface both stores offer: this in-memory table, the embedded
@@ -31,9 +40,14 @@ from qasm.flow import FlowKey
 # RFC 9312 §4.2: "a state timeout of at least two minutes is recommended for QUIC traffic".
 DEFAULT_IDLE_TIMEOUT_S = 120.0
 DEFAULT_MAX_CONNECTIONS = 100_000
+# RFC 9312 §4.7 asks for a short timeout for state the server never confirmed; a handshake
+# answers within a round trip (tens of ms here, a second on the worst real paths), so two
+# seconds hold a real client's retransmitted Initial and free a flood's slots 60x sooner.
+DEFAULT_HALF_OPEN_TIMEOUT_S = 2.0
 # Why a connection left the table (ConnectionTable.take_ended).
 EXPIRED = "expired"
 EVICTED = "evicted"
+HALF_OPEN = "half_open"  # never established, ended by the half-open timeout or a probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +74,12 @@ class Connection:
     # cid/qasm: the service's packets are copied to the controller until a server CID is
     # learnt from a long header (RFC 9312 §3.5).
     observing: bool = False
+    # Evidence that the server answered (its packet seen, a probe rule that forwarded some,
+    # an authenticated Client Agent's report); until then the connection is half-open.
+    established: bool = False
+    # A switch holds a probe rule for the connection's service-side packets that reports
+    # when it goes (pipeline.py): the half-open timeout is the switch's, not the table's.
+    probing: bool = False
     ends: dict[FlowKey, PathEnds] = field(default_factory=dict)
     rules_sent_at: dict[FlowKey, float] = field(default_factory=dict)  # per path
     functions: dict[str, Any] = field(default_factory=dict)  # function name → its typed state
@@ -101,9 +121,11 @@ class ConnectionStore(Protocol):
     """
 
     idle_timeout_s: float
+    half_open_timeout_s: float
     max_connections: int
     evicted: int  # connections this store instance ended at the bound
     expired: int  # ... and by idle timeout
+    half_open_ended: int  # ... and as half-open (timeout, or `end_half_open`)
     cid_lengths: set[int]
     # Whether the last `put` found the path's connection made by another replica (racing on
     # its first packet) instead of making one: then it was opened already.
@@ -123,6 +145,7 @@ class ConnectionStore(Protocol):
     def save(self, connection: Connection, now: float) -> bool: ...
     def expire(self, now: float) -> None: ...
     def take_ended(self) -> list[tuple[Connection, str]]: ...
+    def end_half_open(self, connection: Connection) -> bool: ...
     def remove(self, connection: Connection) -> None: ...
     def is_live(self, connection: Connection) -> bool: ...
 
@@ -136,18 +159,28 @@ class ConnectionTable:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_cids_per_connection: int = 16,
         max_paths_per_connection: int = 16,
+        half_open_timeout_s: float | None = None,
     ) -> None:
         if idle_timeout_s <= 0 or max_connections <= 0:
             raise ValueError("idle_timeout_s and max_connections must be positive")
+        if half_open_timeout_s is not None and half_open_timeout_s <= 0:
+            raise ValueError("half_open_timeout_s must be positive")
         self.idle_timeout_s = idle_timeout_s
+        # None: no shorter timeout for half-open connections (they still go first at the bound).
+        self.half_open_timeout_s = min(half_open_timeout_s or idle_timeout_s, idle_timeout_s)
         self.max_connections = max_connections
         self.max_cids_per_connection = max_cids_per_connection
         self.max_paths_per_connection = max_paths_per_connection
         self.evicted = 0
         self.expired = 0
+        self.half_open_ended = 0
         self.cid_lengths: set[int] = set()  # lengths of server CIDs seen (short-header parsing)
         self.last_put_existing = False  # one table, no other replica: every put makes one
-        self._connections: OrderedDict[int, Connection] = OrderedDict()
+        self._connections: OrderedDict[int, Connection] = OrderedDict()  # LRU order
+        # Half-open connections in LRU order: not probed (the table's clock ends them), and
+        # probed (a switch will). Established or ended ones leave lazily (`_first_half_open`).
+        self._half_open: OrderedDict[int, Connection] = OrderedDict()
+        self._probed: OrderedDict[int, Connection] = OrderedDict()
         self._by_path: dict[FlowKey, int] = {}
         self._by_cid: dict[bytes, int] = {}
         self._by_retired_path: dict[FlowKey, int] = {}
@@ -183,9 +216,39 @@ class ConnectionTable:
         if now - connection.last_seen > self.idle_timeout_s:
             self._end(connection, EXPIRED)
             return None
+        if self._half_open_due(connection, now):
+            self._end(connection, HALF_OPEN)
+            return None
         connection.last_seen = now
         self._connections.move_to_end(connection.id)
+        for order in (self._half_open, self._probed):
+            if connection.id in order:
+                order.move_to_end(connection.id)
         return connection
+
+    def _half_open_due(self, connection: Connection, now: float) -> bool:
+        return (
+            not connection.established
+            and not connection.probing
+            and now - connection.last_seen > self.half_open_timeout_s
+        )
+
+    def _first_half_open(self, order: OrderedDict[int, Connection]) -> Connection | None:
+        """The least recently seen connection of a half-open order that still belongs there;
+        an established or ended one leaves it, a probed one moves to the probed order."""
+        while order:
+            connection = next(iter(order.values()))
+            if connection.established or not self.is_live(connection):
+                del order[connection.id]
+            elif (order is self._half_open) == connection.probing:
+                # Its probe started (or went without a verdict): to the other order, whose
+                # clock is now its own.
+                del order[connection.id]
+                other = self._probed if connection.probing else self._half_open
+                other[connection.id] = connection
+            else:
+                return connection
+        return None
 
     # --- updates --------------------------------------------------------------------------
 
@@ -196,8 +259,18 @@ class ConnectionTable:
         self._connections[connection.id] = connection
         self.associate_path(connection, path, now)
         while len(self._connections) > self.max_connections:
-            self._end(next(iter(self._connections.values())), EVICTED)
+            self._end(self._victim(connection), EVICTED)
+        self._half_open[connection.id] = connection  # new: the server has not answered yet
         return connection
+
+    def _victim(self, spared: Connection) -> Connection:
+        """Whom the bound evicts: a half-open connection (not probed, then probed, least
+        recently seen first) before any established one (RFC 9312 §4.7); never `spared`."""
+        for order in (self._half_open, self._probed):
+            victim = self._first_half_open(order)
+            if victim is not None:
+                return victim
+        return next(c for c in self._connections.values() if c is not spared)
 
     def associate_path(self, connection: Connection, path: FlowKey, now: float) -> bool:
         """Adds a 5-tuple to the connection; False when the path belongs to another one or
@@ -258,17 +331,30 @@ class ConnectionTable:
         return self.is_live(connection)
 
     def expire(self, now: float) -> None:
-        """Ends the connections idle for longer than the timeout (see `take_ended`)."""
+        """Ends the connections idle for longer than the timeout, and the half-open ones
+        (not probed) idle for longer than the half-open timeout (see `take_ended`)."""
         while self._connections:
             connection = next(iter(self._connections.values()))
             if now - connection.last_seen <= self.idle_timeout_s:
                 break
             self._end(connection, EXPIRED)
+        while (connection := self._first_half_open(self._half_open)) is not None:
+            if not self._half_open_due(connection, now):
+                break
+            self._end(connection, HALF_OPEN)
+
+    def end_half_open(self, connection: Connection) -> bool:
+        """Ends a connection a probe found half-open (see `take_ended`); False when it is no
+        longer in the table or was established meanwhile."""
+        if connection.established or not self.is_live(connection):
+            return False
+        self._end(connection, HALF_OPEN)
+        return True
 
     def take_ended(self) -> list[tuple[Connection, str]]:
         """Connections that ended since the last call, by idle timeout (`expired`, also found
-        on a lookup) or at the bound (`evicted`): whoever holds resources for them (NAT
-        ports, meters, rules) gives them back."""
+        on a lookup), at the bound (`evicted`) or as half-open (`half_open`): whoever holds
+        resources for them (NAT ports, meters, rules) gives them back."""
         ended, self._ended = self._ended, []
         return ended
 
@@ -276,6 +362,8 @@ class ConnectionTable:
         self._remove(connection)
         if cause == EXPIRED:
             self.expired += 1
+        elif cause == HALF_OPEN:
+            self.half_open_ended += 1
         else:
             self.evicted += 1
         self._ended.append((connection, cause))
@@ -289,6 +377,8 @@ class ConnectionTable:
 
     def _remove(self, connection: Connection) -> None:
         self._connections.pop(connection.id, None)
+        self._half_open.pop(connection.id, None)
+        self._probed.pop(connection.id, None)
         for path in connection.paths:
             if self._by_path.get(path) == connection.id:
                 del self._by_path[path]

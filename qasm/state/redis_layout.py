@@ -8,6 +8,9 @@ never see each other's keys:
     {prefix}:retired:{path}    string: id of the connection whose client retired it
     {prefix}:cid:{hex}         string: id of the connection holding this server CID
     {prefix}:lru               sorted set: connection ids scored by last_seen (caller's `now`)
+    {prefix}:half_open         sorted set: the half-open ones not probed, scored alike
+    {prefix}:probed            sorted set: the half-open ones a switch probes, scored alike
+                               (both left lazily by those established or probed since)
     {prefix}:ids               counter: connection ids (so meter ids, which are connection
                                ids, are unique across replicas too)
     {prefix}:cid_lengths       set: lengths of the server CIDs seen (short-header parsing)
@@ -41,7 +44,10 @@ PATH, RETIRED, CID = "path", "retired", "cid"
 FUNCTION = "fn"
 # Connection fields stored one per hash field (id is in the key; last_seen is the LRU score;
 # the index-owned ones are `path:`/`retired:`/`cid:` fields).
-DATA_FIELDS = ("created_at", "owner", "migrations", "observing", "ends", "rules_sent_at")
+DATA_FIELDS = (
+    "created_at", "owner", "migrations", "observing", "established", "probing", "ends",
+    "rules_sent_at",
+)  # fmt: skip
 SEQUENCE = "_seq"
 TOUCHED = "_touched"
 

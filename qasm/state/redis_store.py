@@ -61,6 +61,7 @@ from qasm.state.connections import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
     EXPIRED,
+    HALF_OPEN,
     Connection,
 )
 from qasm.state.redis_layout import (
@@ -125,12 +126,14 @@ def _without_password(url: str) -> str:
 
 # --- scripts ------------------------------------------------------------------------------
 # Every script gets the prefix as ARGV[1]. A connection as a script returns it ("found"):
-# {id, last_seen (its LRU score), flat HGETALL of its hash}; why one ended is 'expired' or
-# 'evicted', EXPIRED and EVICTED of qasm.state.connections.
+# {id, last_seen (its LRU score), flat HGETALL of its hash}; why one ended is 'expired',
+# 'evicted' or 'half_open', EXPIRED, EVICTED and HALF_OPEN of qasm.state.connections.
 
 _PRELUDE = """
 local prefix = ARGV[1]
 local lru = prefix .. ':lru'
+local half_open = prefix .. ':half_open'
+local probed = prefix .. ':probed'
 local function connection_key(id) return prefix .. ':conn:' .. id end
 local function owns_index(field)
   local kind = string.match(field, '^(%a+):')
@@ -146,6 +149,8 @@ local function end_connection(id, fields)
   end
   redis.call('DEL', connection_key(id))
   redis.call('ZREM', lru, id)
+  redis.call('ZREM', half_open, id)
+  redis.call('ZREM', probed, id)
 end
 -- A connection, or false when it is gone. Half of one (its hash collected by its TTL, or
 -- an LRU entry without hash) is removed: nothing can be given back for it any more.
@@ -165,12 +170,43 @@ end
 local function seen(found, now)
   if tonumber(now) > tonumber(found[2]) then
     redis.call('ZADD', lru, now, found[1])
+    redis.call('ZADD', half_open, 'XX', now, found[1])
+    redis.call('ZADD', probed, 'XX', now, found[1])
     found[2] = now
+  end
+end
+local function flag(fields, name)
+  for i = 1, #fields, 2 do
+    if fields[i] == name then return fields[i + 1] == 'true' end
+  end
+  return false
+end
+-- Not established, not probed, idle past the half-open timeout.
+local function half_open_due(found, now, timeout)
+  return not flag(found[3], 'established') and not flag(found[3], 'probing')
+    and idle(found, now, timeout)
+end
+-- The least recently seen connection of a half-open order that still belongs there: an
+-- established or ended one leaves it, one probed (or no longer) moves to the other order.
+local function first_half_open(order)
+  while true do
+    local head = redis.call('ZRANGE', order, 0, 0)
+    if #head == 0 then return false end
+    local found = load(head[1])
+    if not found or flag(found[3], 'established') then
+      redis.call('ZREM', order, head[1])
+    elseif (order == half_open) == flag(found[3], 'probing') then
+      redis.call('ZREM', order, head[1])
+      redis.call('ZADD', (order == half_open) and probed or half_open, found[2], head[1])
+    else
+      return found
+    end
   end
 end
 """
 
-# KEYS[1]: an index key. ARGV: prefix, now, idle timeout, TTL ms, TTL refresh interval.
+# KEYS[1]: an index key. ARGV: prefix, now, idle timeout, TTL ms, TTL refresh interval,
+# half-open timeout.
 _LOOKUP = """
 local id = redis.call('GET', KEYS[1])
 if not id then return false end
@@ -180,6 +216,10 @@ local now = ARGV[2]
 if idle(found, now, ARGV[3]) then
   end_connection(id, found[3])
   return {'expired', found}
+end
+if half_open_due(found, now, ARGV[6]) then
+  end_connection(id, found[3])
+  return {'half_open', found}
 end
 seen(found, now)
 local fields, touched = found[3], nil
@@ -204,38 +244,45 @@ return load(id)
 """
 
 # KEYS[1]: the path's index key, KEYS[2]: the id counter. ARGV: prefix, now, idle timeout,
-# TTL ms, max connections, the path's field, then the new connection's data field/value pairs.
+# TTL ms, max connections, the path's field, half-open timeout, then the new connection's
+# data field/value pairs. At the bound, half-open connections go first (not probed, then
+# probed, least recently seen first), then the least recently seen; never the new one.
 _PUT = """
 local now, ended = ARGV[2], {}
 local owner = redis.call('GET', KEYS[1])
 local found = owner and load(owner)
 if found then
-  if not idle(found, now, ARGV[3]) then
+  if not idle(found, now, ARGV[3]) and not half_open_due(found, now, ARGV[7]) then
     seen(found, now)
     return {'existing', found, ended}
   end
   end_connection(owner, found[3])
-  table.insert(ended, {'expired', found})
+  table.insert(ended, {idle(found, now, ARGV[3]) and 'expired' or 'half_open', found})
 end
 local id = tostring(redis.call('INCR', KEYS[2]))
 local key = connection_key(id)
-redis.call('HSET', key, ARGV[6], '1', '_seq', '1', '_touched', now, unpack(ARGV, 7))
+redis.call('HSET', key, ARGV[6], '1', '_seq', '1', '_touched', now, unpack(ARGV, 8))
 redis.call('PEXPIRE', key, ARGV[4])
 redis.call('SET', KEYS[1], id, 'PX', ARGV[4])
 redis.call('ZADD', lru, now, id)
 local excess = redis.call('ZCARD', lru) - tonumber(ARGV[5])
-if excess > 0 then
-  for _, victim in ipairs(redis.call('ZRANGE', lru, 0, excess)) do
-    if excess > 0 and victim ~= id then
-      local evicted = load(victim)
-      if evicted then
-        end_connection(victim, evicted[3])
-        table.insert(ended, {'evicted', evicted})
+while excess > 0 do
+  local victim = first_half_open(half_open) or first_half_open(probed)
+  if not victim then
+    for _, other in ipairs(redis.call('ZRANGE', lru, 0, 1)) do
+      if other ~= id then
+        victim = load(other)  -- (false: half of one, removed by load)
+        break
       end
-      excess = excess - 1
     end
   end
+  if victim then
+    end_connection(victim[1], victim[3])
+    table.insert(ended, {'evicted', victim})
+  end
+  excess = excess - 1
 end
+redis.call('ZADD', half_open, now, id)
 return {'created', {id, now, {}}, ended}
 """
 
@@ -300,14 +347,23 @@ redis.call('ZADD', lru, 'XX', 'GT', ARGV[2], ARGV[3])
 return 1
 """
 
+# ARGV: prefix, id. The connection if it was half-open and is now ended, else false.
+_END_HALF_OPEN = """
+local found = load(ARGV[2])
+if not found or flag(found[3], 'established') then return false end
+end_connection(ARGV[2], found[3])
+return found
+"""
+
 # ARGV: prefix, id.
 _REMOVE = """
 end_connection(ARGV[2], redis.call('HGETALL', connection_key(ARGV[2])))
 return 1
 """
 
-# KEYS[1]: the CID lengths set. ARGV: prefix, now, idle timeout, now - idle timeout, limit.
-# {ended connections, CID lengths, how many were due (the limit: sweep again)}.
+# KEYS[1]: the CID lengths set. ARGV: prefix, now, idle timeout, now - idle timeout, limit,
+# half-open timeout. {ended connections, CID lengths, how many were due (the limit: sweep
+# again)}.
 _SWEEP = """
 local ended = {}
 local due = redis.call('ZRANGEBYSCORE', lru, '-inf', ARGV[4], 'LIMIT', 0, ARGV[5])
@@ -318,7 +374,15 @@ for _, id in ipairs(due) do
     table.insert(ended, {'expired', found})
   end
 end
-return {ended, redis.call('SMEMBERS', KEYS[1]), #due}
+local count = #due
+while count < tonumber(ARGV[5]) do
+  local found = first_half_open(half_open)
+  if not found or not half_open_due(found, ARGV[2], ARGV[6]) then break end
+  end_connection(found[1], found[3])
+  table.insert(ended, {'half_open', found})
+  count = count + 1
+end
+return {ended, redis.call('SMEMBERS', KEYS[1]), count}
 """
 
 
@@ -335,6 +399,7 @@ class _Scripts:
         self.retire = register(_RETIRE)
         self.save = register(_SAVE)
         self.remove = register(_REMOVE)
+        self.end_half_open = register(_END_HALF_OPEN)
         self.sweep = register(_SWEEP)
         # Loaded now, in one round trip: a syntax error shows at start, and EVALSHA never
         # falls back to sending the script's text on a hot path.
@@ -364,10 +429,14 @@ class RedisConnectionTable:
         max_cids_per_connection: int = 16,
         max_paths_per_connection: int = 16,
         sweep_interval_s: float = SWEEP_INTERVAL_S,
+        half_open_timeout_s: float | None = None,
     ) -> None:
         if idle_timeout_s <= 0 or max_connections <= 0:
             raise ValueError("idle_timeout_s and max_connections must be positive")
+        if half_open_timeout_s is not None and half_open_timeout_s <= 0:
+            raise ValueError("half_open_timeout_s must be positive")
         self.idle_timeout_s = idle_timeout_s
+        self.half_open_timeout_s = min(half_open_timeout_s or idle_timeout_s, idle_timeout_s)
         self.max_connections = max_connections
         self.max_cids_per_connection = max_cids_per_connection
         self.max_paths_per_connection = max_paths_per_connection
@@ -375,6 +444,7 @@ class RedisConnectionTable:
         self.keys = StoreKeys(prefix)
         self.evicted = 0
         self.expired = 0
+        self.half_open_ended = 0
         self.cid_lengths: set[int] = set()  # refreshed from Redis by every sweep
         self.last_put_existing = False
         self.round_trips = 1  # loading the scripts
@@ -426,13 +496,16 @@ class RedisConnectionTable:
         return None if found is None else self._adopt(*_found_fields(found))
 
     def _lookup(self, key: str, now: float) -> Connection | None:
-        args = [_number(now), _number(self.idle_timeout_s), self._ttl_ms, TTL_REFRESH_INTERVAL_S]
+        args = [
+            _number(now), _number(self.idle_timeout_s), self._ttl_ms, TTL_REFRESH_INTERVAL_S,
+            _number(self.half_open_timeout_s),
+        ]  # fmt: skip
         reply = self._run(self._scripts.lookup, [key], args)
         if reply is None:
             return None
         state, found = reply
-        if state == EXPIRED:
-            self._end(found, EXPIRED)
+        if state in (EXPIRED, HALF_OPEN):
+            self._end(found, state)
             return None
         return self._adopt(*_found_fields(found))
 
@@ -441,13 +514,14 @@ class RedisConnectionTable:
     def put(self, path: FlowKey, now: float) -> Connection:
         """A new connection first seen on `path`, or the connection another replica made for
         it first (racing on the same first packet); the least recently used connections
-        beyond the bound are evicted (see `take_ended`; among connections last seen at the
-        same `now`, the lower id as text goes first, never the new one)."""
+        beyond the bound are evicted, half-open ones first (see `take_ended`; among
+        connections last seen at the same `now`, the lower id as text goes first, never the
+        new one)."""
         now = float(now)
         stored = data_fields(Connection(0, created_at=now, last_seen=now))
         args = [
             _number(now), _number(self.idle_timeout_s), self._ttl_ms, self.max_connections,
-            path_field(path), *_flatten(stored),
+            path_field(path), _number(self.half_open_timeout_s), *_flatten(stored),
         ]  # fmt: skip
         state, found, ended = self._run(
             self._scripts.put, [self.keys.index(path_field(path)), self.keys.ids], args
@@ -549,7 +623,10 @@ class RedisConnectionTable:
         if now - self._swept_at < self._sweep_interval_s:
             return
         cutoff = now - self.idle_timeout_s
-        args = [_number(now), _number(self.idle_timeout_s), _number(cutoff), SWEEP_LIMIT]
+        args = [
+            _number(now), _number(self.idle_timeout_s), _number(cutoff), SWEEP_LIMIT,
+            _number(self.half_open_timeout_s),
+        ]  # fmt: skip
         ended, lengths, due = self._run(self._scripts.sweep, [self.keys.cid_lengths], args)
         for cause, found in ended:
             self._end(found, cause)
@@ -563,6 +640,17 @@ class RedisConnectionTable:
         one replica, which gives back what it held (NAT ports, meters, rules)."""
         ended, self._ended = self._ended, []
         return ended
+
+    def end_half_open(self, connection: Connection) -> bool:
+        """Ends a connection a probe found half-open (see `take_ended`); False when it is no
+        longer in the table or was established meanwhile (here or by another replica)."""
+        if connection.established:
+            return False
+        found = self._run(self._scripts.end_half_open, [], [connection.id])
+        if not found:
+            return False
+        self._end(found, HALF_OPEN)
+        return True
 
     def remove(self, connection: Connection) -> None:
         """Forgets a connection at once (a policy refused it)."""
@@ -580,6 +668,8 @@ class RedisConnectionTable:
         self._tracked.pop(connection.id, None)
         if cause == EXPIRED:
             self.expired += 1
+        elif cause == HALF_OPEN:
+            self.half_open_ended += 1
         else:
             self.evicted += 1
         self._ended.append((connection, cause))

@@ -18,6 +18,7 @@ from qasm.controller.messages import (
     PORT_CONTROLLER,
     PORT_FLOOD,
     PRIORITY_ADMITTED_FLOW,
+    PRIORITY_PROBE,
     ClearFlows,
     FlowRule,
     Match,
@@ -99,15 +100,20 @@ def test_tuple_admits_a_new_5tuple_on_a_quic_initial_and_installs_both_direction
     assert decision.event.reason is Reason.OPENED_BY_INITIAL
     forward = FlowKey(CLIENT_IP, 50000, SERVER_IP, 4433)
     assert decision.event.flow == forward and decision.event.connection == 1
-    assert {(r.match.flow, r.out_port) for r in rules(decision)} == {
+    admitted = [r for r in rules(decision) if r.priority == PRIORITY_ADMITTED_FLOW]
+    assert {(r.match.flow, r.out_port) for r in admitted} == {
         (forward, SERVER_PORT),
         (forward.reversed(), CLIENT_PORT),
     }
-    assert all(
-        r.priority == PRIORITY_ADMITTED_FLOW and r.idle_timeout_s >= 120 for r in rules(decision)
-    )
+    assert all(r.idle_timeout_s >= 120 and not r.notify_removed for r in admitted)
+    # And the half-open probe: the service's direction again, one priority above, reported
+    # by the switch when its hard timeout ends it (tagged with the connection).
+    (probe,) = [r for r in rules(decision) if r.priority == PRIORITY_PROBE]
+    assert (probe.match.flow, probe.out_port) == (forward.reversed(), CLIENT_PORT)
+    assert (probe.hard_timeout_s, probe.idle_timeout_s) == (2, 0)
+    assert probe.notify_removed and probe.cookie == probe.tag == 1
     assert PacketOut(CLIENT_PORT, SERVER_PORT, udp_frame(client_initial)) in decision.messages
-    assert decision.flow_mods == 2 and decision.event.flow_mods == 2
+    assert decision.flow_mods == 3 and decision.event.flow_mods == 3
 
 
 def test_tuple_drops_a_migrated_5tuple_that_starts_with_a_short_header(client_initial):
@@ -149,11 +155,13 @@ def test_tuple_state_expires_after_the_idle_timeout(client_initial):
     assert (forwarded.verdict, forwarded.reason) == (Verdict.FORWARD, Reason.KNOWN_PATH)
     ended, dropped = box.packet_in(1, CLIENT_PORT, later, now=221.0)
     # The expired connection's rules go first, then the packet is judged as a new 5-tuple.
-    assert ended.event == ConnectionsEnded(dpid=1, expired=(1,), flow_mods=2)
+    # (Its probe too: no switch reported it gone here.)
+    assert ended.event == ConnectionsEnded(dpid=1, expired=(1,), flow_mods=3)
     path = FlowKey(CLIENT_IP, 50000, SERVER_IP, 4433)
     assert set(ended.messages) == {
         RemoveFlow(PRIORITY_ADMITTED_FLOW, Match(flow=path)),
         RemoveFlow(PRIORITY_ADMITTED_FLOW, Match(flow=path.reversed())),
+        RemoveFlow(PRIORITY_PROBE, Match(flow=path.reversed())),
     }
     assert (dropped.event.verdict, dropped.event.reason) == (Verdict.DROP, Reason.NOT_AN_INITIAL)
     assert len(box.hops[0].table) == 0

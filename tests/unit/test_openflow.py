@@ -37,6 +37,9 @@ MESSAGES = [
     FlowRule(200, Match(flow=PATH.reversed()), 2, 120, copy_to_controller=True,
              set_fields=(("ipv4_dst", "10.0.1.1"), ("udp_dst", 50000), ("eth_dst", "02:00:00:00:00:01"))),
     FlowRule(200, Match(flow=PATH), None),
+    # A half-open probe: hard timeout, reported when it goes, its connection as cookie.
+    FlowRule(201, Match(flow=PATH.reversed()), 2, hard_timeout_s=2, notify_removed=True,
+             tag=0x1234_5678_9ABC, set_fields=(("ipv4_dst", "10.0.1.1"),)),
     RemoveFlow(200, Match(flow=PATH)),
     MeterRule(7, 8000, 800),
     RemoveMeter(7),
@@ -130,6 +133,8 @@ def _to_openflow(datapath, message) -> list:
                 priority=message.priority,
                 match=parser.OFPMatch(**_match_fields(message.match)),
                 idle_timeout=message.idle_timeout_s,
+                hard_timeout=message.hard_timeout_s,
+                flags=ofp.OFPFF_SEND_FLOW_REM if message.notify_removed else 0,
                 instructions=instructions,
             )
         ]

@@ -19,7 +19,14 @@ from qasm.functions.firewall import FirewallState
 from qasm.functions.loadbalancer import LoadBalancerState
 from qasm.functions.nat import NatSettings, NatState
 from qasm.functions.ratelimit import RateLimitState
-from qasm.state.connections import EVICTED, EXPIRED, Connection, ConnectionTable, PathEnds
+from qasm.state.connections import (
+    EVICTED,
+    EXPIRED,
+    HALF_OPEN,
+    Connection,
+    ConnectionTable,
+    PathEnds,
+)
 from qasm.state.redis_nat import SharedNatPool
 from qasm.state.redis_store import RedisConnectionTable, StoreUnreachable, connect_redis
 from testbed.emulation.ownership import process_start_time
@@ -158,6 +165,67 @@ def test_expire_ends_the_idle_connections_once(make_table):
     assert table.take_ended() == [(old, EXPIRED)] and table.connections() == [fresh]
     table.expire(13.0)
     assert table.take_ended() == [] and table.expired == 1
+
+
+# Half-open connections (RFC 9312 §4.7): the server has not answered them.
+D = FlowKey("10.0.4.1", 8000, "10.0.0.250", 4433)
+
+
+def test_the_bound_evicts_a_half_open_connection_before_any_established_one(make_table):
+    table = make_table(max_connections=3)
+    old = table.put(A, 0.0)
+    old.established = True
+    table.save(old, 0.0)
+    half_open = table.put(B, 1.0)
+    probed = table.put(C, 2.0)
+    probed.probing = True
+    table.save(probed, 2.0)
+    newer = table.put(D, 3.0)
+    # The oldest is established: the half-open one goes, though seen after it (an
+    # unprobed one before a probed one: the probed may be answered yet).
+    assert table.take_ended() == [(half_open, EVICTED)]
+    newer.established = True
+    table.save(newer, 3.0)
+    # Then the probed half-open one (never the new one, half-open too).
+    table.put(FlowKey("10.0.5.1", 9000, "10.0.0.250", 4433), 4.0)
+    assert table.take_ended() == [(probed, EVICTED)]
+    assert table.is_live(old) and table.is_live(newer)
+
+
+def test_a_half_open_connection_expires_at_the_half_open_timeout(make_table):
+    table = make_table(idle_timeout_s=120, half_open_timeout_s=2)
+    half_open, established, probed = table.put(A, 0.0), table.put(B, 0.0), table.put(C, 0.0)
+    established.established = True
+    probed.probing = True
+    for connection in (established, probed):
+        table.save(connection, 0.0)
+    table.expire(2.0)
+    assert table.take_ended() == []  # idle for exactly the timeout: not yet
+    table.expire(2.5)
+    assert table.take_ended() == [(half_open, HALF_OPEN)] and table.half_open_ended == 1
+    # A probed one waits for its switch's verdict (or the idle timeout); an established one
+    # for the idle timeout.
+    assert table.by_path(B, 100.0) is established and table.by_path(C, 100.0) is probed
+    assert table.by_path(A, 100.0) is None
+
+
+def test_a_lookup_ends_a_half_open_connection_past_its_timeout(make_table):
+    table = make_table(idle_timeout_s=120, half_open_timeout_s=2)
+    connection = table.put(A, 0.0)
+    assert table.by_path(A, 1.5) is connection  # refreshed: a client retransmitting
+    assert table.by_path(A, 3.0) is connection
+    assert table.by_path(A, 5.5) is None
+    assert table.take_ended() == [(connection, HALF_OPEN)]
+
+
+def test_end_half_open_refuses_an_established_or_ended_connection(make_table):
+    table = make_table()
+    connection, other = table.put(A, 0.0), table.put(B, 0.0)
+    other.established = True
+    table.save(other, 0.0)
+    assert not table.end_half_open(other)
+    assert table.end_half_open(connection) and not table.end_half_open(connection)
+    assert table.take_ended() == [(connection, HALF_OPEN)]
 
 
 def test_forgetting_undoes_an_association(make_table):

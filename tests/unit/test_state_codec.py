@@ -25,6 +25,7 @@ from qasm.controller.events import (
     PacketIn,
     PathInstalled,
     PathRetired,
+    ProbeEnded,
     Reason,
     SwitchConnected,
     Verdict,
@@ -194,9 +195,14 @@ EXAMPLES = [
         dpid=1, client="c1", old_path=PATH, new_path=NEW, retired_path=PATH, ok=False,
         text="no conntrack entry",
     ),
-    ConnectionsEnded(dpid=1, expired=(1, 2), evicted=(3,), nat_released=(MAPPING,), flow_mods=6),
+    ConnectionsEnded(
+        dpid=1, expired=(1, 2), evicted=(3,), half_open=(7,), nat_released=(MAPPING,),
+        flow_mods=6,
+    ),
+    ProbeEnded(dpid=1, connection=7, packets=3, reason=Reason.SERVER_ANSWERED, flow=PATH),
     HopStats(
         dpid=1, connections=3, max_connections=100, evicted=4, expired=5, locations=6,
+        half_open_ended=8,
         nat_in_use=2, nat_exhausted=1, agent={"accepted": 3, "rejected: forged": 9}, rss_kib=51200,
         store_round_trips=17,
     ),
