@@ -49,6 +49,7 @@ from testbed.emulation.resume import Resumption, code_fingerprint
 from testbed.records.metrics import (
     arm,
     build_record,
+    connections_ended,
     controller_memory,
     flood_effect,
     flow_packets,
@@ -474,6 +475,7 @@ class ExperimentRunner:
                 record.update(
                     controller_memory(controller_memory_start, controller_memory_end, decisions)
                 )
+                record.update(connections_ended(decisions))
                 if flood_report is not None:
                     record["flood"] = flood_report
                     record.update(flood_effect(decisions))
@@ -639,6 +641,8 @@ class ExperimentRunner:
             state_idle_timeout_s=scenario.middlebox.idle_timeout_s,
             max_connections=scenario.middlebox.max_connections,
             admission=scenario.middlebox.admission(),
+            half_open_timeout_s=scenario.middlebox.half_open_timeout_s,
+            half_open_per_source=scenario.middlebox.half_open_per_source,
             loadbalancer=LoadBalancerSettings(
                 vip_mac=roles.vip_mac,
                 backends=tuple(

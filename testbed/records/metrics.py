@@ -350,6 +350,24 @@ def controller_memory(start: dict | None, end: dict | None, decisions: Iterable[
     }
 
 
+def connections_ended(decisions: Iterable[Logged]) -> dict:
+    """Connections the hops ended, by cause: idle past the timeout, evicted at the table's
+    bound, and half-open (the server never answered: past the half-open timeout, or as a
+    switch's probe reported)."""
+    ended = Counter()
+    for logged in decisions:
+        event = logged.event
+        if isinstance(event, ConnectionsEnded):
+            ended["expired"] += len(event.expired)
+            ended["evicted"] += len(event.evicted)
+            ended["half_open"] += len(event.half_open)
+    return {
+        "connections_expired": ended["expired"],
+        "connections_evicted": ended["evicted"],
+        "connections_half_open": ended["half_open"],
+    }
+
+
 def backend_changed(events: Iterable[Logged]) -> bool | None:
     """Whether the load balancer sent the client's paths to more than one backend (None
     without a load balancer)."""

@@ -51,7 +51,12 @@ from qasm.controller.pipeline import (
 from qasm.functions.firewall import SniPolicy
 from qasm.functions.ratelimit import RateLimit
 from qasm.kernel.netfilter import KERNEL_VARIANTS
-from qasm.state.connections import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS
+from qasm.state.connections import (
+    DEFAULT_HALF_OPEN_TIMEOUT_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+)
+from qasm.state.half_open import DEFAULT_HALF_OPEN_PER_SOURCE
 from testbed.analysis.regression import BLOCK_JSON_SCHEMA, Tolerance, check_block
 from testbed.apps.transfer import PROTOCOLS, SERVER_NAME
 from testbed.emulation.links import IMPAIRMENTS, LIMITS, LINK_KINDS, LinkConditions, link_conditions
@@ -625,6 +630,16 @@ class Middlebox(Section):
     )
     new_connections_prefix_length: Integer(0, 32) = Field(
         32, description="the source prefix a bucket covers, bits (32: one per address)"
+    )
+    half_open_timeout_s: Number(0, MAX_STATE_IDLE_TIMEOUT_S) = Field(
+        DEFAULT_HALF_OPEN_TIMEOUT_S,
+        description="a connection the server has not answered is forgotten after this long "
+        "(RFC 9312 §4.7); such connections are evicted first at max_connections",
+    )
+    half_open_per_source: Integer(1, MAX_CONNECTIONS) = Field(
+        DEFAULT_HALF_OPEN_PER_SOURCE,
+        description="with nat: connections the server has not answered a source prefix "
+        "(new_connections_prefix_length) may hold; its next Initial is dropped",
     )
     state: OneOf(STATES) = Field(
         "memory",

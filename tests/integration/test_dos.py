@@ -73,6 +73,9 @@ def test_qasm_keeps_one_bucket_and_releases_every_retired_port(records, scenario
     live = 2 + math.ceil(OLD_SOCKET_GRACE_S / scenario.migration.repeat_every_s)
     assert record["nat_mappings_peak"] <= min(live, scenario.nat.ports)
     assert record["nat_mappings"] == 1
+    # The real connection was never taken for half-open (its agent's reports and its probe
+    # say the server answered), nor evicted.
+    assert record["connections_half_open"] == 0 and record["connections_evicted"] == 0
 
 
 @pytest.mark.parametrize("variant", ["tuple", "cid"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from qasm.controller.events import ConnectionsEnded, PacketIn, ProbeEnded, Reason, Verdict
+from qasm.controller.events import ConnectionsEnded, Logged, ProbeEnded, Reason, Verdict
 from qasm.controller.messages import (
     PRIORITY_PROBE,
     REMOVED_DELETE,
@@ -17,11 +17,18 @@ from qasm.controller.messages import (
     Match,
     RemoveFlow,
 )
-from qasm.controller.pipeline import Admission, Controller, HopSettings, MiddleboxConfig
+from qasm.controller.pipeline import (
+    Admission,
+    Controller,
+    Decision,
+    HopSettings,
+    MiddleboxConfig,
+)
 from qasm.flow import FlowKey
 from qasm.functions.nat import NatSettings
 from qasm.state.connections import ConnectionTable
 from qasm.state.half_open import HalfOpenBySource
+from testbed.records.metrics import connections_ended
 from tests.unit.conftest import (
     CLIENT_IP,
     CLIENT_MAC,
@@ -29,6 +36,8 @@ from tests.unit.conftest import (
     SERVER_MAC,
     QuicPair,
     arp_frame,
+    load_scenario_text,
+    scenario_problems,
     udp_frame,
 )
 from tests.unit.test_redis_store import A, B
@@ -67,7 +76,7 @@ def nat_box(variant: str = "tuple", quota: int = 32, ports: int = 8) -> Controll
     return box
 
 
-def initial(box: Controller, port: int, now: float = 1.0) -> PacketIn:
+def initial(box: Controller, port: int, now: float = 1.0) -> Decision:
     pair = QuicPair()
     pair.client.connect((SERVER_IP, 4433), now=0.0)
     (datagram, _), *_ = pair.client.datagrams_to_send(now=0.0)
@@ -222,3 +231,37 @@ def test_the_half_open_settings_must_be_positive(value):
         MiddleboxConfig("tuple", SERVER_IP, 4433, half_open_timeout_s=value)
     with pytest.raises(ConfigError, match="half_open"):
         MiddleboxConfig("tuple", SERVER_IP, 4433, half_open_per_source=value)
+
+
+# --- scenario and records -------------------------------------------------------------------
+
+
+def test_the_half_open_keys_are_read_and_checked(tmp_path):
+    text = """\
+variants: [tuple]
+functions: [nat]
+nat: {ports: 8}
+topology: {name: dualhomed, clients: 1}
+workload: {bytes: 100000}
+middlebox: {half_open_timeout_s: 1.5, half_open_per_source: 4}
+"""
+    middlebox = load_scenario_text(tmp_path, text).middlebox
+    assert (middlebox.half_open_timeout_s, middlebox.half_open_per_source) == (1.5, 4)
+    line = "middlebox: {half_open_timeout_s: 1.5, half_open_per_source: 4}\n"
+    defaults = load_scenario_text(tmp_path, text.replace(line, "")).middlebox
+    assert (defaults.half_open_timeout_s, defaults.half_open_per_source) == (2.0, 32)
+    problems = scenario_problems(tmp_path, text.replace("per_source: 4", "per_source: 0"))
+    assert any("half_open_per_source" in str(p) for p in problems), problems
+
+
+def test_records_count_connections_ended_by_cause():
+    events = [
+        ConnectionsEnded(dpid=1, expired=(1,), evicted=(2, 3), half_open=(4, 5, 6)),
+        ConnectionsEnded(dpid=2, half_open=(7,)),
+    ]
+    counts = connections_ended(Logged(1.0, "tuple", e) for e in events)
+    assert counts == {
+        "connections_expired": 1,
+        "connections_evicted": 2,
+        "connections_half_open": 4,
+    }
