@@ -478,7 +478,9 @@ class Controller:
         except FrameError as exc:
             event = PacketIn(switch.dpid, in_port, Verdict.DROP, Reason.FRAME_UNREADABLE, str(exc))
             return [Decision(switch.dpid, (), event)]
-        if switch.spoofed(in_port, frame):
+        # A copy our own rule sent (COOKIE_OBSERVE) left the switch rewritten (a balancer's
+        # reply carries the VIP as its source by then): it is ours, not the sender's word.
+        if cookie != COOKIE_OBSERVE and switch.spoofed(in_port, frame):
             # Not learnt: a spoofed source would move the address's location (and its
             # traffic and rules) to the sender's port.
             context = switch.context(in_port, frame)
@@ -1034,7 +1036,8 @@ class Middlebox(Switch):
     def packet_in(
         self, in_port: int, frame: Frame, data: bytes, now: float, cookie: int = 0
     ) -> list[Decision]:
-        self.learn(in_port, frame)
+        if cookie != COOKIE_OBSERVE:
+            self.learn(in_port, frame)  # (a copy's source may be a rewritten one)
         context = self.context(in_port, frame)
         self.expire(now)
         if cookie == COOKIE_OBSERVE:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from qasm.controller.events import Locations, Logged, PacketIn, Reason, Verdict
+from qasm.controller.messages import COOKIE_OBSERVE
 from qasm.controller.pipeline import HopSettings, MiddleboxConfig
 from testbed.records.metrics import hijacked_locations
 from tests.unit.conftest import arp_frame, udp_frame
@@ -129,3 +130,20 @@ def test_a_location_on_a_port_the_address_does_not_belong_to_counts_as_hijacked(
     other_hop = Logged(1.0, "qasm", Locations(2, {SERVER_IP: LTE_PORT}))  # no bindings there
     assert hijacked_locations([honest, other_hop], bindings) == 0
     assert hijacked_locations([moved], bindings) == 1
+
+
+def test_a_copy_from_our_own_rule_is_not_judged_by_its_rewritten_source():
+    """A service-side rule that copies packets to the controller (COOKIE_OBSERVE) sends them
+    after its rewrites: a balancer's reply then carries the VIP, which belongs to no port.
+    The copy is ours, not the sender's word: not dropped as spoofed, and not learnt."""
+    bench = ChainBench("cid", 1, functions=("firewall",), sources=SOURCES)
+    bench.handshake()
+    vip = "10.0.0.100"
+    copy = udp_frame(b"\x40" + bytes(40), sport=4433, dport=50000, src=vip, dst=WIFI_IP)
+    bench.net.events.clear()
+    decisions = bench.controller.packet_in(
+        1, SERVER_PORT, copy, bench.pair.now, cookie=COOKIE_OBSERVE
+    )  # fmt: skip
+    assert _spoofed_drops(bench) == [] and decisions
+    assert all(d.event.reason is not Reason.SPOOFED_SOURCE for d in decisions)
+    assert bench.controller.switch(1).located_port(vip) is None
