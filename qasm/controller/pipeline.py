@@ -1279,6 +1279,21 @@ class Middlebox(Switch):
             return connection, Reason.OPENED_BY_INITIAL
         return connection, Reason.NOT_LINKABLE
 
+    def _make_room_for_cids(
+        self, connection: Connection, keep: tuple[bytes, ...], adding: int = 1
+    ) -> None:
+        """Forgets the connection's oldest server CIDs, other than `keep`, so that `adding`
+        more fit. A client holds at most active_connection_id_limit of them and retires each
+        one it leaves (RFC 9000 §5.1.1-§5.1.2): repeated active migration moves to a fresh
+        CID every time, so the oldest are retired ones. Refusing instead would fail the
+        connection's 17th migration."""
+        excess = len(connection.server_cids) + adding - self.table.max_cids_per_connection
+        if excess <= 0:
+            return
+        stale = [cid for cid in connection.server_cids if cid not in keep][:excess]
+        for cid in stale:
+            self.table.forget_cid(connection, cid)
+
     def _locate_by_dcid(
         self, path: FlowKey, payload: bytes, now: float
     ) -> tuple[Connection, Reason] | None:
@@ -1293,6 +1308,8 @@ class Middlebox(Switch):
                 announcement = self._pull(dcid)
                 if announcement is not None:
                     connection = self.table.by_cid(announcement.connection_cid, now)
+                    if connection is not None:
+                        self._make_room_for_cids(connection, (announcement.connection_cid, dcid))
                     if connection is not None and not self.table.associate_cid(
                         connection, dcid, now
                     ):
@@ -1558,6 +1575,7 @@ class Middlebox(Switch):
         # The connection's current CID too: in push mode nothing else told this hop of it.
         cids = dict.fromkeys((message.connection_cid, message.next_cid))
         added = [cid for cid in cids if cid not in connection.server_cids]
+        self._make_room_for_cids(connection, tuple(cids), len(added))
         associated = []
         for cid in added:
             if not self.table.associate_cid(connection, cid, now):

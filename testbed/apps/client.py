@@ -102,6 +102,9 @@ SEND_WINDOW_BYTES = 1024 * 1024
 AGENT_REPLY_TIMEOUT_S = 0.2
 AGENT_ATTEMPTS = 3
 OLD_SOCKET_GRACE_S = 1.0
+# How long an ending connection waits for a migration in flight (an agent exchange takes
+# milliseconds; its retries, at most this).
+MIGRATION_FINISH_S = 1.0
 # Acknowledged-bytes samples for goodput-over-time plots: fine enough to see a migration gap
 # (tens of ms) without bloating the report (a 60 s transfer gives 3000 samples at most).
 PROGRESS_INTERVAL_S = 0.02
@@ -583,7 +586,13 @@ async def run_transfer(
     finally:
         if migrator is not None:
             if migrator.busy:
-                migrator.task.cancel()
+                # Let a migration begun during the transfer finish: its announcement may
+                # be at the Tracking Agent already, and cancelled it would leave the
+                # announced path (and its NAT port) held there with nobody to retire it.
+                try:
+                    await asyncio.wait_for(asyncio.shield(migrator.task), MIGRATION_FINISH_S)
+                except Exception:  # noqa: BLE001 (timed out or failed: either way it stops)
+                    migrator.task.cancel()
             migrator.retire_old_paths()
             migrator.close()
         report.last_received_at = protocol.last_received_at

@@ -300,3 +300,24 @@ def test_only_hops_that_learn_cids_passively_copy_the_servers_handshake(variant,
     assert bool(copied) is copies
     (connection,) = bench.controller.hops[0].table.connections()
     assert bool(connection.server_cids) is copies
+
+
+def test_an_announcement_makes_room_among_the_cids_instead_of_refusing():
+    """Repeated active migration moves to a fresh server CID every time and the client
+    retires the one it left: a connection holding its maximum of CIDs forgets its oldest
+    ones for the announced CID, so its 17th migration is not refused (seen at 200 Hz)."""
+    bench = ChainBench("qasm", 1)
+    bench.handshake()
+    hop = bench.controller.switch(1)
+    (connection,) = hop.table.connections()
+    current = connection.server_cids
+    for filler in range(hop.table.max_cids_per_connection - len(current)):
+        assert hop.table.associate_cid(connection, bytes([0xEE, filler]) * 4, bench.pair.now)
+    oldest = connection.server_cids[len(current)]
+    bench.migrate("active", sport=6000, announce=True)
+    sources, received = bench.migrated
+    assert sources and received
+    assert sum(bench.net.packet_ins.values()) == 0  # pre-installed: the announcement held
+    assert len(connection.server_cids) <= hop.table.max_cids_per_connection
+    assert oldest not in connection.server_cids
+    assert all(cid in connection.server_cids for cid in current)  # in use: kept
