@@ -6,9 +6,12 @@ SNAT rules, one per rebound connection: its socket's address and port towards th
 translated to the current public address and port. A rebinding replaces the connection's
 rule, then deletes the flow's conntrack entry: NAT is decided on an entry's first packet, so
 the next datagram opens a new entry with the new mapping, and the server's replies to it are
-translated back to the unchanged socket. Replies to an earlier mapping find no entry and are
-dropped, as behind a real NAT that forgot it. Each public port is reserved by a bound socket
-of our own while in use, so no other socket on the host takes it.
+translated back to the unchanged socket. Replies to an earlier mapping are dropped, as
+behind a real NAT that forgot it: a filter rule drops what the server sends to the socket's own
+port on a new entry (without it, in a download the server's next datagram would open an entry
+of its own, in the inbound direction, and the client's datagrams would then leave as its
+replies, never NATed). Each public port is reserved by a bound socket of our own while in use,
+so no other socket on the host takes it.
 
 The commands are pure (`snat_rule`, `delete_rule`, `forget_flow`); `NetworkRebinder` runs
 them (asyncio subprocesses, so a transfer on the same loop is not blocked).
@@ -22,9 +25,12 @@ import socket
 
 TABLE = "qasm_rebind"
 CHAIN = "postrouting"
+# Where the server's datagrams to a forgotten mapping are dropped: after conntrack (-200).
+GUARD_CHAIN = "prerouting"
 SETUP = (
     f"add table ip {TABLE}\n"
     f"add chain ip {TABLE} {CHAIN} {{ type nat hook postrouting priority srcnat; }}\n"
+    f"add chain ip {TABLE} {GUARD_CHAIN} {{ type filter hook prerouting priority -150; }}\n"
 )
 
 
@@ -44,6 +50,17 @@ def snat_rule(
     return (
         f"add rule ip {TABLE} {CHAIN} ip saddr {ip} udp sport {port} ip daddr {server_ip} "
         f"udp dport {server_port} snat to {public[0]}:{public[1]} "
+        f'comment "{_comment(socket_address)}"\n'
+    )
+
+
+def forgotten_mapping_guard(socket_address: tuple[str, int], server: tuple[str, int]) -> str:
+    """`nft -f -` input: the server's datagrams to the socket's own address and port that
+    belong to no entry (a mapping the NAT forgot) are dropped."""
+    (ip, port), (server_ip, server_port) = socket_address, server
+    return (
+        f"add rule ip {TABLE} {GUARD_CHAIN} ip saddr {server_ip} udp sport {server_port} "
+        f"ip daddr {ip} udp dport {port} ct state new drop "
         f'comment "{_comment(socket_address)}"\n'
     )
 
@@ -95,6 +112,10 @@ class NetworkRebinder:
         listing = await _run(["nft", "-a", "list", "chain", "ip", TABLE, CHAIN], check=False)
         if TABLE not in listing:
             await _run(["nft", "-f", "-"], SETUP)
+        if not self._reserved:  # the first rebinding: the socket's own mapping is forgotten
+            await _run(
+                ["nft", "-f", "-"], forgotten_mapping_guard(self.socket_address, self.server)
+            )
         await _run(["nft", "-f", "-"], snat_rule(self.socket_address, self.server, public))
         for handle in rule_handles(listing, self.socket_address):  # the previous mapping
             await _run(delete_rule(handle))

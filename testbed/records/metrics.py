@@ -465,6 +465,8 @@ def build_record(
         "agent_messages": agent.get("messages", 0),
         "agent_bytes": agent.get("bytes", 0),
         "agent_exchanges": agent.get("exchanges", []),
+        # The host Client Agent's own figures (hold times, counters, CPU); None: builtin.
+        "host_agent": report.get("host_agent"),
         "nat_mappings": _total(held_per_hop) if nat else None,
         "nat_mappings_peak": max(peaks.values(), default=0) if nat else None,
         "nat_pool_exhausted": nat_pool_exhausted(mine) if nat else None,

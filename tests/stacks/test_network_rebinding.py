@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from testbed.apps.rebinding import rule_handles, snat_rule
+from testbed.apps.rebinding import forgotten_mapping_guard, rule_handles, snat_rule
 from tests.stacks.netns import CLIENT_IPS, SERVER_IP, NamespacePair
 
 pytestmark = pytest.mark.integration
@@ -46,6 +46,41 @@ CLIENT = textwrap.dedent(f"""
 """)
 
 
+# The server keeps sending to whoever spoke last, as a download does: one datagram right away
+# and one 0.3 s later (by then the client's NAT has forgotten that mapping).
+PUSHING = textwrap.dedent(f"""
+    import socket, time
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("{SERVER_IP}", {PORT}))
+    while True:
+        data, source = s.recvfrom(100)
+        s.sendto(f"{{source[0]}}:{{source[1]}}".encode(), source)
+        if data == b"x":
+            time.sleep(0.3)
+            s.sendto(b"late", source)
+""")
+PULLING = textwrap.dedent(f"""
+    import asyncio, json, socket
+    from testbed.apps.rebinding import NetworkRebinder
+
+    async def main():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("{CLIENT_IPS[0]}", 0))
+        s.settimeout(2)
+        rebinder = NetworkRebinder(s.getsockname(), ("{SERVER_IP}", {PORT}))
+        s.sendto(b"x", ("{SERVER_IP}", {PORT}))
+        first = s.recv(100).decode()
+        public = list(await rebinder.rebind("{CLIENT_IPS[0]}"))
+        await asyncio.sleep(0.6)  # the late datagram arrives meanwhile, at the old mapping
+        s.sendto(b"y", ("{SERVER_IP}", {PORT}))
+        second = s.recv(100).decode()
+        rebinder.close()
+        print(json.dumps({{"first": first, "second": second, "public": public}}))
+
+    asyncio.run(main())
+""")
+
+
 def test_the_rule_names_the_connection_and_is_found_again_by_its_handle():
     rule = snat_rule(("10.0.1.1", 50000), ("10.0.0.250", 4433), ("10.0.3.1", 40001))
     assert "ip saddr 10.0.1.1 udp sport 50000 ip daddr 10.0.0.250 udp dport 4433" in rule
@@ -57,6 +92,9 @@ def test_the_rule_names_the_connection_and_is_found_again_by_its_handle():
         '"qasm-10.0.1.2-50000" # handle 8\n'
     )
     assert rule_handles(listing, ("10.0.1.1", 50000)) == [7]
+    guard = forgotten_mapping_guard(("10.0.1.1", 50000), ("10.0.0.250", 4433))
+    assert "ip saddr 10.0.0.250 udp sport 4433 ip daddr 10.0.1.1 udp dport 50000" in guard
+    assert 'ct state new drop comment "qasm-10.0.1.1-50000"' in guard
 
 
 def test_the_server_sees_new_mappings_while_the_socket_stays(tmp_path, namespaces_allowed):
@@ -72,3 +110,17 @@ def test_the_server_sees_new_mappings_while_the_socket_stays(tmp_path, namespace
         assert seen[0][0] == seen[1][0] == CLIENT_IPS[0] and seen[0][1] != seen[1][1]
         assert seen[2][0] == CLIENT_IPS[1]
         assert outcome["socket"] == list(outcome["public"][0])  # the socket never moved
+
+
+def test_a_download_does_not_undo_the_rebinding(tmp_path, namespaces_allowed):
+    """The server sends first after the NAT forgot the old mapping: its datagram is dropped
+    (it would otherwise open an inbound entry, and the client's next datagram would leave as
+    its reply, not NATed), and the client's next datagram takes the new mapping."""
+    with NamespacePair() as pair:
+        pair.start(pair.server, [sys.executable, "-c", PUSHING], tmp_path / "push.log")
+        pair.run(pair.server, ["sleep", "0.3"], timeout=5)
+        result = pair.run(pair.client, [sys.executable, "-c", PULLING], timeout=30)
+        assert result.returncode == 0, result.stderr
+        outcome = json.loads(result.stdout)
+        assert outcome["second"] == ":".join(map(str, outcome["public"])), outcome
+        assert outcome["first"] != outcome["second"]

@@ -284,3 +284,15 @@ def test_a_stop_signal_python_swallowed_is_raised_again_at_the_next_check(signum
         with pytest.raises(raised):
             stop.check()
     assert signal.getsignal(signum) is before
+
+
+def test_a_host_agents_figures_reach_the_record():
+    """A client nobody patched is announced by the host agent: its hold times and counters
+    are the record's (`host_agent`), None for the builtin agent."""
+    host = {"hold_ms": [1.5], "counters": {"queued": 1}, "cpu_s": 0.6, "exited": True}
+    kwargs = dict(
+        variant="qasm", functions=["firewall"], migration_kind="active", repetition=0,
+        addresses=("10.0.0.1", "10.0.0.101"), server_events=SERVER_EVENTS, decisions=[],
+    )  # fmt: skip
+    assert build_record(report=report(host_agent=host), **kwargs)["host_agent"] == host
+    assert build_record(report=report(), **kwargs)["host_agent"] is None
