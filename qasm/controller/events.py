@@ -58,6 +58,8 @@ class Reason(enum.StrEnum):
     RETIRED_PATH = "retired_path"  # from the service on a path its client retired
     NO_NAT_MAPPING = "no_nat_mapping"
     NAT_POOL_EXHAUSTED = "nat_pool_exhausted"
+    # The source address holds nat.ports_per_source public ports (RFC 6888 REQ-4).
+    NAT_SOURCE_QUOTA = "nat_source_quota"
     SNI_PENDING = "sni_pending"
     SNI_ALLOWED = "sni_allowed"
     SNI_REFUSED = "sni_refused"
@@ -98,6 +100,7 @@ class Reason(enum.StrEnum):
     NEVER_ANSWERED = "never_answered"
     PROBE_DELETED = "probe_deleted"
     PROBE_STALE = "probe_stale"
+    PROBED_AGAIN = "probed_again"
     # A shared store: the connection ended (another replica's lookup found it idle) while
     # this packet was decided; what was allocated for it is given back.
     CONNECTION_ENDED = "connection_ended"
@@ -230,6 +233,8 @@ class ConnectionsEnded(Event):
     expired: tuple[int, ...] = ()
     evicted: tuple[int, ...] = ()
     half_open: tuple[int, ...] = ()
+    # Of `evicted`, those the server had answered: what a flood must never push out.
+    evicted_established: tuple[int, ...] = ()
     nat_released: tuple[NatMapping, ...] = ()
     flow_mods: int = 0
 
@@ -238,7 +243,8 @@ class ConnectionsEnded(Event):
 class ProbeEnded(Event):
     """A switch reported that a connection's half-open probe rule went (OFPT_FLOW_REMOVED,
     qasm/controller/pipeline.py), and what the hop made of it (`reason`): established
-    (SERVER_ANSWERED), ended as half-open (NEVER_ANSWERED, also in a ConnectionsEnded), or
+    (SERVER_ANSWERED), probed once more after a first probe counted nothing (PROBED_AGAIN),
+    ended as half-open after the second (NEVER_ANSWERED, also in a ConnectionsEnded), or
     nothing (PROBE_DELETED, PROBE_STALE)."""
 
     name: ClassVar[str] = "probe_ended"

@@ -4,6 +4,13 @@ RFC 9312 §4.3: a NAT should not hide a client's address change from the server,
 path of a connection gets its own public port; what a middlebox can do is give the port of a
 retired path back as soon as it knows, instead of holding it for the idle timeout.
 
+A per-source limit (`ports_per_source`, RFC 6888 REQ-4: a carrier-grade NAT limits the
+external ports one subscriber may hold) keeps one source from taking the pool: a flood of
+well-formed Initials the server answers is, to the middlebox, established connections (the
+half-open quota no longer counts them), admitted at the source's admission budget and each
+holding a port until it goes idle. Counted per hop process (replicas sharing one pool in
+Redis each apply it to what they allocated).
+
 The pool (`NatPool`) is the hop's, shared by its connections; which ports a connection holds
 is the connection's own typed state (`NatState`), so a connection that ends by any route
 (idle timeout, eviction at the table's bound) gives back exactly what it holds. Pure: `Nat`
@@ -12,6 +19,7 @@ returns the mappings it made or released; rules rewrite the packets.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from qasm.controller.events import NatMapping, Reason
@@ -32,10 +40,13 @@ class NatSettings:
     public_mac: str
     first_port: int = 20000
     ports: int = 1024
+    ports_per_source: int | None = None  # public ports one source address may hold
 
     def __post_init__(self) -> None:
         if self.ports <= 0 or not 1024 <= self.first_port <= 65536 - self.ports:
             raise ValueError(f"NAT port pool {self.first_port}+{self.ports} outside 1024..65535")
+        if self.ports_per_source is not None and self.ports_per_source <= 0:
+            raise ValueError(f"NAT ports per source {self.ports_per_source}, expected >= 1")
 
 
 def pool_slice(settings: NatSettings, index: int, count: int) -> NatSettings:
@@ -46,8 +57,9 @@ def pool_slice(settings: NatSettings, index: int, count: int) -> NatSettings:
     if size < 1 or not 0 <= index < count:
         raise ValueError(f"NAT port pool of {settings.ports} ports: no slice {index} of {count}")
     return NatSettings(
-        settings.public_ip, settings.public_mac, settings.first_port + index * size, size
-    )
+        settings.public_ip, settings.public_mac, settings.first_port + index * size, size,
+        settings.ports_per_source,
+    )  # fmt: skip
 
 
 @dataclass
@@ -111,6 +123,7 @@ class Nat(MiddleboxFunction):
         # `pool`: another `NatPool` implementation, e.g. the one replicas share in Redis
         # (qasm.state.redis_nat.SharedNatPool).
         self.pool = pool if pool is not None else NatPool(settings)
+        self._held: Counter[str] = Counter()  # ports each source address holds, by this hop
 
     @property
     def settings(self) -> NatSettings:
@@ -138,11 +151,16 @@ class Nat(MiddleboxFunction):
         state: NatState = self.state(connection)
         if path in state.ports:
             return Change()
+        quota = self.settings.ports_per_source
+        if quota is not None and self._held[path.src_ip] >= quota:
+            text = f"{path.src_ip} holds {quota} ports, at most {quota}"
+            return Change(refusal=Refusal(Reason.NAT_SOURCE_QUOTA, text))
         port = self.pool.allocate(path)
         if port is None:
             text = f"NAT port pool exhausted ({self.settings.ports} ports)"
             return Change(refusal=Refusal(Reason.NAT_POOL_EXHAUSTED, text))
         state.ports[path] = port
+        self._held[path.src_ip] += 1
         return Change(nat_allocated=[self._mapping(path, port)])
 
     def path_retired(self, connection, path: FlowKey) -> Change:
@@ -151,6 +169,9 @@ class Nat(MiddleboxFunction):
         if port is None:
             return Change()
         self.pool.release(path)
+        self._held[path.src_ip] -= 1
+        if self._held[path.src_ip] <= 0:
+            del self._held[path.src_ip]  # bounded by the sources holding ports now
         return Change(nat_released=[self._mapping(path, port)])
 
     def connection_ended(self, connection) -> Change:

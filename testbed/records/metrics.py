@@ -361,9 +361,12 @@ def connections_ended(decisions: Iterable[Logged]) -> dict:
             ended["expired"] += len(event.expired)
             ended["evicted"] += len(event.evicted)
             ended["half_open"] += len(event.half_open)
+            ended["evicted_established"] += len(event.evicted_established)
     return {
         "connections_expired": ended["expired"],
         "connections_evicted": ended["evicted"],
+        # Of those evicted, the established ones (the rest were half-open, evicted first).
+        "connections_evicted_established": ended["evicted_established"],
         "connections_half_open": ended["half_open"],
     }
 

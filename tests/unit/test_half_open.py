@@ -131,8 +131,15 @@ def test_a_probe_that_forwarded_nothing_ends_the_connection_and_gives_back_its_n
     # The probe matches the server's replies to the public port, above the plain rule.
     assert probe.match.flow == FlowKey(SERVER_IP, 4433, PUBLIC_IP, mapping.public_port)
     assert probe.hard_timeout_s == 2
+    # One empty probe is not a verdict (OVS credits rules late on a busy machine): a second
+    # one, twice as long, is sent.
+    (again,) = box.flow_removed(1, probe.match.flow, probe.cookie, 0, REMOVED_HARD_TIMEOUT, 3.0)
+    assert again.event.reason is Reason.PROBED_AGAIN and len(hop.table) == 1
+    (second,) = again.messages
+    assert (second.match, second.hard_timeout_s) == (probe.match, 4)
+    assert second.notify_removed and second.cookie == probe.cookie
     ended, report = box.flow_removed(
-        1, probe.match.flow, probe.cookie, 0, REMOVED_HARD_TIMEOUT, now=3.0
+        1, probe.match.flow, probe.cookie, 0, REMOVED_HARD_TIMEOUT, now=7.0
     )
     assert report.event == ProbeEnded(
         dpid=1, connection=opened.event.connection, packets=0, reason=Reason.NEVER_ANSWERED,
@@ -256,12 +263,15 @@ middlebox: {half_open_timeout_s: 1.5, half_open_per_source: 4}
 
 def test_records_count_connections_ended_by_cause():
     events = [
-        ConnectionsEnded(dpid=1, expired=(1,), evicted=(2, 3), half_open=(4, 5, 6)),
+        ConnectionsEnded(
+            dpid=1, expired=(1,), evicted=(2, 3), half_open=(4, 5, 6), evicted_established=(3,)
+        ),
         ConnectionsEnded(dpid=2, half_open=(7,)),
     ]
     counts = connections_ended(Logged(1.0, "tuple", e) for e in events)
     assert counts == {
         "connections_expired": 1,
         "connections_evicted": 2,
+        "connections_evicted_established": 1,
         "connections_half_open": 4,
     }

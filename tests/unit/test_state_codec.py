@@ -196,7 +196,8 @@ EXAMPLES = [
         text="no conntrack entry",
     ),
     ConnectionsEnded(
-        dpid=1, expired=(1, 2), evicted=(3,), half_open=(7,), nat_released=(MAPPING,),
+        dpid=1, expired=(1, 2), evicted=(3,), half_open=(7,), evicted_established=(3,),
+        nat_released=(MAPPING,),
         flow_mods=6,
     ),
     ProbeEnded(dpid=1, connection=7, packets=3, reason=Reason.SERVER_ANSWERED, flow=PATH),
