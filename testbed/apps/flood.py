@@ -2,6 +2,8 @@
 
     python -m testbed.apps.flood --source-ip IP --service IP:PORT --pps N --out FILE
         [--agent IP:PORT --agent-client ID] [--spoof-as IP,IP...] [--seed S] [--duration S]
+        [--initials --server-name NAME --alpn ALPN [--also-from IP,IP...]]
+        [--greedy-paths N --agent-key HEX]
 
 Run on an emulated host while a real transfer goes on, it tests that the middlebox survives
 what an attacker on the client's network can send (RFC 9312 §4.7: a middlebox must expect
@@ -31,6 +33,21 @@ still leaves by that address's interface), and a further kind, `spoofed_service_
 short headers from the service's address and port to a victim: an attempt to move the
 victims' and the server's locations to this host's port (BCP 38).
 
+Initial flood (with `--initials`): instead of garbage, every datagram to the service is a
+well-formed QUIC v1 client Initial (kind `initial`): a real ClientHello (aioquic's, with the
+service's name and ALPN), Initial protection (RFC 9001 §5), padded to 1200 bytes (RFC 9000
+§14.1), so a middlebox must admit it as a new connection and the server answers it. A pool of
+INITIAL_POOL ClientHellos is built once; each datagram is sealed again with a fresh random
+DCID (its keys derive from it, RFC 9001 §5.2), so every one opens a new connection, from a
+random source port and one of the host's own addresses (`--source-ip` and `--also-from`, each
+with its own raw socket, so each leaves by its own interface and passes unicast RPF).
+
+Greedy client (with `--greedy-paths N`): a client with a valid key (`--agent-key`, the key the
+runner gives `--agent-client`) opens a connection of its own (one Initial from its address and
+a port of the flood range) and then announces N fresh paths for it to the Tracking Agent (kind
+`greedy_announce`): authentic, fresh counters (above any the real client uses), its own
+address with a new port each. It reads the agent's signed acks and counts them by reason.
+
 SIGTERM (or `--duration`) ends it; it then writes one JSON object: packets sent per kind,
 send errors, the achieved rate.
 """
@@ -48,6 +65,13 @@ import sys
 import threading
 import time
 
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.crypto import CryptoPair
+
+from qasm.agents.messages import Ack, AgentMessageError, Announce, open_sealed, seal
+from qasm.wire.header import parse_datagram
+from qasm.wire.initial import Sender, decrypt_initial
 from testbed.apps.server import parse_address
 from testbed.apps.sockets import SO_ATTACH_FILTER, attach_classic_bpf
 
@@ -73,6 +97,18 @@ AGENT_KINDS = {
     "replayed": 8,
 }
 SPOOFED_REPLY_WEIGHT = 30  # with --spoof-as, as often as the service kinds together
+# Distinct ClientHellos (key shares, SCIDs) the Initial flood rotates; the DCID, hence the
+# packet protection, is fresh for every datagram. Sealing one costs ~70 µs (measured on the
+# testbed host), so 5,000 a second take a third of a core.
+INITIAL_POOL = 32
+INITIAL_SIZE = 1200  # RFC 9000 §14.1: a client's Initial datagrams are at least this
+INITIAL_DCID_BYTES = 8
+INITIAL_PN_BYTES = 2
+QUIC_V1 = 1
+# The greedy client's counters start above any a real client reaches in a run, so every
+# announcement is fresh to the Tracking Agent's replay window.
+GREEDY_FIRST_COUNTER = 1 << 32
+GREEDY_OPEN_S = 0.3  # from its connection's Initial to its first announcement
 _ETH_P_ALL = 0x0003
 
 
@@ -163,6 +199,120 @@ class PacketFactory:
         return self.rng.randbytes(32) + json.dumps(self._report_body(client)).encode()
 
 
+class InitialFactory:
+    """Well-formed client Initials, each opening a new connection: a pool of real
+    ClientHellos (aioquic's first flight), sealed again per datagram with a fresh DCID."""
+
+    def __init__(self, rng: random.Random, server_name: str, alpn: str, pool: int) -> None:
+        self.rng = rng
+        self._hellos: list[tuple[bytes, bytes]] = []  # (SCID, plaintext frames)
+        for _ in range(pool):
+            configuration = QuicConfiguration(
+                is_client=True, alpn_protocols=[alpn], server_name=server_name
+            )
+            connection = QuicConnection(configuration=configuration)
+            connection.connect(("0.0.0.0", 0), now=0.0)
+            datagram = connection.datagrams_to_send(now=0.0)[0][0]
+            header = parse_datagram(datagram, INITIAL_DCID_BYTES)[0]
+            opened = decrypt_initial(datagram, header, sender=Sender.CLIENT, key_dcid=header.dcid)
+            # The ClientHello again as one CRYPTO frame (RFC 9000 §19.6), offset 0; the padding
+            # is ours, PADDING frames inside the packet (aioquic pads the datagram instead).
+            (hello,) = opened.frames.crypto
+            frame = b"\x06\x00" + struct.pack("!H", 0x4000 | len(hello.data)) + hello.data
+            self._hellos.append((header.scid, frame))
+
+    def initial(self) -> tuple[bytes, bytes]:
+        """(DCID, datagram): one Initial (packet number 0) with a fresh random DCID; the SCID
+        stays the ClientHello's, which names it in its transport parameters (RFC 9000 §7.3)."""
+        scid, frames = self.rng.choice(self._hellos)
+        dcid = self.rng.randbytes(INITIAL_DCID_BYTES)
+        header = (
+            bytes([0xC0 | (INITIAL_PN_BYTES - 1)]) + struct.pack("!I", QUIC_V1)
+            + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid + b"\x00"  # no token
+        )  # fmt: skip
+        tag = 16  # AEAD_AES_128_GCM (RFC 9001 §5.3)
+        payload_length = INITIAL_SIZE - len(header) - 2 - INITIAL_PN_BYTES - tag
+        header += struct.pack("!H", 0x4000 | (INITIAL_PN_BYTES + payload_length + tag))
+        header += bytes(INITIAL_PN_BYTES)  # packet number 0
+        crypto = CryptoPair()
+        crypto.setup_initial(cid=dcid, is_client=True, version=QUIC_V1)
+        payload = frames + bytes(payload_length - len(frames))  # PADDING frames
+        return dcid, crypto.encrypt_packet(header, payload, 0)
+
+
+class GreedyClient:
+    """A client with a valid key announcing paths for its own connection, as many as it may
+    (issue 16): what a per-client path quota (agent.max_paths) must hold against."""
+
+    def __init__(
+        self, rng: random.Random, client: str, key: bytes, source_ip: str, paths: int
+    ) -> None:
+        self.rng, self.client, self.key, self.source_ip = rng, client, key, source_ip
+        self.paths = paths
+        self.port = rng.randint(*FLOOD_PORTS)  # the connection's path
+        self.cid = b""  # its DCID, set when it opens
+        self.opened_at: float | None = None
+        self.announced = 0
+        self.acks: collections.Counter = collections.Counter()
+        self._ports = iter(rng.sample(range(FLOOD_PORTS[0], FLOOD_PORTS[1] + 1), paths + 1))
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._socket.bind((source_ip, 0))
+        self._socket.setblocking(False)
+
+    @property
+    def done(self) -> bool:
+        return self.announced >= self.paths
+
+    def ready(self, now: float) -> bool:
+        return self.opened_at is not None and now - self.opened_at >= GREEDY_OPEN_S
+
+    def announcement(self) -> bytes:
+        port = next(self._ports)
+        if port == self.port:
+            port = next(self._ports)
+        message = Announce(
+            self.client, GREEDY_FIRST_COUNTER + self.announced, self.cid,
+            self.rng.randbytes(INITIAL_DCID_BYTES),
+            (self.source_ip, self.port), (self.source_ip, port),
+        )  # fmt: skip
+        self.announced += 1
+        return seal(message, self.key)
+
+    def send(self, datagram: bytes, agent: tuple[str, int]) -> None:
+        self._socket.sendto(datagram, agent)
+
+    def read_acks(self) -> None:
+        """The agent's signed answers, counted by reason code (a rate-limited report gets
+        none, so announced - answered is what the agent's rate limit took)."""
+        while True:
+            try:
+                datagram = self._socket.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # ICMP for an earlier datagram: count it, go on
+                self.acks[f"error: {exc.strerror}"] += 1
+                continue
+            try:
+                ack = open_sealed(datagram, self.key)
+            except AgentMessageError:
+                self.acks["unreadable"] += 1
+                continue
+            if isinstance(ack, Ack):
+                self.acks["accepted" if ack.accepted else ack.reason.split(":")[0]] += 1
+
+    def report(self) -> dict:
+        self.read_acks()
+        return {
+            "client": self.client,
+            "path": [self.source_ip, self.port],
+            "announced": self.announced,
+            "acks": dict(self.acks),
+        }
+
+    def close(self) -> None:
+        self._socket.close()
+
+
 class ReportCapture:
     """The real client's reports to the Tracking Agent, seen on this host's interfaces."""
 
@@ -240,26 +390,63 @@ class Flooder:
         self.service = parse_address(args.service)
         self.agent = parse_address(args.agent) if args.agent else None
         self.factory = PacketFactory(self.rng, args.agent_client)
-        self.capture = ReportCapture(self.agent) if self.agent else None
         self.spoof_as = [ip for ip in (args.spoof_as or "").split(",") if ip]
-        weights = dict(SERVICE_KINDS)
-        if self.agent:
-            weights.update(AGENT_KINDS)
-        if self.spoof_as:
-            weights["spoofed_service_reply"] = SPOOFED_REPLY_WEIGHT
+        self.initials = None
+        if args.initials or args.greedy_paths:
+            self.initials = InitialFactory(self.rng, args.server_name, args.alpn, INITIAL_POOL)
+        self.greedy = None
+        if args.greedy_paths and self.agent:  # nothing to be greedy with without an agent
+            key = bytes.fromhex(args.agent_key)
+            self.greedy = GreedyClient(
+                self.rng, args.agent_client, key, args.source_ip, args.greedy_paths
+            )
+        weights: dict[str, int] = {}
+        if args.initials:
+            weights["initial"] = 1  # an Initial flood: nothing else to the service
+        elif not args.greedy_paths:
+            weights.update(SERVICE_KINDS)
+            if self.agent:
+                weights.update(AGENT_KINDS)
+            if self.spoof_as:
+                weights["spoofed_service_reply"] = SPOOFED_REPLY_WEIGHT
+        if self.greedy:
+            weights["greedy_announce"] = 1
+        # Replays need the real client's reports captured.
+        self.capture = ReportCapture(self.agent) if "replayed" in weights else None
         self.kinds, self.weights = list(weights), list(weights.values())
         self.sent: collections.Counter = collections.Counter()
         self.skipped: collections.Counter = collections.Counter()
         self.errors: collections.Counter = collections.Counter()
         self.stop = threading.Event()
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        self._socket.bind((args.source_ip, 0))
+        # One raw socket per own address: the source address picks the interface a
+        # datagram leaves by (policy routing), so each passes the switch's unicast RPF.
+        self.own = [args.source_ip, *(ip for ip in (args.also_from or "").split(",") if ip)]
+        self._sockets = {}
+        for ip in self.own:
+            raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+            raw.bind((ip, 0))
+            self._sockets[ip] = raw
+        self._socket = self._sockets[args.source_ip]
 
-    def _packet(self, kind: str, now: float) -> tuple[bytes, str] | None:
-        """(IP packet, destination address), or None when nothing of that kind is ready."""
-        src, sport = self.args.source_ip, self.rng.randint(*FLOOD_PORTS)
+    def _packet(self, kind: str, now: float) -> tuple[bytes, str, str] | None:
+        """(IP packet, destination address, own address to send by), or None when nothing of
+        that kind is ready."""
+        src = self.rng.choice(self.own) if len(self.own) > 1 else self.own[0]
+        sport = self.rng.randint(*FLOOD_PORTS)
+        built = self._built(kind, src, sport, now)
+        return None if built is None else (*built, src)
+
+    def _built(self, kind: str, src: str, sport: int, now: float) -> tuple[bytes, str] | None:
         if self.spoof_as:
             src = self.rng.choice(self.spoof_as)
+        if kind == "initial":
+            ip, port = self.service
+            return _ipv4_udp(src, sport, ip, port, self.initials.initial()[1]), ip
+        if kind == "greedy_announce":
+            if not self.greedy.ready(now):
+                return None
+            self.greedy.send(self.greedy.announcement(), self.agent)
+            return b"", ""  # sent by the greedy client's own socket, to read the acks
         if kind == "spoofed_service_reply":
             ip, port = self.service
             victim = self.rng.choice(self.spoof_as)
@@ -283,34 +470,58 @@ class Flooder:
             payload = getattr(self.factory, kind)()
         return _ipv4_udp(src, sport, ip, port, payload), ip
 
+    def _open_greedy_connection(self, now: float) -> None:
+        """The greedy client's own connection: one Initial from its path, which the
+        middlebox admits and the server answers."""
+        greedy = self.greedy
+        greedy.cid, initial = self.initials.initial()
+        ip, port = self.service
+        self._socket.sendto(_ipv4_udp(greedy.source_ip, greedy.port, ip, port, initial), (ip, 0))
+        greedy.opened_at = now
+
     def run(self) -> dict:
         started = time.monotonic()
         deadline = started + self.args.duration if self.args.duration else None
+        if self.greedy:
+            self._open_greedy_connection(started)
         total = 0
         while not self.stop.is_set():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
+            if self.greedy and self.greedy.done and "greedy_announce" in self.kinds:
+                index = self.kinds.index("greedy_announce")
+                del self.kinds[index], self.weights[index]
             due = int((now - started) * self.args.pps) - total
-            for kind in self.rng.choices(self.kinds, self.weights, k=max(0, due)):
-                total += 1
+            kinds = self.rng.choices(self.kinds, self.weights, k=max(0, due)) if self.kinds else []
+            total += max(0, due)
+            for kind in kinds:
                 built = self._packet(kind, now)
                 if built is None:
                     self.skipped[kind] += 1
                     continue
+                packet, destination, own = built
                 try:
-                    self._socket.sendto(built[0], (built[1], 0))
+                    if packet:
+                        self._sockets[own].sendto(packet, (destination, 0))
                     self.sent[kind] += 1
                 except OSError as exc:
                     self.errors[exc.strerror or str(exc.errno)] += 1
+            if self.greedy:
+                self.greedy.read_acks()
             self.stop.wait(TICK_S)
         ended = time.monotonic()
         if self.capture:
             self.capture.close()
         sent = sum(self.sent.values())
+        greedy = self.greedy.report() if self.greedy else None
+        if self.greedy:
+            self.greedy.close()
         return {
             "pps": self.args.pps,
             "source_ip": self.args.source_ip,
+            "source_ips": self.own,
+            "greedy": greedy,
             "spoofed_sources": self.spoof_as,
             "started_at": started,
             "ended_at": ended,
@@ -333,6 +544,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--spoof-as", help="comma-separated victim addresses to send from (spoofing)"
     )
+    parser.add_argument(
+        "--also-from",
+        help="comma-separated further own addresses to send from (each by its own interface)",
+    )
+    parser.add_argument(
+        "--initials", action="store_true", help="well-formed client Initials, not garbage"
+    )
+    parser.add_argument("--server-name", default="server.qasm.test", help="SNI of the Initials")
+    parser.add_argument("--alpn", default="qasm-transfer/1", help="ALPN of the Initials")
+    parser.add_argument(
+        "--greedy-paths", type=int, default=0,
+        help="announce this many paths as --agent-client, with --agent-key",
+    )  # fmt: skip
+    parser.add_argument("--agent-key", help="hex: the key of --agent-client (greedy client)")
     parser.add_argument("--pps", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--duration", type=float, help="seconds (default: until SIGTERM)")
@@ -340,6 +565,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.pps <= 0:
         parser.error("--pps must be positive")
+    if args.greedy_paths and args.agent and not args.agent_key:
+        parser.error("--greedy-paths needs --agent-key")
     return args
 
 

@@ -38,6 +38,7 @@ from qasm.functions.ratelimit import RateLimit
 from qasm.kernel.netfilter import KERNEL_VARIANTS, KernelSettings, kernel_bucket_bytes
 from testbed.analysis.matrix import format_matrix, survival_matrix
 from testbed.analysis.summary import format_table, summarize
+from testbed.apps.transfer import alpn
 from testbed.emulation import kernel as router_kernel
 from testbed.emulation.captures import start_captures, stop_captures
 from testbed.emulation.faults import FaultSchedule
@@ -596,7 +597,10 @@ class ExperimentRunner:
         def nat_settings(datapath) -> NatSettings | None:
             if not nat:
                 return None
-            settings = NatSettings(datapath.nat_public_ip, datapath.nat_public_mac, ports=nat.ports)
+            settings = NatSettings(
+                datapath.nat_public_ip, datapath.nat_public_mac, ports=nat.ports,
+                ports_per_source=nat.ports_per_source,
+            )  # fmt: skip
             replicas = positions[datapath.dpid]
             if state == "memory" and len(replicas) > 1:
                 # Replicas keeping state apart: each its own slice of the one public pool.
@@ -793,10 +797,22 @@ class ExperimentRunner:
         if _uses_agent(spec.variant):
             argv += ["--agent", f"{roles.agent_ip}:{roles.agent_port}"]
             argv += ["--agent-client", client.agent_id]
-        if spec.scenario.flood.spoof:
+        flood = spec.scenario.flood
+        if flood.spoof:
             # Every address but the one it sends from: its own wifi's, the other clients'.
             victims = [ip for c in roles.clients for ip in c.ips if ip != source_ip]
             argv += ["--spoof-as", ",".join(victims)]
+        if flood.initials or flood.greedy_paths:
+            workload = spec.scenario.workload
+            argv += ["--server-name", workload.server_name, "--alpn", alpn(workload.protocol)]
+        if flood.initials:
+            # From every address the host owns (each by its own interface, so each passes
+            # unicast RPF): a flooder without spoofing has no others.
+            argv += ["--initials", "--also-from", ",".join(i for i in client.ips if i != source_ip)]
+        if flood.greedy_paths and _uses_agent(spec.variant):
+            # The client's own key, as its Client Agent has it: a valid key, used greedily.
+            argv += ["--greedy-paths", str(flood.greedy_paths)]
+            argv += ["--agent-key", self._client_key(client).hex()]
         return emulation.start_on_host(client.host, argv, artifacts / "flood.log")
 
     def _stop_flood(self, emulation, flood: ManagedProcess, artifacts: Path) -> dict:

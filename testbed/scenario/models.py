@@ -90,6 +90,7 @@ MAX_BURST_KBIT = 10**7
 MAX_NAT_PORTS = 30000
 # A Python flooder on a 2-core machine sustains a few thousand packets per second.
 MAX_FLOOD_PPS = 20000
+MAX_GREEDY_PATHS = 1_000_000
 MAX_SWEEP_POINTS = 256
 DEFAULT_IDLE_S = 5.0
 DEFAULT_RUN_S = 60.0
@@ -599,6 +600,11 @@ class Nat(Section):
     """Source NAT (functions: nat)."""
 
     ports: Integer(1, MAX_NAT_PORTS) = Field(description="the NAT's public port pool")
+    ports_per_source: Integer(1, MAX_NAT_PORTS) | None = Field(
+        None,
+        description="public ports one client address may hold at once (RFC 6888 REQ-4); "
+        "its next new path is dropped (nat_source_quota); none: no limit",
+    )
 
 
 class Firewall(Section):
@@ -714,13 +720,25 @@ class Artifacts(Section):
 
 
 class Flood(Section):
-    """Garbage from client 1's lte address while the clients run (testbed/apps/flood.py)."""
+    """A hostile client 1 while the clients run (testbed/apps/flood.py): garbage from its lte
+    address, or well-formed Initials (`initials`), or a greedy Client Agent (`greedy_paths`)."""
 
     pps: Integer(1, MAX_FLOOD_PPS) = Field(description="packets per second")
     spoof: Flag = Field(
         False,
         description="send from the other clients', client 1's wifi and the server's "
         "addresses instead of its own (location hijacking, BCP 38)",
+    )
+    initials: Flag = Field(
+        False,
+        description="well-formed QUIC v1 client Initials (a real ClientHello, 1200 bytes), "
+        "each with a fresh DCID, from random source ports of client 1's own addresses (with "
+        "spoof: the victims' instead), instead of garbage: each opens a new connection",
+    )
+    greedy_paths: Integer(1, MAX_GREEDY_PATHS) | None = Field(
+        None,
+        description="client 1, with its own valid agent key, opens a connection and announces "
+        "this many fresh paths for it (its address, new ports) at `pps` (qasm only)",
     )
 
 
@@ -860,7 +878,7 @@ class Scenario(Section):
     cpu_pinning: Flag = Field(
         False, description="controller, switch and delay lines on one CPU, endpoints on others"
     )
-    flood: Flood | None = Field(None, description="none: no garbage")
+    flood: Flood | None = Field(None, description="none: no hostile traffic")
     faults: tuple[Fault, ...] = Field(
         (), description="faults injected during each run (kill_replica: topology replicas)"
     )
