@@ -17,6 +17,8 @@ PORT_CONTROLLER = 0xFFFFFFFD
 PRIORITY_TABLE_MISS = 0
 PRIORITY_L2 = 10
 PRIORITY_PROTECTED = 100  # service traffic goes to the middlebox, above L2 forwarding
+# A source over its admission budget or half-open quota, held for a second (pipeline.py).
+PRIORITY_SOURCE_HELD = 120
 PRIORITY_VIP_REPLY = 150  # baseline behind a load balancer: backend replies, per client MAC
 PRIORITY_ADMITTED_FLOW = 200
 # A half-open connection's probe: a copy of its service-side rule above it, so the probe's

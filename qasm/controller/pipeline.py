@@ -99,6 +99,7 @@ from qasm.controller.messages import (
     PRIORITY_L2,
     PRIORITY_PROBE,
     PRIORITY_PROTECTED,
+    PRIORITY_SOURCE_HELD,
     PRIORITY_TABLE_MISS,
     PRIORITY_VIP_REPLY,
     REMOVED_DELETE,
@@ -164,6 +165,11 @@ RULES_IN_FLIGHT_S = 1.0
 UNSPECIFIED_ADDRESS = "0.0.0.0"  # an ARP probe's sender (RFC 5227)
 # A host opens a handful of QUIC connections a second; 20 clients behind one address at
 # start-up, a few hundred at once (scenarios/scale.yaml starts 20 per host in a window).
+# A source refused for these is held at the switch for SOURCE_HOLD_S (`_hold_source`): a
+# second is 100 connections of the default budget, and a real client's retransmitted
+# Initial (RFC 9002 §6.2.2: an initial PTO of ~1 s) arrives after the hold.
+SOURCE_HELD_REASONS = frozenset({Reason.ADMISSION_BUDGET, Reason.HALF_OPEN_QUOTA})
+SOURCE_HOLD_S = 1
 DEFAULT_ADMISSION_RATE_PER_S = 100.0
 DEFAULT_ADMISSION_BURST = 400
 
@@ -1158,6 +1164,8 @@ class Middlebox(Switch):
             return self.l2_forward(in_port, frame, data, now, context)
         located = self._locate(path, to_service, frame.udp_payload, now)
         if isinstance(located, Refusal):
+            if located.reason in SOURCE_HELD_REASONS:
+                return self._hold_source(context, located, path)
             return self._drop(context, located)
         connection, reason = located
         if not to_service:
@@ -1225,6 +1233,23 @@ class Middlebox(Switch):
         self.half_open.discard(connection.id)
         for replica in self.siblings:
             replica._on_switch.pop(connection.id, None)
+
+    def _hold_source(self, context: dict, refusal: Refusal, path: FlowKey) -> Decision:
+        """A source over its admission budget or half-open quota: its packets to the service
+        on paths without a rule are dropped by the switch for SOURCE_HOLD_S, not sent here one
+        by one (5,000 Initials a second were 5,000 packet-ins a second, and the controller's
+        CPU was what the flood took: measured, scenarios/initial-flood.yaml). Below the
+        admitted paths' rules, so the source's live connections, and paths its agent
+        announces, are untouched; its new connections would have been refused anyway."""
+        hold = FlowRule(
+            PRIORITY_SOURCE_HELD,
+            Match(ipv4_src=path.src_ip, ipv4_dst=path.dst_ip),
+            None,
+            hard_timeout_s=SOURCE_HOLD_S,
+        )
+        return self.decide(
+            [hold], **context, verdict=Verdict.DROP, reason=refusal.reason, text=refusal.text
+        )
 
     def _drop(self, context: dict, refusal: Refusal, **fields) -> Decision:
         return self.decide(

@@ -245,8 +245,11 @@ class GreedyClient:
     (issue 16): what a per-client path quota (agent.max_paths) must hold against."""
 
     def __init__(
-        self, rng: random.Random, client: str, key: bytes, source_ip: str, paths: int
-    ) -> None:
+        self, rng: random.Random, client: str, key: bytes, source_ip: str, paths: int,
+        reports: socket.socket | None = None,
+    ) -> None:  # fmt: skip
+        """`reports`: a UDP socket bound to `source_ip` to send announcements and read the
+        agent's acks by (none: build announcements only)."""
         self.rng, self.client, self.key, self.source_ip = rng, client, key, source_ip
         self.paths = paths
         self.port = rng.randint(*FLOOD_PORTS)  # the connection's path
@@ -255,9 +258,7 @@ class GreedyClient:
         self.announced = 0
         self.acks: collections.Counter = collections.Counter()
         self._ports = iter(rng.sample(range(FLOOD_PORTS[0], FLOOD_PORTS[1] + 1), paths + 1))
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.bind((source_ip, 0))
-        self._socket.setblocking(False)
+        self._socket = reports
 
     @property
     def done(self) -> bool:
@@ -397,8 +398,11 @@ class Flooder:
         self.greedy = None
         if args.greedy_paths and self.agent:  # nothing to be greedy with without an agent
             key = bytes.fromhex(args.agent_key)
+            reports = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            reports.bind((args.source_ip, 0))
+            reports.setblocking(False)
             self.greedy = GreedyClient(
-                self.rng, args.agent_client, key, args.source_ip, args.greedy_paths
+                self.rng, args.agent_client, key, args.source_ip, args.greedy_paths, reports
             )
         weights: dict[str, int] = {}
         if args.initials:

@@ -43,7 +43,7 @@ def test_the_flood_ran_at_its_rate_from_the_hosts_own_addresses(run):
     assert set(flood["sent"]) == {"initial"}
     assert flood["achieved_pps"] >= 0.8 * PPS, flood
     assert flood["send_errors"] == {}
-    assert len(flood["source_ips"]) == 2 and flood["spoofed_sources"] == []
+    assert len(flood["source_ips"]) >= 2 and flood["spoofed_sources"] == []  # its own
 
 
 def test_the_other_clients_migrate_complete_and_verify(run):
@@ -65,15 +65,13 @@ def test_no_established_connection_is_evicted_and_the_pool_never_runs_out(run):
 def test_the_defences_held_the_flood_and_counted_it(run):
     flooder, _ = run
     drops = flooder["controller_drops"]
-    held = sum(
-        drops.get(reason, 0)
-        for reason in (Reason.ADMISSION_BUDGET, Reason.HALF_OPEN_QUOTA, Reason.NAT_SOURCE_QUOTA)
-    )
     sent = flooder["flood"]["sent"]["initial"]
-    assert drops.get(Reason.ADMISSION_BUDGET, 0) > 0, drops
-    assert drops.get(Reason.NAT_SOURCE_QUOTA, 0) > 0, drops
-    # Nearly every Initial was refused by a per-source defence (the rest opened connections).
-    assert held >= 0.9 * sent, (sent, drops)
+    refused = drops.get(Reason.ADMISSION_BUDGET, 0) + drops.get(Reason.HALF_OPEN_QUOTA, 0)
+    assert refused > 0 and drops.get(Reason.NAT_SOURCE_QUOTA, 0) > 0, drops
+    assert flooder["connections_half_open"] > 0
+    # A refused source is held at the switch for a second: most Initials never reach the
+    # controller (one packet-in each was what took its CPU).
+    assert flooder["controller_dropped"] < 0.2 * sent, (sent, drops)
 
 
 def test_controller_memory_stays_bounded(run):

@@ -11,6 +11,7 @@ import pytest
 from qasm.controller.events import ConnectionsEnded, Logged, ProbeEnded, Reason, Verdict
 from qasm.controller.messages import (
     PRIORITY_PROBE,
+    PRIORITY_SOURCE_HELD,
     REMOVED_DELETE,
     REMOVED_HARD_TIMEOUT,
     FlowRule,
@@ -97,7 +98,11 @@ def test_under_nat_a_source_holds_at_most_its_quota_of_half_open_connections():
     assert [d.event.reason for d in opened] == [Reason.OPENED_BY_INITIAL] * 2
     refused = initial(box, 40002)
     assert (refused.event.verdict, refused.event.reason) == (Verdict.DROP, Reason.HALF_OPEN_QUOTA)
-    assert refused.messages == () and refused.event.nat_allocated == ()
+    # Held at the switch for a second (its next Initials never reach the controller).
+    (hold,) = refused.messages
+    assert (hold.priority, hold.out_port, hold.hard_timeout_s) == (PRIORITY_SOURCE_HELD, None, 1)
+    assert (hold.match.ipv4_src, hold.match.ipv4_dst) == ("10.0.0.1", SERVER_IP)
+    assert refused.event.nat_allocated == ()
     assert len(hop.table) == 2 and hop.nat.pool.in_use == 2  # no slot, no port
     # Another source is not held to this one's quota.
     other = QuicPair()
