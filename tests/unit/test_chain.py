@@ -34,7 +34,29 @@ def public_address(hop: int) -> tuple[str, str]:
     return f"10.0.100.{hop}", f"02:00:00:00:01:{hop:02x}"
 
 
-class ChainBench:
+class RoundTrips:
+    """A bench's QUIC exchanges, over whatever its `client_sends`, `server_receives`,
+    `server_replies` and `client_receives` carry them through."""
+
+    pair: QuicPair
+
+    def round_trip(self, via="wifi", sport=50000) -> tuple[list[tuple[str, int]], int]:
+        self.pair.now += 0.001
+        self.client_sends(
+            [d for d, _ in self.pair.client.datagrams_to_send(now=self.pair.now)], via, sport
+        )
+        sources = self.server_receives()
+        self.server_replies()
+        return sources, self.client_receives()
+
+    def handshake(self) -> None:
+        self.pair.client.connect((SERVER_IP, 4433), now=self.pair.now)
+        for _ in range(6):
+            self.round_trip()
+        assert self.pair.client._handshake_confirmed
+
+
+class ChainBench(RoundTrips):
     """Client (wifi, lte) → hops 1..K → server, one QUIC connection between them."""
 
     def __init__(
@@ -117,21 +139,6 @@ class ChainBench:
                 frame.udp_payload, (SERVER_IP, 4433), now=self.pair.now
             )
         return len(frames)
-
-    def round_trip(self, via="wifi", sport=50000) -> tuple[list[tuple[str, int]], int]:
-        self.pair.now += 0.001
-        self.client_sends(
-            [d for d, _ in self.pair.client.datagrams_to_send(now=self.pair.now)], via, sport
-        )
-        sources = self.server_receives()
-        self.server_replies()
-        return sources, self.client_receives()
-
-    def handshake(self) -> None:
-        self.pair.client.connect((SERVER_IP, 4433), now=self.pair.now)
-        for _ in range(6):
-            self.round_trip()
-        assert self.pair.client._handshake_confirmed
 
     def report(self, datagram: bytes, via="lte") -> None:
         ip, mac, port = (

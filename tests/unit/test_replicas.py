@@ -33,6 +33,7 @@ from qasm.functions.ratelimit import RateLimit
 from testbed.redis_server import RedisServer
 from tests.unit.conftest import QuicPair, arp_frame, udp_frame
 from tests.unit.fakenet import FakeNetwork
+from tests.unit.test_chain import RoundTrips
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server not installed (make setup)"
@@ -54,7 +55,7 @@ def redis_url(tmp_path_factory):
         yield server.url
 
 
-class ReplicaBench:
+class ReplicaBench(RoundTrips):
     """Client (wifi, lte) → front end → replicas 1..R → back end → server. `via` names the
     replica each packet of the client takes (as a hashing front end would pick one), `back`
     the replica each packet of the server takes."""
@@ -135,21 +136,6 @@ class ReplicaBench:
                 frame.udp_payload, (SERVER_IP, 4433), now=self.pair.now
             )
         return len(frames)
-
-    def round_trip(self, via="wifi", sport=50000) -> tuple[list[tuple[str, int]], int]:
-        self.pair.now += 0.001
-        self.client_sends(
-            [d for d, _ in self.pair.client.datagrams_to_send(now=self.pair.now)], via, sport
-        )
-        sources = self.server_receives()
-        self.server_replies()
-        return sources, self.client_receives()
-
-    def handshake(self) -> None:
-        self.pair.client.connect((SERVER_IP, 4433), now=self.pair.now)
-        for _ in range(6):
-            self.round_trip()
-        assert self.pair.client._handshake_confirmed
 
     def report(self, datagram: bytes, via="lte") -> None:
         ip, mac = (LTE_IP, LTE_MAC) if via == "lte" else (WIFI_IP, WIFI_MAC)
