@@ -209,18 +209,6 @@ Flag = _scalar(bool, _flag, {"type": "boolean"})
 Text = _scalar(str, _text, {"type": "string"})
 
 
-def OneOf(allowed: Sequence[str]) -> Any:
-    """One name from `allowed`."""
-    names = ", ".join(allowed)
-
-    def check(value: Any) -> str:
-        if value not in allowed:
-            raise problem(f"expected one of {names}, got {value!r}")
-        return value
-
-    return _scalar(str, check, {"type": "string", "enum": list(allowed)})
-
-
 # A DNS name (RFC 1123 labels), lowercase or not; patterns may start with "*." (subdomains).
 HOST_NAME = (r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
              r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?")  # fmt: skip
@@ -412,7 +400,7 @@ class ReplicasTopology(Topology):
     replicas: Integer(2, MAX_REPLICAS) = Field(
         2, description="middlebox replicas: one hop, one NAT public address, each its own switch"
     )
-    steering: OneOf(STEERINGS) = Field(
+    steering: Choice(STEERINGS) = Field(
         "hash",
         description="how the front end picks a replica: hash (a select group over the "
         "5-tuple, as ECMP) or next-replica (a client address's first path on the replica "
@@ -647,7 +635,7 @@ class Middlebox(Section):
         description="with nat: connections the server has not answered a source prefix "
         "(new_connections_prefix_length) may hold; its next Initial is dropped",
     )
-    state: OneOf(STATES) = Field(
+    state: Choice(STATES) = Field(
         "memory",
         description="where connection state lives: memory (each hop, each replica its own) "
         "or redis (one table per hop shared by its replicas and the Tracking Agent; the run "
