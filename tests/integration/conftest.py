@@ -49,15 +49,25 @@ def leftovers(prefix: str) -> list[str]:
         for line in links.splitlines()
         if line.split(":")[1].strip().startswith(prefix)
     ]
+    found += [
+        f"process {pid}: {cmdline}"
+        for pid, cmdline in command_lines()
+        if f"mininet:{prefix}" in cmdline
+    ]
+    return found
+
+
+def command_lines() -> list[tuple[str, str]]:
+    """(pid, command line) of every process now."""
+    lines = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if f"mininet:{prefix}" in cmdline:
-                found.append(f"process {entry.name}: {cmdline}")
-    return found
+            lines.append((entry.name, cmdline))
+    return lines
 
 
 def run_scenario(scenario: Path, run_dir: Path, timeout_s: float = 900) -> str:

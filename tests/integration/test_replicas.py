@@ -15,7 +15,14 @@ import pytest
 import yaml
 
 from testbed.emulation.ownership import STATE_DIR, OwnedProcess
-from tests.integration.conftest import QASM, REPOSITORY, leftovers, read_records, run_scenario
+from tests.integration.conftest import (
+    QASM,
+    REPOSITORY,
+    command_lines,
+    leftovers,
+    read_records,
+    run_scenario,
+)
 from tests.integration.test_hygiene import _run_record, _wait_for
 
 pytestmark = pytest.mark.integration
@@ -109,16 +116,11 @@ def test_the_front_end_stopped_sending_to_the_dead_replica(run):
 
 
 def _redis_processes(prefix: str) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if cmdline.startswith("redis-server") and f"/redis/{prefix}/" in cmdline:
-                found.append(f"{entry.name}: {cmdline}")
-    return found
+    return [
+        f"{pid}: {cmdline}"
+        for pid, cmdline in command_lines()
+        if cmdline.startswith("redis-server") and f"/redis/{prefix}/" in cmdline
+    ]
 
 
 def test_a_run_leaves_no_redis_process_or_directory(run):
