@@ -11,7 +11,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OVS_CTL := /usr/share/openvswitch/scripts/ovs-ctl
 APT_PACKAGES := mininet openvswitch-switch iproute2 ethtool tcpdump procps psmisc iptables \
-    nftables conntrack util-linux redis-server ngtcp2-client ngtcp2-server
+    nftables conntrack util-linux redis-server ngtcp2-client ngtcp2-server tshark
 SCENARIO ?= scenarios/default.yaml
 OUT ?= results/$(notdir $(basename $(SCENARIO)))-$(shell date +%Y%m%d-%H%M%S)
 
