@@ -278,7 +278,12 @@ def _initial_events(count: int) -> list[Event]:
 
 
 def _cid_config() -> MiddleboxConfig:
-    return MiddleboxConfig(variant="cid", service_ip=SERVICE_IP, service_port=SERVICE_PORT)
+    # No server answers here: with the default half-open timeout every connection would end
+    # 2 s into the run and its rules' removal would be counted among the Initials' decisions.
+    return MiddleboxConfig(
+        variant="cid", service_ip=SERVICE_IP, service_port=SERVICE_PORT,
+        half_open_timeout_s=3600.0,
+    )  # fmt: skip
 
 
 def _qasm_config(clients: dict[str, tuple[str, str]]) -> MiddleboxConfig:
