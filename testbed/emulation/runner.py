@@ -538,6 +538,14 @@ class ExperimentRunner:
             processes = scenario.workload.server_processes
             argv += ["--process", f"{process}/{processes}"]
         argv += self._endpoint_artifacts(scenario, emulation, artifacts)
+        connections = len(emulation.roles.clients) * workload.connections
+        if "--socket-buffer" not in argv and connections > workload.server_processes:
+            # One socket is the receive queue of every connection a server process serves:
+            # at the default size (~208 kB, 170 datagrams) the handshakes of a scale run's
+            # hundreds of connections overflow it, and a connection whose handshake and
+            # retransmissions keep being dropped dies (measured: 53 of 200 connections in a
+            # reduced scale.yaml with pcaps on, the server never seeing their Finished).
+            argv += ["--socket-buffer", str(SOCKET_BUFFER_BYTES)]
         log = artifacts / _server_file(server, process, "", "log")
         return emulation.start_on_host(server.host, argv, log)
 
