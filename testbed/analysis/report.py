@@ -49,6 +49,7 @@ from testbed.analysis.summary import (
     COMPARISONS,
     COUNTERS,
     CURVE_METRICS,
+    STATE_COMPARISONS,
     failure_text,
     parameters_label,
     summarize,
@@ -456,6 +457,26 @@ def _rate_table(rows: list[dict]) -> Table:
     )
 
 
+def _state_table(rows: list[dict]) -> Table:
+    header = (
+        "point", "variant", "migration", "goodput ratio", "handshake ratio",
+        "disruption ms difference", "completed: redis / memory",
+    )  # fmt: skip
+    return Table(
+        header,
+        tuple(
+            (
+                row["point"] or "-",
+                row["variant"],
+                row["migration"],
+                *(_comparison_text(row[name]) for name in STATE_COMPARISONS),
+                f"{row['redis_completed_fraction']:.2f} / {row['memory_completed_fraction']:.2f}",
+            )
+            for row in rows
+        ),
+    )
+
+
 def _summary_blocks(summary: dict, level: int) -> list:
     blocks: list = [
         Heading(level, "Results per variant and migration kind"),
@@ -549,6 +570,17 @@ def build_blocks(run: RunDir, summary: dict, images: list[Image]) -> list:
                 "at once and at the end, and the agent's messages per migration."
             ),
             _rate_table(summary["rates"]),
+        ]
+    if summary.get("state_comparison"):
+        blocks += [
+            Heading(2, "Redis against memory"),
+            Paragraph(
+                "What keeping connection state in Redis costs: per variant, kind and the other "
+                "sweep values, the redis runs against the memory runs (median ratio or "
+                "difference with its seeded 95% bootstrap interval; goodput and disruption of "
+                "the connections that survived), and the fraction that completed in each."
+            ),
+            _state_table(summary["state_comparison"]),
         ]
     if summary.get("matrix"):
         blocks += [

@@ -328,6 +328,41 @@ def compare_groups(group: list[dict], baseline: list[dict], seed: int) -> dict:
     return result
 
 
+STATE_KEY = "middlebox.state"
+# What shared state costs a surviving connection, Redis against memory.
+STATE_COMPARISONS = ("goodput_ratio", "handshake_ratio", "disruption_ms_difference")
+
+
+def state_comparison(records: list[dict], seed: int) -> list[dict]:
+    """Where a run sweeps `middlebox.state` over memory and redis: per variant, migration
+    kind and the other sweep values, each STATE_COMPARISONS entry of the redis runs against
+    the memory runs (the same bootstrap intervals as against baseline)."""
+    rows = []
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for record in records:
+        parameters = dict(record.get("parameters") or {})
+        state = parameters.pop(STATE_KEY, None)
+        if state not in ("memory", "redis"):
+            continue
+        key = (record["variant"], str(record["migration"]), parameters_label(parameters))
+        groups.setdefault(key, {"memory": [], "redis": []})[state].append(record)
+    for (variant, kind, point), states in sorted(groups.items()):
+        if not (states["memory"] and states["redis"]):
+            continue
+        comparison = compare_groups(states["redis"], states["memory"], seed)
+        rows.append(
+            {
+                "variant": variant,
+                "migration": kind,
+                "point": point,
+                **{name: comparison[name] for name in STATE_COMPARISONS},
+                "redis_completed_fraction": comparison["completed_fraction"],
+                "memory_completed_fraction": comparison["baseline_completed_fraction"],
+            }  # fmt: skip
+        )
+    return rows
+
+
 def parameters_label(parameters: dict) -> str:
     """`topology.clients=5,workload.bytes=4000000`; list values join with `+`."""
     return ",".join(
@@ -369,6 +404,7 @@ def summarize(records: list[dict], seed: int = 0, split_points: bool = True) -> 
     if split_points:
         summary["curves"] = {key: curves(records, key, seed) for key in curve_parameters(records)}
         summary["rates"] = rate_rows(records, seed)
+        summary["state_comparison"] = state_comparison(records, seed)
     labels = sorted({parameters_label(r.get("parameters") or {}) for r in records})
     if split_points and labels != [""] and labels:
         summary["points"] = [

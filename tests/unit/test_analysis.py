@@ -528,3 +528,25 @@ def test_the_report_plots_what_repeated_migration_costs_against_the_achieved_rat
     assert main(["report", str(run)]) == 0
     assert (run / "plots" / "against-migration-rate.png").exists()
     assert "Against the achieved migration rate" in (run / "report.md").read_text()
+
+
+def test_a_sweep_over_middlebox_state_compares_redis_with_memory_per_point():
+    """What shared state costs, with its interval: redis runs against memory runs of the same
+    variant, kind and other sweep values, never across points."""
+    records = []
+    for state, goodput in (("memory", (40.0, 41.0, 42.0)), ("redis", (20.0, 21.0, 22.0))):
+        for replicas in (2, 4):
+            for repetition, value in enumerate(goodput):
+                parameters = {"middlebox.state": state, "topology.replicas": replicas}
+                records.append(record("qasm", repetition, value, parameters=parameters))
+    rows = summarize(records)["state_comparison"]
+    assert [(r["variant"], r["migration"], r["point"]) for r in rows] == [
+        ("qasm", "active", "topology.replicas=2"),
+        ("qasm", "active", "topology.replicas=4"),
+    ]
+    goodput = rows[0]["goodput_ratio"]
+    assert goodput["estimate"] == pytest.approx(21.0 / 41.0)
+    assert goodput["ci95"][1] < 1.0 and goodput["note"] == "difference detected"
+    assert rows[0]["redis_completed_fraction"] == rows[0]["memory_completed_fraction"] == 1.0
+    # Without the sweep, nothing to compare.
+    assert summarize(good_records())["state_comparison"] == []
