@@ -52,7 +52,11 @@ def test_no_migrated_qasm_connection_costs_a_packet_in(run):
 
 def test_connections_start_within_the_window_and_each_migrates_at_its_own_moment(run):
     records = [r for r in run[1] if r["variant"] == "baseline"]
-    assert len({r["migration_trigger"]["at_bytes"] for r in records}) == len(records)
+    # Each its own seeded draw in [20 kB, 50 kB]: 200 integers from 30,001 collide now and
+    # then (the birthday bound), so "its own" is nearly all distinct, across the spread.
+    triggers = [r["migration_trigger"]["at_bytes"] for r in records]
+    assert len(set(triggers)) >= 0.95 * len(records)
+    assert min(triggers) < 25_000 and max(triggers) > 45_000
 
 
 def test_the_progress_line_summarises_instead_of_listing(run):
