@@ -150,8 +150,8 @@ class ConnectionStore(Protocol):
     def is_live(self, connection: Connection) -> bool: ...
 
 
-class ConnectionTable:
-    """get / put / associate / expire, all taking `now`: the in-memory `ConnectionStore`."""
+class TableBounds:
+    """The bounds every `ConnectionStore` keeps (in memory or in Redis), checked once."""
 
     def __init__(
         self,
@@ -171,6 +171,23 @@ class ConnectionTable:
         self.max_connections = max_connections
         self.max_cids_per_connection = max_cids_per_connection
         self.max_paths_per_connection = max_paths_per_connection
+
+
+class ConnectionTable(TableBounds):
+    """get / put / associate / expire, all taking `now`: the in-memory `ConnectionStore`."""
+
+    def __init__(
+        self,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_cids_per_connection: int = 16,
+        max_paths_per_connection: int = 16,
+        half_open_timeout_s: float | None = None,
+    ) -> None:
+        super().__init__(
+            idle_timeout_s, max_connections, max_cids_per_connection,
+            max_paths_per_connection, half_open_timeout_s,
+        )  # fmt: skip
         self.evicted = 0
         self.expired = 0
         self.half_open_ended = 0

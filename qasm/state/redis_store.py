@@ -63,6 +63,7 @@ from qasm.state.connections import (
     EXPIRED,
     HALF_OPEN,
     Connection,
+    TableBounds,
 )
 from qasm.state.redis_layout import (
     CID,
@@ -415,7 +416,7 @@ class _Tracked:
     stored: dict[str, str]  # data field → its JSON as last read from or written to Redis
 
 
-class RedisConnectionTable:
+class RedisConnectionTable(TableBounds):
     """The `ConnectionStore` interface over Redis; replicas share a table by sharing
     `prefix`. `state_types` maps function names to their state dataclass (to read them)."""
 
@@ -431,15 +432,10 @@ class RedisConnectionTable:
         sweep_interval_s: float = SWEEP_INTERVAL_S,
         half_open_timeout_s: float | None = None,
     ) -> None:
-        if idle_timeout_s <= 0 or max_connections <= 0:
-            raise ValueError("idle_timeout_s and max_connections must be positive")
-        if half_open_timeout_s is not None and half_open_timeout_s <= 0:
-            raise ValueError("half_open_timeout_s must be positive")
-        self.idle_timeout_s = idle_timeout_s
-        self.half_open_timeout_s = min(half_open_timeout_s or idle_timeout_s, idle_timeout_s)
-        self.max_connections = max_connections
-        self.max_cids_per_connection = max_cids_per_connection
-        self.max_paths_per_connection = max_paths_per_connection
+        super().__init__(
+            idle_timeout_s, max_connections, max_cids_per_connection,
+            max_paths_per_connection, half_open_timeout_s,
+        )  # fmt: skip
         self.state_types = dict(state_types or {})
         self.keys = StoreKeys(prefix)
         self.evicted = 0
