@@ -343,13 +343,20 @@ class HostAgent:
         if connection.current is None:
             connection.current = src
         connection.paths.setdefault(src, _Path(src, now)).last_sent = now
+        self._long_header_datagram(connection, datagram, headers, from_client=True)
+
+    def _long_header_datagram(
+        self, connection: Connection, datagram: bytes, headers, from_client: bool
+    ) -> None:
+        """Either side's handshake datagram: its CRYPTO frames, the secrets they unlock, and
+        any 1-RTT packet coalesced after the long headers."""
         try:
-            connection.hello.add(datagram, from_client=True)
+            connection.hello.add(datagram, from_client=from_client)
         except WireError:
             self.counters["malformed"] += 1
         self._attach_secrets(connection)
         if any(h.form is HeaderForm.SHORT for h in headers[1:]):
-            self._open(connection, datagram, from_client=True)
+            self._open(connection, datagram, from_client=from_client)
 
     def _sent_on(self, connection: Connection, src: Address, dcid: bytes, now: float) -> None:
         """The client sent from `src` with `dcid`. A path it had not used becomes current; a
@@ -383,13 +390,7 @@ class HostAgent:
             if first.packet_type in (PacketType.INITIAL, PacketType.HANDSHAKE):
                 connection.server_cid_length = len(first.scid)
                 connection.server_cids.setdefault(first.scid, 0)
-            try:
-                connection.hello.add(datagram, from_client=False)
-            except WireError:
-                self.counters["malformed"] += 1
-            self._attach_secrets(connection)
-            if any(h.form is HeaderForm.SHORT for h in headers[1:]):
-                self._open(connection, datagram, from_client=False)
+            self._long_header_datagram(connection, datagram, headers, from_client=False)
             return
         for connection in self.connections:
             length = connection.client_cid_length
