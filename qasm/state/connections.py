@@ -80,8 +80,8 @@ class Connection:
     # A switch holds a probe rule for the connection's service-side packets that reports
     # when it goes (pipeline.py): the half-open timeout is the switch's, not the table's.
     probing: bool = False
-    ends: dict[FlowKey, PathEnds] = field(default_factory=dict)
-    rules_sent_at: dict[FlowKey, float] = field(default_factory=dict)  # per path
+    # Where a path's ends are on a switch and when its rules went there are the switch's,
+    # not the connection's (pipeline.py: OnSwitch), so replicas never share them.
     functions: dict[str, Any] = field(default_factory=dict)  # function name → its typed state
 
     def to_json_value(self) -> dict:
@@ -193,7 +193,10 @@ class ConnectionTable(TableBounds):
         self.half_open_ended = 0
         self.cid_lengths: set[int] = set()  # lengths of server CIDs seen (short-header parsing)
         self.last_put_existing = False  # one table, no other replica: every put makes one
-        self._connections: OrderedDict[int, Connection] = OrderedDict()  # LRU order
+        # LRU order. Not a plain dict popped and reinserted (53 bytes less per entry): the
+        # holes that leaves at its front make finding the oldest, on every packet-in, scan
+        # them (measured: 590 µs with 50,000 of 100,000 refreshed).
+        self._connections: OrderedDict[int, Connection] = OrderedDict()
         # Half-open connections in LRU order: not probed (the table's clock ends them), and
         # probed (a switch will). Established or ended ones leave lazily (`_first_half_open`).
         self._half_open: OrderedDict[int, Connection] = OrderedDict()

@@ -44,10 +44,7 @@ PATH, RETIRED, CID = "path", "retired", "cid"
 FUNCTION = "fn"
 # Connection fields stored one per hash field (id is in the key; last_seen is the LRU score;
 # the index-owned ones are `path:`/`retired:`/`cid:` fields).
-DATA_FIELDS = (
-    "created_at", "owner", "migrations", "observing", "established", "probing", "ends",
-    "rules_sent_at",
-)  # fmt: skip
+DATA_FIELDS = ("created_at", "owner", "migrations", "observing", "established", "probing")
 SEQUENCE = "_seq"
 TOUCHED = "_touched"
 

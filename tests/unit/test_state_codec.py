@@ -36,7 +36,7 @@ from qasm.functions.firewall import Firewall, FirewallState, SniPolicy
 from qasm.functions.loadbalancer import LoadBalancerState
 from qasm.functions.nat import NatState
 from qasm.functions.ratelimit import RateLimitState
-from qasm.state.connections import Connection, PathEnds
+from qasm.state.connections import Connection
 
 SERVER_IP = "10.0.0.250"
 STATE_TYPES = {
@@ -64,8 +64,6 @@ ports = st.integers(1, 65535)
 paths = st.builds(FlowKey, ips, ports, st.just(SERVER_IP), st.just(4433))
 cids = st.binary(min_size=1, max_size=20)
 times = st.floats(0, 1e9, allow_nan=False, allow_infinity=False)
-macs = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
-ends = st.builds(PathEnds, ports, macs, ports)
 firewall_states = st.builds(
     FirewallState,
     sni_pending=st.booleans(),
@@ -99,8 +97,6 @@ def connections(draw) -> Connection:
         owner=draw(st.none() | st.text(min_size=1, max_size=32)),
         migrations=draw(st.integers(0, 1000)),
         observing=draw(st.booleans()),
-        ends={p: draw(ends) for p in known if draw(st.booleans())},
-        rules_sent_at={p: draw(times) for p in live if draw(st.booleans())},
         functions=functions,
     )
 
@@ -112,7 +108,7 @@ def test_a_connection_round_trips_through_json(connection):
     assert fields(back) == fields(connection)
     assert back.to_json_value() == connection.to_json_value()
     # Typed again, not left as JSON values: keys are FlowKeys and ints, CIDs bytes.
-    assert all(isinstance(p, FlowKey) for p in (*back.paths, *back.ends, *back.rules_sent_at))
+    assert all(isinstance(p, FlowKey) for p in (*back.paths, *back.retired_paths))
     assert all(isinstance(cid, bytes) for cid in back.server_cids)
     for name, state in back.functions.items():
         assert type(state) is STATE_TYPES[name]
@@ -142,7 +138,6 @@ def test_a_pending_sni_assembly_with_fragments_out_of_order_round_trips_and_resu
         id=7, created_at=1.0, last_seen=2.5, paths=(path, FlowKey("10.0.2.1", 6000, SERVER_IP, 4433)),
         retired_paths=(FlowKey("10.0.1.1", 49999, SERVER_IP, 4433),),
         server_cids=(b"\x01" * 8, b"\x02" * 8), owner="c1", migrations=1, observing=True,
-        ends={path: PathEnds(2, "02:00:00:00:00:01", 1)}, rules_sent_at={path: 2.0},
         functions={
             "ratelimit": RateLimitState(7),
             "nat": NatState({path: 20000}),
