@@ -126,6 +126,7 @@ class NatMapping:
 class Event:
     """Base of every logged event; `name` is the `event` field of its line."""
 
+    __slots__ = ()
     name: ClassVar[str]
 
     def to_record(self, t: float, variant: str) -> dict[str, Any]:
@@ -141,7 +142,10 @@ class SwitchConnected(Event):
     flow_mods: int = 0
 
 
-@dataclass(frozen=True)
+# The events of every packet-in and agent report are not frozen (see
+# qasm/controller/messages.py: measured, PacketIn 2.4 µs frozen against 0.6 µs); like the
+# others they are values nothing changes once built.
+@dataclass(slots=True)
 class PacketIn(Event):
     """A packet the switch sent to the controller, and what the middlebox made of it."""
 
@@ -162,7 +166,7 @@ class PacketIn(Event):
     store_round_trips: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AgentReport(Event):
     """A datagram to the Tracking Agent and its answer (installs on hops are PathInstalled)."""
 
@@ -181,7 +185,7 @@ class AgentReport(Event):
     store_round_trips: int = 0  # checking and carrying it out on every hop
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PathInstalled(Event):
     """A hop's state and rules for a path the Tracking Agent told it about (push), or that it
     pulled from the Tracking Agent; `path` is the path as this hop sees it."""

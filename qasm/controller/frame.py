@@ -28,7 +28,8 @@ class FrameError(ValueError):
     """A packet-in frame is malformed; the message names the layer and field."""
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as it is parsed once per packet-in (see qasm/controller/messages.py).
+@dataclass(slots=True)
 class Frame:
     eth_src: str
     eth_dst: str

@@ -357,7 +357,8 @@ class MiddleboxConfig:
         return json.dumps(asdict(self))
 
 
-@dataclass(frozen=True)
+# Not frozen: one per packet-in (see qasm/controller/messages.py).
+@dataclass(slots=True)
 class Decision:
     """The switch messages for one datapath and the event the controller logs for them."""
 
@@ -1047,7 +1048,7 @@ class Middlebox(Switch):
         if cookie != COOKIE_OBSERVE:
             self.learn(in_port, frame)  # (a copy's source may be a rewritten one)
         context = self.context(in_port, frame)
-        self.expire(now)
+        # (Controller.packet_in swept the table just before: `expire`.)
         if cookie == COOKIE_OBSERVE:
             # Already forwarded by the switch; this copy only feeds CID learning.
             decision = self._observe(frame, now, context)

@@ -49,7 +49,8 @@ class Change:
         return self
 
 
-@dataclass(frozen=True)
+# Not frozen: one per function and admitted path (see qasm/controller/messages.py).
+@dataclass(slots=True)
 class Translation:
     """How one function rewrites a path's packets.
 

@@ -50,7 +50,8 @@ EVICTED = "evicted"
 HALF_OPEN = "half_open"  # never established, ended by the half-open timeout or a probe
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: built per admitted path (see qasm/controller/messages.py).
+@dataclass(slots=True)
 class PathEnds:
     """Where a path's two ends are on the hop's switch, once both are located."""
 

@@ -57,7 +57,9 @@ LONG_PACKET_TYPES: dict[int, tuple[PacketType, PacketType, PacketType, PacketTyp
 KNOWN_VERSIONS = frozenset(LONG_PACKET_TYPES)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: parsed once per packet-in (a frozen __init__ costs 3-4x; see
+# qasm/controller/messages.py). Nothing changes one once parsed.
+@dataclass(slots=True)
 class PacketHeader:
     """One QUIC packet's cleartext header, located inside its datagram.
 
