@@ -42,6 +42,8 @@ class Frame:
     udp_payload: bytes = b""
 
     def addresses(self) -> tuple[str, ...]:
+        if self.ip_src and self.ip_dst:
+            return (self.ip_src, self.ip_dst)  # every IPv4 packet: no generator per packet-in
         return tuple(a for a in (self.ip_src, self.ip_dst) if a)
 
 
