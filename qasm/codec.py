@@ -24,7 +24,18 @@ class CodecError(ValueError):
     """A JSON value does not fit the type it is read as; the message names the field."""
 
 
+# Types written as they are, checked first by exact type: the decision log encodes every
+# packet-in's event through here (a chain of isinstance checks per field was a tenth of an
+# os-ken packet-in, measured with py-spy).
+_AS_IS = frozenset({type(None), bool, int, float, str})
+
+
 def to_json_value(value: Any) -> Any:
+    kind = type(value)
+    if kind in _AS_IS:
+        return value
+    if kind is tuple:
+        return [to_json_value(item) for item in value]
     if value is None or isinstance(value, bool | int | float | str):
         return value.value if isinstance(value, enum.Enum) else value
     if isinstance(value, enum.Enum):

@@ -158,8 +158,30 @@ def _match_fields(match: Match) -> list[tuple[str, object]]:
     return fields
 
 
+# The match of an admitted path's rule (an exact IPv4/UDP 5-tuple, most of what this
+# controller sends), packed in one call: ofp_match, then the OXM TLVs eth_type, ip_proto,
+# ipv4_src, ipv4_dst, udp_src, udp_dst (as _match_fields orders them), then padding.
+_FLOW_OXMS_LENGTH = 6 + 5 + 8 + 8 + 6 + 6
+_FLOW_MATCH = struct.Struct("!HH" + "HBBH" + "HBBB" + "HBB4s" * 2 + "HBBH" * 2 + "5x")
+
+
+def _flow_match(flow) -> bytes:
+    oxm = OFPXMC_OPENFLOW_BASIC
+    return _FLOW_MATCH.pack(
+        OFPMT_OXM, 4 + _FLOW_OXMS_LENGTH,
+        oxm, 5 << 1, 2, ETH_TYPE_IPV4,
+        oxm, 10 << 1, 1, IP_PROTO_UDP,
+        oxm, 11 << 1, 4, socket.inet_aton(flow.src_ip),
+        oxm, 12 << 1, 4, socket.inet_aton(flow.dst_ip),
+        oxm, 15 << 1, 2, flow.src_port,
+        oxm, 16 << 1, 2, flow.dst_port,
+    )  # fmt: skip
+
+
 def _match(match: Match) -> bytes:
     """ofp_match: type, length (without padding), OXM TLVs, padded to 8 bytes."""
+    if match.flow and not match.eth_dst:
+        return _flow_match(match.flow)
     oxms = b"".join(_oxm(name, value) for name, value in _match_fields(match))
     length = 4 + len(oxms)
     return struct.pack("!HH", OFPMT_OXM, length) + oxms + bytes(-length % 8)
