@@ -36,14 +36,14 @@ def to_json_value(value: Any) -> Any:
         return value
     if kind is tuple:
         return [to_json_value(item) for item in value]
-    if value is None or isinstance(value, bool | int | float | str):
-        return value.value if isinstance(value, enum.Enum) else value
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, bytes):
-        return value.hex()
     if isinstance(value, FlowKey):
         return [value.src_ip, value.src_port, value.dst_ip, value.dst_port]
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
     if dataclasses.is_dataclass(value):
         return {f.name: to_json_value(getattr(value, f.name)) for f in _fields(type(value))}
     if isinstance(value, dict):

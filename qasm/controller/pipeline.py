@@ -1188,7 +1188,9 @@ class Middlebox(Switch):
                     return self._drop(context, outcome, connection=connection.id)
                 if outcome is not None:
                     reason = outcome
-        pending = any(function.pending(connection) for function in self.functions)
+        pending = False
+        for function in self.functions:
+            pending = pending or function.pending(connection)
         change = self._path_added(connection, path, now)
         if change.refusal is not None:
             if not self.table.save(connection, now):
@@ -1283,9 +1285,10 @@ class Middlebox(Switch):
             if found is not None:
                 return found
         problem = client_initial_problem(payload)
-        refusals = [r for f in self.functions if (r := f.admit(problem)) is not None]
-        if refusals:
-            return refusals[0]
+        for function in self.functions:
+            refusal = function.admit(problem)
+            if refusal is not None:
+                return refusal
         source = self.admission.key(path.src_ip)
         if self.nat is not None:
             held = self.half_open.count(source, self._still_half_open)
