@@ -34,9 +34,14 @@ Figure = tuple[str, str]
 CIDS_PER_CONNECTION = 3
 
 
-def _fill(table: ConnectionStore, connections: int, migrated: bool = True) -> list[bytes]:
+def _fill(
+    table: ConnectionStore, connections: int, migrated: bool = True, established: bool = True
+) -> list[bytes]:
     """Connections as a qasm hop with a NAT holds them: migrated ones with two paths (one
-    retired) and three server CIDs, or fresh ones with their first path and CID."""
+    retired) and three server CIDs, or fresh ones with their first path and CID. A hop
+    knows a server CID once the server answered (a copy of its handshake, or the client's
+    agent), so they are established unless asked for half-open ones (a flood's, which the
+    per-source quota and the half-open timeout bound)."""
     cids = []
     for i in range(connections):
         host = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
@@ -53,15 +58,16 @@ def _fill(table: ConnectionStore, connections: int, migrated: bool = True) -> li
             table.associate_cid(connection, cid, now=0.0)
             cids.append(cid)
         connection.functions["nat"] = NatState(ports)
+        connection.established = established
         table.save(connection, now=0.0)
     return cids
 
 
-def _bytes_per_connection(connections: int, migrated: bool) -> float:
+def _bytes_per_connection(connections: int, migrated: bool, established: bool = True) -> float:
     gc.collect()
     tracemalloc.start()
     table = ConnectionTable(max_connections=connections)
-    _fill(table, connections, migrated)
+    _fill(table, connections, migrated, established)
     current, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(table) == connections
@@ -72,9 +78,11 @@ def connection_memory(connections: int = 100_000) -> list[Figure]:
     """Bytes per connection, everything the table allocates for it (indexes included)."""
     fresh = _bytes_per_connection(connections, migrated=False)
     migrated = _bytes_per_connection(connections, migrated=True)
+    half_open = _bytes_per_connection(connections, migrated=False, established=False)
     return [
         ("connection_table_bytes_per_connection", f"{fresh:.0f}"),
         ("connection_table_bytes_per_migrated_connection", f"{migrated:.0f}"),
+        ("connection_table_bytes_per_half_open_connection", f"{half_open:.0f}"),
         ("connection_table_1m_mib", f"{fresh * 1e6 / 2**20:.0f}"),
     ]
 

@@ -5,6 +5,7 @@ from qasm.state.connections import EVICTED, EXPIRED, ConnectionTable
 
 A = FlowKey("10.0.1.1", 5000, "10.0.0.250", 4433)
 B = FlowKey("10.0.2.1", 6000, "10.0.0.250", 4433)
+C = FlowKey("10.0.3.1", 7000, "10.0.0.250", 4433)
 
 
 def test_a_connection_is_found_by_every_path_and_cid_until_idle():
@@ -53,3 +54,18 @@ def test_the_least_recently_used_connection_is_evicted_at_the_bound():
     assert table.by_cid(b"\x01", 1.0) is None
     assert table.associate_cid(second, b"\x02", 1.0) and table.associate_cid(second, b"\x03", 1.0)
     assert not table.associate_cid(second, b"\x04", 1.0)  # bounded per connection
+
+
+def test_an_established_connection_saved_keeps_no_half_open_entry():
+    # A memory property (make bench: an entry of a half-open order is 105 bytes), so it
+    # reads the orders themselves: established ones leave on save, half-open ones stay.
+    table = ConnectionTable()
+    probed, answered, silent = table.put(A, 0.0), table.put(B, 0.0), table.put(C, 0.0)
+    probed.probing = True
+    table.save(probed, 0.0)
+    table.expire(0.0)  # moves the probed one to the probed order
+    for connection in (probed, answered):
+        connection.established = True
+        assert table.save(connection, 1.0)
+    orders = (table._half_open, table._probed)
+    assert [list(order) for order in orders] == [[silent.id], []]
