@@ -4,7 +4,8 @@ Connection state (and each function's part of it) is shared between middlebox re
 written to logs, so it is made of plain dataclasses whose fields are JSON-able through this
 one codec: `to_json_value(value)` and `from_json_value(type, value)` are exact inverses for
 the types used here (None, bool, int, float, str, bytes as hex, enums by value, `FlowKey` as
-`[src_ip, src_port, dst_ip, dst_port]`, tuples, lists, sets, dicts, nested dataclasses and
+`[src_ip, src_port, dst_ip, dst_port]`, tuples (of one type, or fixed ones such as
+`tuple[FlowKey, int]`), lists, sets, dicts, nested dataclasses and
 `X | None`). Anything else is a programming error and raises TypeError naming the type.
 """
 
@@ -72,6 +73,12 @@ def from_json_value(kind: Any, value: Any, where: str = "value") -> Any:
         if not isinstance(value, list):
             raise CodecError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(kind)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            # tuple[X, Y]: one item of each type, in order (tuple[X, ...] is any number of X).
+            if len(value) != len(args):
+                raise CodecError(f"{where}: expected {len(args)} items, got {value!r}")
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(from_json_value(a, v, f"{where}[{i}]") for i, (a, v) in pairs)
         item = args[0] if args else Any
         items = [from_json_value(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return origin(items)

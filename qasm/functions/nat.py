@@ -110,9 +110,29 @@ class NatPool:
 
 @dataclass(slots=True)
 class NatState:
-    """The public port of each path of the connection (retired ones until released)."""
+    """The public port of each path of the connection (retired ones until released).
 
-    ports: dict[FlowKey, int] = field(default_factory=dict)
+    (path, port) pairs, not a dict: a connection holds one or two, and a dict of one costs
+    224 bytes where a tuple of one pair costs 112 (make bench: bytes per connection). Its
+    JSON is the same list of [path, port] pairs either way."""
+
+    ports: tuple[tuple[FlowKey, int], ...] = ()
+
+    def port(self, path: FlowKey) -> int | None:
+        for held, port in self.ports:
+            if held == path:
+                return port
+        return None
+
+    def add(self, path: FlowKey, port: int) -> None:
+        self.ports += ((path, port),)
+
+    def remove(self, path: FlowKey) -> int | None:
+        """Forgets the path's port and returns it (None if it held none)."""
+        port = self.port(path)
+        if port is not None:
+            self.ports = tuple(pair for pair in self.ports if pair[0] != path)
+        return port
 
 
 class Nat(MiddleboxFunction):
@@ -149,7 +169,7 @@ class Nat(MiddleboxFunction):
 
     def path_added(self, connection, path: FlowKey, now: float) -> Change:
         state: NatState = self.state(connection)
-        if path in state.ports:
+        if state.port(path) is not None:
             return Change()
         quota = self.settings.ports_per_source
         if quota is not None and self._held[path.src_ip] >= quota:
@@ -159,13 +179,13 @@ class Nat(MiddleboxFunction):
         if port is None:
             text = f"NAT port pool exhausted ({self.settings.ports} ports)"
             return Change(refusal=Refusal(Reason.NAT_POOL_EXHAUSTED, text))
-        state.ports[path] = port
+        state.add(path, port)
         self._held[path.src_ip] += 1
         return Change(nat_allocated=[self._mapping(path, port)])
 
     def path_retired(self, connection, path: FlowKey) -> Change:
         state: NatState = self.state(connection)
-        port = state.ports.pop(path, None)
+        port = state.remove(path)
         if port is None:
             return Change()
         self.pool.release(path)
@@ -177,13 +197,13 @@ class Nat(MiddleboxFunction):
     def connection_ended(self, connection) -> Change:
         change = Change()
         state = connection.functions.get(self.name)
-        for path in list(state.ports) if state else ():
+        for path, _ in state.ports if state else ():
             change.merge(self.path_retired(connection, path))
         return change
 
     def translate(self, connection, path: FlowKey, flow: FlowKey) -> Translation:
         state = connection.functions.get(self.name)
-        port = state.ports.get(path) if state else None
+        port = state.port(path) if state else None
         if port is None:
             return Translation(flow)
         public = self.settings
@@ -199,4 +219,4 @@ class Nat(MiddleboxFunction):
 
     def mappings(self, connection) -> list[NatMapping]:
         state = connection.functions.get(self.name)
-        return [self._mapping(p, port) for p, port in (state.ports.items() if state else ())]
+        return [self._mapping(p, port) for p, port in (state.ports if state else ())]

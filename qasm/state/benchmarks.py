@@ -47,17 +47,17 @@ def _fill(
         host = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
         first = FlowKey(host, 40000, "10.0.0.250", 4433)
         connection = table.put(first, now=0.0)
-        ports = {first: 20000 + i % 30000}
+        port = (first, 20000 + i % 30000)
         if migrated:
             second = FlowKey(host, 40001, "10.0.0.250", 4433)
             table.associate_path(connection, second, now=0.0)
             table.retire_path(connection, first)
-            ports = {second: 20000 + i % 30000}
+            port = (second, 20000 + i % 30000)
         for _ in range(CIDS_PER_CONNECTION if migrated else 1):
             cid = os.urandom(8)
             table.associate_cid(connection, cid, now=0.0)
             cids.append(cid)
-        connection.functions["nat"] = NatState(ports)
+        connection.functions["nat"] = NatState((port,))
         connection.established = established
         table.save(connection, now=0.0)
     return cids
@@ -130,7 +130,7 @@ def _new_connections(
         path = _client_path(i, 40000)
         connection = table.put(path, 1.0)
         table.associate_cid(connection, _cid(i, 0), 1.0)
-        connection.functions["nat"] = NatState({path: pool.allocate(path)})
+        connection.functions["nat"] = NatState(((path, pool.allocate(path)),))
         table.save(connection, 1.0)
 
 
@@ -145,10 +145,10 @@ def _migrations(table: ConnectionStore, pool: NatPool | SharedNatPool, connectio
         connection = table.by_cid(_cid(i, 0), 3.0)
         table.associate_cid(connection, _cid(i, 1), 3.0)
         table.associate_path(connection, new, 3.0)
-        ports = connection.functions["nat"].ports
-        ports[new] = pool.allocate(new)
+        nat = connection.functions["nat"]
+        nat.add(new, pool.allocate(new))
         table.retire_path(connection, old)
-        del ports[old]
+        nat.remove(old)
         pool.release(old)
         connection.migrations += 1
         table.save(connection, 3.0)

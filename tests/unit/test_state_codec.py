@@ -84,7 +84,7 @@ def connections(draw) -> Connection:
     if draw(st.booleans()):
         functions["ratelimit"] = RateLimitState(draw(st.none() | st.integers(1, 2**32)))
     if draw(st.booleans()):
-        functions["nat"] = NatState({p: draw(st.integers(1024, 65535)) for p in known})
+        functions["nat"] = NatState(tuple((p, draw(st.integers(1024, 65535))) for p in known))
     if draw(st.booleans()):
         functions["loadbalancer"] = LoadBalancerState(draw(st.none() | ips))
     return Connection(
@@ -140,7 +140,7 @@ def test_a_pending_sni_assembly_with_fragments_out_of_order_round_trips_and_resu
         server_cids=(b"\x01" * 8, b"\x02" * 8), owner="c1", migrations=1, observing=True,
         functions={
             "ratelimit": RateLimitState(7),
-            "nat": NatState({path: 20000}),
+            "nat": NatState(((path, 20000),)),
             "loadbalancer": LoadBalancerState("10.0.4.2"),
         },
     )  # fmt: skip
