@@ -99,12 +99,17 @@ from testbed.records.metrics import goodput_mbps
 # Payload handed to aioquic but not yet acknowledged; aioquic buffers whatever it is given,
 # so without this bound "migrate at byte N" would mean "N bytes queued", not "N delivered".
 SEND_WINDOW_BYTES = 1024 * 1024
+# A report waits for its ack at least AGENT_REPLY_TIMEOUT_S and at least AGENT_RTT_FACTOR
+# smoothed RTTs of its connection, doubling at each retry as QUIC's PTO does: a report shares
+# the path's queues, and with 1,000 connections on 2 cores RTTs reach seconds (a fixed 0.2 s
+# gave up on 790 of 1,000 announcements, whose clients then moved to paths nobody knew).
 AGENT_REPLY_TIMEOUT_S = 0.2
+AGENT_RTT_FACTOR = 2
 AGENT_ATTEMPTS = 3
+# An old path's socket stays open this long, or 3 smoothed RTTs if longer (RFC 9000 §9.4
+# keeps old path state for a while too), so the peer's packets in flight still arrive.
 OLD_SOCKET_GRACE_S = 1.0
-# How long an ending connection waits for a migration in flight (an agent exchange takes
-# milliseconds; its retries, at most this).
-MIGRATION_FINISH_S = 1.0
+OLD_PATH_RTTS = 3
 # Acknowledged-bytes samples for goodput-over-time plots: fine enough to see a migration gap
 # (tens of ms) without bloating the report (a 60 s transfer gives 3000 samples at most).
 PROGRESS_INTERVAL_S = 0.02
@@ -281,6 +286,12 @@ class _AgentReplies(asyncio.DatagramProtocol):
         self.replies.put_nowait(data)
 
 
+def reply_timeouts(rtt_s: float | None) -> list[float]:
+    """How long each attempt of an agent exchange waits for the ack."""
+    first = max(AGENT_REPLY_TIMEOUT_S, AGENT_RTT_FACTOR * (rtt_s or 0.0))
+    return [first * 2**k for k in range(AGENT_ATTEMPTS)]
+
+
 @dataclass
 class AgentLink:
     """The Client Agent and where its Tracking Agent listens."""
@@ -289,15 +300,24 @@ class AgentLink:
     address: tuple[str, int]
     exchanges: list = field(default_factory=list)
     pending: list = field(default_factory=list)  # background exchanges (retirements)
+    longest_wait_s: float = 0.0  # the longest an exchange so far could take
 
     async def exchange(
-        self, build: Callable[[], tuple[int, bytes]], local_ip: str, what: str, owner: str
+        self,
+        build: Callable[[], tuple[int, bytes]],
+        local_ip: str,
+        what: str,
+        owner: str,
+        rtt_s: float | None,
     ) -> dict:
         """Sends the report `build()` makes and waits for its ack, retrying the identical
         datagram. The report is built only once its socket exists, with no await before it
         is sent: its counter is taken when it leaves, so reports leave in counter order even
         when a retirement and the next announcement overlap (a retirement whose counter was
-        taken before an announcement overtook it was rejected as a replay)."""
+        taken before an announcement overtook it was rejected as a replay). `rtt_s` is the
+        connection's smoothed RTT, which sets how long each attempt waits."""
+        timeouts = reply_timeouts(rtt_s)
+        self.longest_wait_s = max(self.longest_wait_s, sum(timeouts))
         loop = asyncio.get_running_loop()
         transport, channel = await loop.create_datagram_endpoint(
             _AgentReplies, local_addr=(local_ip, 0), remote_addr=self.address
@@ -309,11 +329,11 @@ class AgentLink:
             "attempts": 0, "bytes": len(datagram),
         }  # fmt: skip
         try:
-            for attempt in range(1, AGENT_ATTEMPTS + 1):
+            for attempt, timeout in enumerate(timeouts, 1):
                 result["attempts"] = attempt
                 transport.sendto(datagram)
                 try:
-                    reply = await asyncio.wait_for(channel.replies.get(), AGENT_REPLY_TIMEOUT_S)
+                    reply = await asyncio.wait_for(channel.replies.get(), timeout)
                 except TimeoutError:
                     continue
                 try:
@@ -371,6 +391,10 @@ class Migrator:
         self.last_start: float | None = None
 
     @property
+    def rtt_s(self) -> float | None:
+        return self.protocol.stack.smoothed_rtt_s(self.protocol._quic)
+
+    @property
     def busy(self) -> bool:
         return self.task is not None and not self.task.done()
 
@@ -420,6 +444,7 @@ class Migrator:
                 new_local_ip,
                 "announce",
                 self.name,
+                self.rtt_s,
             )
             result["retired_path"] = list(retire) if retire else None
             if earlier is not None:
@@ -431,7 +456,9 @@ class Migrator:
         migrated_at = time.monotonic()
         protocol.switch_transport(new_transport, new_cid=plan.new_cid)
         self.paths.append(new)
-        loop.call_later(OLD_SOCKET_GRACE_S, self._grace_over, old)
+        loop.call_later(
+            max(OLD_SOCKET_GRACE_S, OLD_PATH_RTTS * (self.rtt_s or 0.0)), self._grace_over, old
+        )
         new_dcid = stack.peer_cid(quic)
         return {
             "kind": plan.kind,
@@ -495,8 +522,9 @@ class Migrator:
 
         async def retire() -> None:
             await agent.exchange(
-                lambda: agent.agent.retire(quic, path.local), local_ip, "retire", self.name
-            )
+                lambda: agent.agent.retire(quic, path.local), local_ip, "retire", self.name,
+                self.rtt_s,
+            )  # fmt: skip
             self._close(path)
 
         agent.pending.append(asyncio.get_running_loop().create_task(retire()))
@@ -599,7 +627,9 @@ async def run_transfer(
                 # be at the Tracking Agent already, and cancelled it would leave the
                 # announced path (and its NAT port) held there with nobody to retire it.
                 try:
-                    await asyncio.wait_for(asyncio.shield(migrator.task), MIGRATION_FINISH_S)
+                    await asyncio.wait_for(
+                        asyncio.shield(migrator.task), sum(reply_timeouts(migrator.rtt_s))
+                    )
                 except Exception:  # noqa: BLE001 (timed out or failed: either way it stops)
                     migrator.task.cancel()
             migrator.retire_old_paths()
@@ -634,7 +664,7 @@ def _register(agent: AgentLink, protocol, name: str) -> None:
         asyncio.get_running_loop().create_task(
             agent.exchange(
                 lambda: agent.agent.announce(quic, local, local, False), local[0], "register",
-                name,
+                name, protocol.stack.smoothed_rtt_s(quic),
             )
         )
     )  # fmt: skip
@@ -873,7 +903,7 @@ async def main_async(args: argparse.Namespace) -> list[ClientReport]:
     if agent is not None:
         # Let retirements in flight finish: the Tracking Agent should hear of them.
         if agent.pending:
-            await asyncio.wait(agent.pending, timeout=OLD_SOCKET_GRACE_S + 1)
+            await asyncio.wait(agent.pending, timeout=OLD_SOCKET_GRACE_S + agent.longest_wait_s)
         for report in reports:
             report.agent = agent.summary(report.client)
     return list(reports)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 from qasm.agents.client import ClientAgent
 from qasm.agents.messages import Ack, Announce, Retire, open_sealed, seal
@@ -54,11 +55,11 @@ def test_a_retirement_whose_socket_came_late_still_leaves_before_the_next_announ
             )
 
         retirement = asyncio.create_task(
-            link.exchange(lambda: report("retire"), "10.0.1.1", "x", "c1")
+            link.exchange(lambda: report("retire"), "10.0.1.1", "x", "c1", 0.001)
         )
         await asyncio.sleep(0)
         announcement = asyncio.create_task(
-            link.exchange(lambda: report("announce"), "10.0.2.1", "y", "c1")
+            link.exchange(lambda: report("announce"), "10.0.2.1", "y", "c1", 0.001)
         )
         await asyncio.sleep(0.01)
         retire_socket.set_result(None)
@@ -95,6 +96,7 @@ def test_old_paths_still_in_their_grace_period_are_retired_when_the_connection_e
     class _Protocol:
         transport = _Socket(1000)
         _quic = object()
+        stack = SimpleNamespace(smoothed_rtt_s=lambda quic: 0.001)
 
     class _Agent:
         def __init__(self) -> None:
@@ -105,7 +107,7 @@ def test_old_paths_still_in_their_grace_period_are_retired_when_the_connection_e
         def retire(self, quic, local):
             self.retired.append(local)
 
-        async def exchange(self, report, local_ip, what, name):
+        async def exchange(self, report, local_ip, what, name, rtt_s):
             report()
             return {"accepted": True}
 
@@ -124,3 +126,15 @@ def test_old_paths_still_in_their_grace_period_are_retired_when_the_connection_e
     agent, migrator = asyncio.run(scenario())
     assert agent.retired == [("10.0.1.1", 1000)]  # not the retired one, not the current one
     assert ("10.0.1.1", 1000) not in [p.local for p in migrator.paths]  # its socket closed
+
+
+def test_an_exchange_waits_longer_on_a_slow_path_and_backs_off():
+    """Reports share the path's queues: on a fast path the floor, on one whose RTT is a
+    second (1,000 connections on 2 cores) several seconds, doubling as QUIC's PTO does."""
+    fast = client_app.reply_timeouts(0.005)
+    slow = client_app.reply_timeouts(1.0)
+    assert fast[0] == client_app.AGENT_REPLY_TIMEOUT_S
+    assert slow[0] == client_app.AGENT_RTT_FACTOR * 1.0
+    assert len(slow) == client_app.AGENT_ATTEMPTS
+    assert all(b == 2 * a for a, b in zip(slow, slow[1:], strict=False))
+    assert client_app.reply_timeouts(None) == fast
