@@ -32,7 +32,12 @@ client uses the new path: from the new address, the current and next DCID and th
 address; it waits for the signed ack (retrying with the identical datagram), then migrates.
 Old paths are retired: by the next announcement when the client migrates again before the old
 path's grace period ends (one message per migration, and at most two paths per connection at
-the middlebox), otherwise by a retirement of its own once the grace period is over.
+the middlebox), otherwise by a retirement of its own once the grace period is over. With
+`--repeat-every S` the next path is announced ahead: S/2 after each migration (when packets
+in flight on the path just left have arrived) the agent opens the next path's socket and
+announces it with the DCID it will use, retiring the path just left in the same message, so
+the next migration waits for nobody (`announced_ahead` in its record); a path announced but
+never used is retired when the transfer ends.
 
 With `--repeat-every S`, after the first migration the client migrates again every S seconds
 while it sends, each time to the next `--migrate-ip` in turn (a fresh source port each time):
@@ -389,6 +394,17 @@ class Migrator:
         self.public: tuple[str, int] | None = None  # the mapping the network gave it
         self.started = 0  # migrations begun (the index of the next one)
         self.last_start: float | None = None
+        # Repeated migration with an agent: the next path, announced (and acknowledged)
+        # ahead of its moment with the DCID it will use, so the migration waits for nobody.
+        self.ahead: _Path | None = None
+        self.ahead_cid: bytes | None = None
+        self.ahead_task: asyncio.Task | None = None  # its announcement, in flight
+        self._ahead_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def announces_ahead(self) -> bool:
+        plan = self.plan
+        return self.agent is not None and plan.repeat_every_s is not None and not plan.in_network
 
     @property
     def rtt_s(self) -> float | None:
@@ -429,33 +445,35 @@ class Migrator:
         if plan.in_network:
             return await self._rebind_in_network(new_local_ip, spare_cids)
         old = self.paths[-1]
-        new_transport, _ = await loop.create_datagram_endpoint(
-            lambda: _SocketForwarder(protocol), local_addr=(new_local_ip, 0)
-        )
-        new = _Path(tuple(new_transport.get_extra_info("sockname")[:2]), new_transport)
-        # The path before the old one, if nobody retired it yet: this announcement does.
-        earlier = next((p for p in self.paths[:-1] if not p.retired), None)
-        if agent is not None:
-            if earlier is not None:
-                earlier.retired = True  # claimed: its grace timer leaves it to us
-            retire = earlier.local if earlier else None
-            result = await agent.exchange(
-                lambda: agent.agent.announce(quic, old.local, new.local, plan.new_cid, retire),
-                new_local_ip,
-                "announce",
-                self.name,
-                self.rtt_s,
-            )
-            result["retired_path"] = list(retire) if retire else None
-            if earlier is not None:
-                if result["accepted"]:
-                    self._close(earlier)
-                else:
-                    earlier.retired = False  # its grace timer retires it on its own
+        if self._ahead_timer is not None:  # due before its next path was announced
+            self._ahead_timer.cancel()
+            self._ahead_timer = None
+        if self.ahead_task is not None:
+            task, self.ahead_task = self.ahead_task, None
+            with contextlib.suppress(Exception):  # failed: this migration announces its own
+                await asyncio.shield(task)
+        new, announced_ahead = self.ahead, False
+        self.ahead = None
+        if new is not None and plan.new_cid and self.ahead_cid != stack.peer_cid_next(quic):
+            # The server retired the CID it was announced with: announce the path again.
+            new.transport.close()
+            new = None
+        if new is not None:
+            announced_ahead = True
+        else:
+            new = await self._open_path(new_local_ip)
+            if agent is not None:
+                await self._announce(old, new)
         old_dcid = stack.peer_cid(quic)
         migrated_at = time.monotonic()
-        protocol.switch_transport(new_transport, new_cid=plan.new_cid)
+        protocol.switch_transport(new.transport, new_cid=plan.new_cid)
         self.paths.append(new)
+        if self.announces_ahead:
+            # Half an interval later, when packets in flight on the path left have arrived:
+            # announce the next path and retire that one, in one message.
+            self._ahead_timer = loop.call_later(
+                plan.repeat_every_s / 2, self._announce_next, index + 1
+            )
         loop.call_later(
             max(OLD_SOCKET_GRACE_S, OLD_PATH_RTTS * (self.rtt_s or 0.0)), self._grace_over, old
         )
@@ -468,8 +486,53 @@ class Migrator:
             "old_dcid": old_dcid.hex() if old_dcid is not None else None,
             "new_dcid": new_dcid.hex() if new_dcid is not None else None,
             "spare_cids": spare_cids,  # server CIDs the client held, unused, when it moved
-            "retired_with_announce": earlier is not None and agent is not None,
+            "announced_ahead": announced_ahead,
         }
+
+    async def _open_path(self, local_ip: str) -> _Path:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _SocketForwarder(self.protocol), local_addr=(local_ip, 0)
+        )
+        return _Path(tuple(transport.get_extra_info("sockname")[:2]), transport)
+
+    async def _announce(self, old: _Path, new: _Path) -> bool:
+        """Announces `new` (the connection is on `old`), retiring the path before `old` if
+        nobody has yet: one message per migration, at most two paths at the middlebox."""
+        agent, quic, new_cid = self.agent, self.protocol._quic, self.plan.new_cid
+        earlier = next((p for p in self.paths[:-1] if not p.retired), None)
+        if earlier is not None:
+            earlier.retired = True  # claimed: its grace timer leaves it to us
+        retire = earlier.local if earlier else None
+        result = await agent.exchange(
+            lambda: agent.agent.announce(quic, old.local, new.local, new_cid, retire),
+            new.local[0], "announce", self.name, self.rtt_s,
+        )  # fmt: skip
+        result["retired_path"] = list(retire) if retire else None
+        if earlier is not None:
+            if result["accepted"]:
+                self._close(earlier)
+            else:
+                earlier.retired = False  # its grace timer retires it on its own
+        return result["accepted"]
+
+    def _announce_next(self, index: int) -> None:
+        self._ahead_timer = None
+        stack, quic = self.protocol.stack, self.protocol._quic
+        if self.protocol.close_event is not None or (
+            self.plan.new_cid and not stack.spare_peer_cids(quic)
+        ):
+            return  # over, or no spare CID: the migration will find out and skip
+        self.ahead_task = asyncio.get_running_loop().create_task(self._prepare(index))
+
+    async def _prepare(self, index: int) -> None:
+        """Opens the path of migration `index` and announces it from the current one."""
+        current = self.paths[-1]
+        path = await self._open_path(self.plan.address(index))
+        cid = self.protocol.stack.peer_cid_next(self.protocol._quic)
+        if await self._announce(current, path):
+            self.ahead, self.ahead_cid = path, cid
+        else:
+            path.transport.close()  # the migration announces its own
 
     async def _rebind_in_network(self, public_ip: str, spare_cids: int | None) -> dict:
         """The host's NAT moves the connection to a new public address and port; the socket,
@@ -489,13 +552,26 @@ class Migrator:
             "old_dcid": dcid.hex() if dcid is not None else None,
             "new_dcid": dcid.hex() if dcid is not None else None,
             "spare_cids": spare_cids,
-            "retired_with_announce": False,
+            "announced_ahead": False,
         }
+
+    def in_flight(self) -> list[asyncio.Task]:
+        """Migration work that may have reached the Tracking Agent already: cancelled, it
+        would leave an announced path (and its NAT port) held there with nobody to retire
+        it."""
+        if self._ahead_timer is not None:
+            self._ahead_timer.cancel()
+            self._ahead_timer = None
+        return [t for t in (self.task, self.ahead_task) if t is not None and not t.done()]
 
     def retire_old_paths(self) -> None:
         """The connection is over: old paths still in their grace period carry nothing
-        more, so they are retired now rather than left to the middlebox's idle timeout (the
-        timers would fire after the process has gone)."""
+        more, and a path announced ahead never will, so they are retired now rather than
+        left to the middlebox's idle timeout (the timers would fire after the process has
+        gone)."""
+        if self.ahead is not None:
+            self.paths.insert(0, self.ahead)
+            self.ahead = None
         for path in list(self.paths[:-1]):
             self._grace_over(path)
 
@@ -622,16 +698,14 @@ async def run_transfer(
         pass  # the close event below says why
     finally:
         if migrator is not None:
-            if migrator.busy:
-                # Let a migration begun during the transfer finish: its announcement may
-                # be at the Tracking Agent already, and cancelled it would leave the
-                # announced path (and its NAT port) held there with nobody to retire it.
+            # Let a migration begun during the transfer finish (Migrator.in_flight).
+            for task in migrator.in_flight():
                 try:
                     await asyncio.wait_for(
-                        asyncio.shield(migrator.task), sum(reply_timeouts(migrator.rtt_s))
+                        asyncio.shield(task), sum(reply_timeouts(migrator.rtt_s))
                     )
                 except Exception:  # noqa: BLE001 (timed out or failed: either way it stops)
-                    migrator.task.cancel()
+                    task.cancel()
             migrator.retire_old_paths()
             migrator.close()
         report.last_received_at = protocol.last_received_at

@@ -205,7 +205,7 @@ class ClientLog:
                 "from": list(self._local) if self._local else None,
                 "old_dcid": self._dcid,
                 "spare_cids": self.new_cids_received - len(self.migrations),
-                "retired_with_announce": False,
+                "announced_ahead": False,
             }
         elif line.startswith("Local address is now"):
             match = _LOCAL_NOW.match(line)
@@ -461,7 +461,7 @@ async def _rebind_in_network(
         {
             "kind": spec.plan.kind, "at": time.monotonic(), "from": list(log.local_address),
             "to": list(public), "by": "network", "old_dcid": log._dcid, "new_dcid": log._dcid,
-            "spare_cids": log.new_cids_received, "retired_with_announce": False,
+            "spare_cids": log.new_cids_received, "announced_ahead": False,
             "first_data_at": None,  # the program's socket did not change: not seen here
             "_stamp_ms": None,  # our own clock: no log line to correct it with
         }

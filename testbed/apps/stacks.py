@@ -74,6 +74,13 @@ class PythonStack:
         """The DCID the client sends with now; None where not exposed (qh3)."""
         return quic._peer_cid.cid if self.name == "aioquic" else None
 
+    def peer_cid_next(self, quic) -> bytes | None:
+        """The DCID change_connection_id() takes next; None where there is none or the stack
+        does not say (qh3)."""
+        if self.name != "aioquic" or not quic._peer_cid_available:
+            return None
+        return quic._peer_cid_available[0].cid
+
     def spare_peer_cids(self, quic) -> int | None:
         """Server CIDs the client holds unused; None where not exposed (qh3)."""
         return len(quic._peer_cid_available) if self.name == "aioquic" else None

@@ -1,0 +1,112 @@
+"""Repeated migration with a Client Agent announces the next path ahead of its moment: the
+migration then waits for no exchange, each announcement retires the path left before, and a
+path announced but never used is retired when the transfer ends."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from types import SimpleNamespace
+
+from testbed.apps import client as client_app
+from testbed.apps.client import MigrationPlan
+from testbed.migration import MigrationKind
+
+REPEAT_S = 0.02
+_ports = itertools.count(2000)
+
+
+class _Socket:
+    def __init__(self, local) -> None:
+        self.local, self.closed = local, False
+
+    def get_extra_info(self, name):
+        return self.local
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class _Protocol:
+    def __init__(self) -> None:
+        self.transport = _Socket(("10.0.1.1", 1000))
+        self._quic = SimpleNamespace()
+        self.close_event = None
+        self.progress = asyncio.Event()
+        self.stack = SimpleNamespace(
+            smoothed_rtt_s=lambda quic: 0.001,
+            spare_peer_cids=lambda quic: 4,
+            peer_cid=lambda quic: b"\x01" * 8,
+            peer_cid_next=lambda quic: b"\x02" * 8,
+        )
+
+    def switch_transport(self, transport, new_cid: bool) -> None:
+        self.transport = transport
+
+
+class _Agent:
+    """Records each report: (what, old, new, retire) or (what, path)."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple] = []
+        self.pending: list = []
+        self.agent = self
+
+    def announce(self, quic, old, new, new_cid, retire):
+        self.reports.append(("announce", old, new, retire))
+
+    def retire(self, quic, path):
+        self.reports.append(("retire", path))
+
+    async def exchange(self, build, local_ip, what, name, rtt_s):
+        build()
+        return {"accepted": True}
+
+
+def _run(moves: int):
+    async def scenario():
+        loop = asyncio.get_running_loop()
+
+        async def create_datagram_endpoint(factory, local_addr):
+            return _Socket((local_addr[0], next(_ports))), None
+
+        loop.create_datagram_endpoint = create_datagram_endpoint
+        protocol, agent = _Protocol(), _Agent()
+        plan = MigrationPlan(
+            MigrationKind("nat-rebind"), ("10.0.1.1",), at_seconds=0.0, repeat_every_s=REPEAT_S
+        )
+        migrator = client_app.Migrator(protocol, plan, agent, "c1", ("10.0.0.100", 4433))
+        moved = []
+        for index in range(moves):
+            exchanged_before = len(agent.reports)
+            record = await migrator.migrate(index)
+            record["exchanges"] = len(agent.reports) - exchanged_before
+            moved.append(record)
+            await asyncio.sleep(REPEAT_S)  # the next path is announced half-way
+        for task in migrator.in_flight():
+            await task
+        migrator.retire_old_paths()
+        await asyncio.gather(*agent.pending)
+        return moved, agent.reports, migrator
+
+    return asyncio.run(scenario())
+
+
+def test_after_the_first_each_migration_uses_a_path_announced_ahead():
+    moved, reports, _ = _run(moves=3)
+    assert [m["announced_ahead"] for m in moved] == [False, True, True]
+    assert [m["exchanges"] for m in moved] == [1, 0, 0]  # no wait on the agent
+    announces = [r for r in reports if r[0] == "announce"]
+    # Each announcement of the next path comes from the path the connection is on, with the
+    # path it left retired in the same message.
+    for (_, old, _new, retire), move in zip(announces[1:], moved, strict=False):
+        assert old == tuple(move["to"]) and retire == tuple(move["from"])
+    assert tuple(moved[1]["to"]) == announces[1][2]
+
+
+def test_a_path_announced_but_never_used_is_retired_at_the_end():
+    moved, reports, migrator = _run(moves=2)
+    unused = [r[2] for r in reports if r[0] == "announce"][-1]
+    assert unused not in [tuple(m["to"]) for m in moved]
+    assert ("retire", unused) in reports
+    assert migrator.ahead is None
