@@ -8,7 +8,7 @@ next, so the agent can announce a CID before the connection starts using it.
 
 from __future__ import annotations
 
-from aioquic.quic.connection import QuicConnection
+from typing import TYPE_CHECKING
 
 from qasm.agents.messages import (
     Ack,
@@ -19,6 +19,15 @@ from qasm.agents.messages import (
     open_sealed,
     seal,
 )
+
+if TYPE_CHECKING:
+    from aioquic.quic.connection import QuicConnection
+
+
+def spare_peer_cid(quic: QuicConnection) -> bytes | None:
+    """The server CID aioquic's change_connection_id() takes next, or None when it holds no
+    spare one (the only place that reads aioquic's list of them)."""
+    return quic._peer_cid_available[0].cid if quic._peer_cid_available else None
 
 
 class ClientAgent:
@@ -44,9 +53,10 @@ class ClientAgent:
         """The DCID the connection will send with after migrating."""
         if not new_cid:
             return quic._peer_cid.cid
-        if not quic._peer_cid_available:
+        spare = spare_peer_cid(quic)
+        if spare is None:
             raise AgentMessageError("no spare server connection ID to migrate to")
-        return quic._peer_cid_available[0].cid
+        return spare
 
     def announce(
         self,

@@ -445,9 +445,7 @@ class Migrator:
         if plan.in_network:
             return await self._rebind_in_network(new_local_ip, spare_cids)
         old = self.paths[-1]
-        if self._ahead_timer is not None:  # due before its next path was announced
-            self._ahead_timer.cancel()
-            self._ahead_timer = None
+        self.stop_announcing_ahead()  # due before its next path was announced
         if self.ahead_task is not None:
             task, self.ahead_task = self.ahead_task, None
             with contextlib.suppress(Exception):  # failed: this migration announces its own
@@ -555,13 +553,16 @@ class Migrator:
             "announced_ahead": False,
         }
 
+    def stop_announcing_ahead(self) -> None:
+        """No next path will be opened and announced (one already under way carries on)."""
+        if self._ahead_timer is not None:
+            self._ahead_timer.cancel()
+            self._ahead_timer = None
+
     def in_flight(self) -> list[asyncio.Task]:
         """Migration work that may have reached the Tracking Agent already: cancelled, it
         would leave an announced path (and its NAT port) held there with nobody to retire
         it."""
-        if self._ahead_timer is not None:
-            self._ahead_timer.cancel()
-            self._ahead_timer = None
         return [t for t in (self.task, self.ahead_task) if t is not None and not t.done()]
 
     def retire_old_paths(self) -> None:
@@ -699,6 +700,7 @@ async def run_transfer(
     finally:
         if migrator is not None:
             # Let a migration begun during the transfer finish (Migrator.in_flight).
+            migrator.stop_announcing_ahead()
             for task in migrator.in_flight():
                 try:
                     await asyncio.wait_for(

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from qasm.agents.client import spare_peer_cid
+
 PYTHON_STACKS = ("aioquic", "qh3")
 
 
@@ -77,9 +79,7 @@ class PythonStack:
     def peer_cid_next(self, quic) -> bytes | None:
         """The DCID change_connection_id() takes next; None where there is none or the stack
         does not say (qh3)."""
-        if self.name != "aioquic" or not quic._peer_cid_available:
-            return None
-        return quic._peer_cid_available[0].cid
+        return spare_peer_cid(quic) if self.name == "aioquic" else None
 
     def spare_peer_cids(self, quic) -> int | None:
         """Server CIDs the client holds unused; None where not exposed (qh3)."""

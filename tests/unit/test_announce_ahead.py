@@ -63,7 +63,7 @@ class _Agent:
         return {"accepted": True}
 
 
-def _run(moves: int):
+def _run(moves: int, stop_ahead_after_last: bool = False):
     async def scenario():
         loop = asyncio.get_running_loop()
 
@@ -82,7 +82,10 @@ def _run(moves: int):
             record = await migrator.migrate(index)
             record["exchanges"] = len(agent.reports) - exchanged_before
             moved.append(record)
+            if stop_ahead_after_last and index == moves - 1:
+                migrator.stop_announcing_ahead()  # the transfer ended (client.py's run)
             await asyncio.sleep(REPEAT_S)  # the next path is announced half-way
+        migrator.stop_announcing_ahead()
         for task in migrator.in_flight():
             await task
         migrator.retire_old_paths()
@@ -109,4 +112,11 @@ def test_a_path_announced_but_never_used_is_retired_at_the_end():
     unused = [r[2] for r in reports if r[0] == "announce"][-1]
     assert unused not in [tuple(m["to"]) for m in moved]
     assert ("retire", unused) in reports
+    assert migrator.ahead is None
+
+
+def test_once_stopped_no_next_path_is_announced():
+    moved, reports, migrator = _run(moves=2, stop_ahead_after_last=True)
+    announced = [r[2] for r in reports if r[0] == "announce"]
+    assert announced == [tuple(m["to"]) for m in moved]  # none beyond the last move
     assert migrator.ahead is None
