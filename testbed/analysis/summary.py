@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -94,7 +95,10 @@ def bootstrap_interval(
     def statistic(a, b, axis):
         return compare(np.median(a, axis=axis), np.median(b, axis=axis))
 
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # A ratio of medians that are both 0 is NaN in some resamples: scipy then warns on
+    # stderr (in the middle of the progress lines) and the interval is None below.
+    with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         result = stats.bootstrap(
             (np.asarray(variant, dtype=float), np.asarray(baseline, dtype=float)),
             statistic,
