@@ -125,6 +125,14 @@ PROGRESS_INTERVAL_S = 0.02
 # a time gets its own wake-up at that time.
 IDLE_WAKES_PER_PROCESS_S = 50
 START_POLL_S = 0.01  # how often a ready client looks for the run's start time
+# A new path does not take a local address a path of this process used in the last
+# PORT_REUSE_DELAY_S, the reason TCP has TIME_WAIT: Open vSwitch's datapath keeps a retired
+# path's cached entry (now "to the controller") until it has been idle 10 s (its default
+# other_config:max-idle), and a new path on the same 4-tuple meets that entry until the
+# revalidators catch up with its rules, so its first packets go to the controller. Measured
+# in rate.yaml at 200 Hz: 8-50 migration packet-ins per run, all but 3 on reused ports.
+PORT_REUSE_DELAY_S = 10.0
+PORT_REUSE_TRIES = 8  # sockets held open at most, each making the OS hand out another port
 
 
 @dataclass
@@ -364,6 +372,28 @@ class AgentLink:
         }
 
 
+class RecentPorts:
+    """Local addresses this process's paths used lately, and when (the caller says)."""
+
+    PRUNE_AT = 4096
+
+    def __init__(self, delay_s: float = PORT_REUSE_DELAY_S) -> None:
+        self.delay_s = delay_s
+        self._last_used: dict[tuple[str, int], float] = {}
+
+    def used(self, address: tuple[str, int], now: float) -> None:
+        self._last_used[address] = now
+        if len(self._last_used) > self.PRUNE_AT:
+            self._last_used = {a: t for a, t in self._last_used.items() if self.recent(a, now)}
+
+    def recent(self, address: tuple[str, int], now: float) -> bool:
+        last = self._last_used.get(address)
+        return last is not None and now - last < self.delay_s
+
+
+RECENT_PORTS = RecentPorts()  # one per process: its connections share the host's ports
+
+
 @dataclass
 class _Path:
     local: tuple[str, int]
@@ -398,6 +428,7 @@ class Migrator:
         # ahead of its moment with the DCID it will use, so the migration waits for nobody.
         self.ahead: _Path | None = None
         self.ahead_cid: bytes | None = None
+        self.recent_ports = RECENT_PORTS
         self.ahead_task: asyncio.Task | None = None  # its announcement, in flight
         self._ahead_timer: asyncio.TimerHandle | None = None
 
@@ -454,7 +485,7 @@ class Migrator:
         self.ahead = None
         if new is not None and plan.new_cid and self.ahead_cid != stack.peer_cid_next(quic):
             # The server retired the CID it was announced with: announce the path again.
-            new.transport.close()
+            self._close(new)
             new = None
         if new is not None:
             announced_ahead = True
@@ -488,10 +519,26 @@ class Migrator:
         }
 
     async def _open_path(self, local_ip: str) -> _Path:
-        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: _SocketForwarder(self.protocol), local_addr=(local_ip, 0)
-        )
-        return _Path(tuple(transport.get_extra_info("sockname")[:2]), transport)
+        """A socket on a local port no recent path used (PORT_REUSE_DELAY_S), if the OS
+        hands one out within PORT_REUSE_TRIES."""
+        loop = asyncio.get_running_loop()
+        held: list[asyncio.DatagramTransport] = []
+        try:
+            for _ in range(PORT_REUSE_TRIES):
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _SocketForwarder(self.protocol), local_addr=(local_ip, 0)
+                )
+                local = tuple(transport.get_extra_info("sockname")[:2])
+                if not self.recent_ports.recent(local, time.monotonic()):
+                    break
+                held.append(transport)
+            else:
+                held.pop()  # every port recent: the last one does
+        finally:
+            for rejected in held:
+                rejected.close()
+        self.recent_ports.used(local, time.monotonic())
+        return _Path(local, transport)
 
     async def _announce(self, old: _Path, new: _Path) -> bool:
         """Announces `new` (the connection is on `old`), retiring the path before `old` if
@@ -530,7 +577,7 @@ class Migrator:
         if await self._announce(current, path):
             self.ahead, self.ahead_cid = path, cid
         else:
-            path.transport.close()  # the migration announces its own
+            self._close(path)  # the migration announces its own
 
     async def _rebind_in_network(self, public_ip: str, spare_cids: int | None) -> dict:
         """The host's NAT moves the connection to a new public address and port; the socket,
@@ -582,6 +629,7 @@ class Migrator:
 
     def _close(self, path: _Path) -> None:
         path.transport.close()
+        self.recent_ports.used(path.local, time.monotonic())
         if path in self.paths:
             self.paths.remove(path)
 
