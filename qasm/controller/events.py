@@ -55,7 +55,7 @@ class Reason(enum.StrEnum):
     NOT_UDP = "not_udp"
     PORT_NOT_SERVED = "port_not_served"
     NEVER_ADMITTED = "never_admitted"  # from the service on a 5-tuple no connection holds
-    RETIRED_PATH = "retired_path"  # from the service on a path its client retired
+    RETIRED_PATH = "retired_path"  # on a path its client retired: late, or the server gone back
     NO_NAT_MAPPING = "no_nat_mapping"
     NAT_POOL_EXHAUSTED = "nat_pool_exhausted"
     # The source address holds nat.ports_per_source public ports (RFC 6888 REQ-4).

@@ -191,8 +191,8 @@ def _packet_ins(events: Iterable[Logged]) -> list[Logged]:
 
 def migration_packet_ins(events: Iterable[Logged], report: dict) -> int | None:
     """Packet-ins of this client's QUIC packets (not ARP, not agent reports, not handshake
-    copies, not the server's packets on a path the client retired) from the migration instant
-    on: what the migration cost the controller."""
+    copies, not packets on a path the client retired: `retired_path_packet_ins`) from the
+    migration instant on: what following the migration cost the controller."""
     migration = report.get("migration")
     if not migration:
         return None
@@ -207,9 +207,11 @@ def migration_packet_ins(events: Iterable[Logged], report: dict) -> int | None:
 
 
 def retired_path_packet_ins(events: Iterable[Logged]) -> int:
-    """The server's packets on a path this client retired, dropped by the controller: what
-    a server that gave up validating the new path and went back to the old one (RFC 9000
-    §9.3.2) sent into the void; a symptom of loss on the new path, not of the middlebox."""
+    """Packets on a path this client retired. The server's are dropped: what a server that
+    gave up validating the new path and went back to the old one (RFC 9000 §9.3.2) sent into
+    the void, a symptom of loss on the new path. The client's were sent before it left the
+    path and held in a queue until the retirement: delivered as on a path the connection
+    holds. Neither is the middlebox following a migration."""
     return sum(1 for e in _packet_ins(events) if e.event.reason is Reason.RETIRED_PATH)
 
 

@@ -282,6 +282,34 @@ def test_an_announcement_can_retire_the_path_before_the_old_one(mode):
     assert bench.hop_mappings() == [2, 2]
 
 
+@pytest.mark.parametrize("hops", [1, 2])
+def test_a_packet_sent_before_its_path_was_retired_goes_on_as_on_a_held_path(hops):
+    """A queue held it on the path the client left until the agent had retired that path: it
+    reaches the server as from the oldest path the connection holds (one the server has
+    seen), and no path, rule or NAT port is taken for it again."""
+    bench = ChainBench("qasm", hops)
+    bench.handshake()
+    bench.migrate("nat-rebind", sport=6000, announce=True)  # wifi:50000 → wifi:6000
+    (on_held_path, *_), _ = bench.migrated
+    _, datagram = bench.agent.announce(
+        bench.pair.client, (WIFI_IP, 6000), (WIFI_IP, 6001), False, retire=(WIFI_IP, 50000)
+    )
+    bench.report(datagram, "wifi")
+    assert bench.hop_mappings() == [2] * hops
+    bench.net.events.clear()
+    bench.pair.client.send_ping(11)
+    bench.pair.now += 0.001
+    late = [d for d, _ in bench.pair.client.datagrams_to_send(now=bench.pair.now)]
+    bench.client_sends(late, "wifi", 50000)
+    assert bench.server_receives() == [on_held_path] * len(late)
+    assert bench.hop_mappings() == [2] * hops
+    packet_ins = [e for e in bench.net.events if isinstance(e, PacketIn)]
+    assert [(e.dpid, e.verdict, e.reason) for e in packet_ins] == [
+        (1, Verdict.FORWARD, Reason.RETIRED_PATH)
+    ] * len(late)  # only the first hop: the next ones see the held path, ruled already
+    assert not [e for e in bench.net.events if isinstance(e, PathInstalled)]
+
+
 def test_an_announcement_cannot_retire_the_path_it_moves_from():
     bench = ChainBench("qasm", 1)
     bench.handshake()
