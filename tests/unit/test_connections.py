@@ -56,6 +56,20 @@ def test_the_least_recently_used_connection_is_evicted_at_the_bound():
     assert not table.associate_cid(second, b"\x04", 1.0)  # bounded per connection
 
 
+def test_a_lookup_makes_a_connection_the_most_recently_used():
+    table = ConnectionTable(max_connections=2, idle_timeout_s=10)
+    first, second = table.put(A, 0.0), table.put(B, 1.0)
+    for connection in (first, second):
+        connection.established = True
+        table.save(connection, 1.0)
+    assert table.by_path(A, 2.0) is first and table.connections() == [second, first]
+    table.put(C, 3.0)
+    assert table.take_ended() == [(second, EVICTED)] and table.is_live(first)
+    assert not table.is_live(second) and len(table) == 2
+    table.expire(12.5)  # the new one, seen at 3.0, stays
+    assert table.take_ended() == [(first, EXPIRED)] and len(table) == 1
+
+
 def test_an_established_connection_saved_keeps_no_half_open_entry():
     # A memory property (make bench: an entry of a half-open order is 105 bytes), so it
     # reads the orders themselves: established ones leave on save, half-open ones stay.
