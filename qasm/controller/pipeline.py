@@ -1850,7 +1850,7 @@ class Middlebox(Switch):
         # quic-lb keeps no connection: its rules are built for a placeholder that names the
         # backend (the pipeline's one rule builder, with the balancer as the only function).
         placeholder = Connection(id=0, created_at=0.0, last_seen=0.0)
-        placeholder.functions[balancer.name] = LoadBalancerState(backend.ip)
+        placeholder.loadbalancer = LoadBalancerState(backend.ip)
         rules = self._rules(placeholder, path, functions=[balancer], local=OnSwitch())
         if rules is None:
             refusal = Refusal(Reason.LOCATION_UNKNOWN, "client location unknown")

@@ -1,8 +1,8 @@
 """The seam every middlebox function plugs into.
 
 A function (firewall, rate limiter, NAT, load balancer) is one class. It keeps its share of a
-connection's state in its own typed dataclass (`State`), stored in `Connection.functions`
-under the function's name and serialisable through `qasm.codec` (no live objects), so a
+connection's state in its own typed dataclass (`State`), stored in the `Connection` slot
+named after the function and serialisable through `qasm.codec` (no live objects), so a
 replica elsewhere can carry on from it. The hop's `Middlebox` calls the same hooks on every
 configured function, in the configured order, and sends what they return:
 
@@ -74,9 +74,10 @@ class MiddleboxFunction:
 
     def state(self, connection) -> object:
         """This function's typed state of `connection`, created on first use."""
-        state = connection.functions.get(self.name)
+        state = getattr(connection, self.name)
         if state is None:
-            state = connection.functions[self.name] = self.State()
+            state = self.State()
+            setattr(connection, self.name, state)
         return state
 
     def switch_rules(self) -> list[SwitchMessage]:

@@ -106,7 +106,7 @@ class Firewall(MiddleboxFunction):
             self.state(connection).sni_pending = True
 
     def pending(self, connection) -> bool:
-        state = connection.functions.get(self.name)
+        state = connection.firewall
         return bool(state and state.sni_pending)
 
     def inspect(self, connection, payload: bytes) -> Refusal | Reason | None:
@@ -128,7 +128,7 @@ class Firewall(MiddleboxFunction):
         if hello is None:
             state.hello_prefix, state.hello_pending = assembler.saved()
             return Reason.SNI_PENDING
-        connection.functions[self.name] = FirewallState()  # decided: drop the buffered bytes
+        connection.firewall = FirewallState()  # decided: drop the buffered bytes
         problem = self.sni.problem(hello.sni)
         if problem:
             return Refusal(Reason.SNI_REFUSED, problem)

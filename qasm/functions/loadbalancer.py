@@ -113,7 +113,7 @@ class LoadBalancer(MiddleboxFunction):
         return FlowKey(flow.dst_ip, flow.dst_port, self.vip, flow.src_port)
 
     def backend(self, connection) -> Backend | None:
-        state = connection.functions.get(self.name)
+        state = connection.loadbalancer
         return self.backends.get(state.backend) if state and state.backend else None
 
     def path_added(self, connection, path: FlowKey, now: float) -> Change:

@@ -196,13 +196,13 @@ class Nat(MiddleboxFunction):
 
     def connection_ended(self, connection) -> Change:
         change = Change()
-        state = connection.functions.get(self.name)
+        state = connection.nat
         for path, _ in state.ports if state else ():
             change.merge(self.path_retired(connection, path))
         return change
 
     def translate(self, connection, path: FlowKey, flow: FlowKey) -> Translation:
-        state = connection.functions.get(self.name)
+        state = connection.nat
         port = state.port(path) if state else None
         if port is None:
             return Translation(flow)
@@ -218,5 +218,5 @@ class Nat(MiddleboxFunction):
         )
 
     def mappings(self, connection) -> list[NatMapping]:
-        state = connection.functions.get(self.name)
+        state = connection.nat
         return [self._mapping(p, port) for p, port in (state.ports if state else ())]

@@ -43,7 +43,7 @@ class RateLimiter(MiddleboxFunction):
         return Change()
 
     def meter(self, connection) -> int | None:
-        state = connection.functions.get(self.name)
+        state = connection.ratelimit
         return state.meter_id if state else None
 
     def meter_rule(self, meter_id: int) -> MeterRule:

@@ -57,7 +57,7 @@ def _fill(
             cid = os.urandom(8)
             table.associate_cid(connection, cid, now=0.0)
             cids.append(cid)
-        connection.functions["nat"] = NatState((port,))
+        connection.nat = NatState((port,))
         connection.established = established
         table.save(connection, now=0.0)
     return cids
@@ -130,7 +130,7 @@ def _new_connections(
         path = _client_path(i, 40000)
         connection = table.put(path, 1.0)
         table.associate_cid(connection, _cid(i, 0), 1.0)
-        connection.functions["nat"] = NatState(((path, pool.allocate(path)),))
+        connection.nat = NatState(((path, pool.allocate(path)),))
         table.save(connection, 1.0)
 
 
@@ -145,7 +145,7 @@ def _migrations(table: ConnectionStore, pool: NatPool | SharedNatPool, connectio
         connection = table.by_cid(_cid(i, 0), 3.0)
         table.associate_cid(connection, _cid(i, 1), 3.0)
         table.associate_path(connection, new, 3.0)
-        nat = connection.functions["nat"]
+        nat = connection.nat
         nat.add(new, pool.allocate(new))
         table.retire_path(connection, old)
         nat.remove(old)

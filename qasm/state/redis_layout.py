@@ -99,7 +99,7 @@ def encode_json(value: object) -> str:
 def data_fields(connection: Connection) -> dict[str, str]:
     """Everything of a connection a caller may change in place, one JSON text per field."""
     fields = {name: encode_json(getattr(connection, name)) for name in DATA_FIELDS}
-    for name, state in connection.functions.items():
+    for name, state in connection.function_states().items():
         fields[function_field(name)] = encode_json(state)
     return fields
 
@@ -121,7 +121,7 @@ def apply_data_field(
     if name not in state_types:
         raise KeyError(f"connection {connection.id}: no state type for function {name!r}")
     where = f"connection.functions.{name}"
-    connection.functions[name] = from_json_value(state_types[name], value, where)
+    setattr(connection, name, from_json_value(state_types[name], value, where))
 
 
 def apply_index_fields(connection: Connection, fields: dict[str, str]) -> None:

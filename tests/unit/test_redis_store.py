@@ -323,9 +323,9 @@ def test_a_connection_put_by_one_replica_is_found_by_path_and_cid_by_the_other(r
     first, second = replica(), replica()
     connection = first.put(A, 0.0)
     first.associate_cid(connection, b"\xaa" * 8, 0.0)
-    connection.functions["nat"] = NatState(((A, 20001),))
-    connection.functions["loadbalancer"] = LoadBalancerState("10.0.0.11")
-    connection.functions["ratelimit"] = RateLimitState(connection.id)
+    connection.nat = NatState(((A, 20001),))
+    connection.loadbalancer = LoadBalancerState("10.0.0.11")
+    connection.ratelimit = RateLimitState(connection.id)
     assert first.save(connection, 0.0)
     by_cid = second.by_cid(b"\xaa" * 8, 1.0)
     assert by_cid is second.by_path(A, 1.0) and by_cid is not connection
@@ -412,7 +412,7 @@ def test_replicas_changing_different_fields_keep_both_changes(replica):
     first, second = replica(), replica()
     connection = first.put(A, 0.0)
     other = second.by_path(A, 0.0)
-    connection.functions["nat"] = NatState(((A, 20003),))
+    connection.nat = NatState(((A, 20003),))
     other.owner = "h1"
     assert first.save(connection, 1.0) and second.save(other, 1.0)
     # An unsaved change here survives a lookup that brings in the other replica's changes,
@@ -423,7 +423,7 @@ def test_replicas_changing_different_fields_keep_both_changes(replica):
     assert (connection.owner, connection.migrations) == ("h1", 1)
     first.save(connection, 2.0)
     assert second.by_path(A, 3.0) is other
-    assert (other.functions["nat"], other.migrations) == (NatState(((A, 20003),)), 1)
+    assert (other.nat, other.migrations) == (NatState(((A, 20003),)), 1)
 
 
 def test_a_put_on_a_path_whose_connection_is_idle_ends_it_and_makes_a_new_one(replica):
@@ -452,7 +452,7 @@ def test_a_replica_cannot_bring_back_a_connection_another_ended(replica):
     stale = second.by_path(A, 1.0)
     first.expire(20.0)
     assert first.take_ended() == [(connection, EXPIRED)]
-    stale.functions["nat"] = NatState(((B, 20004),))
+    stale.nat = NatState(((B, 20004),))
     assert not second.save(stale, 20.0) and not second.associate_path(stale, B, 20.0)
     assert len(second) == 0 and second.by_path(B, 20.0) is None
 
@@ -522,7 +522,7 @@ def test_paths_and_cids_keep_their_order_in_a_large_connection(replica):
     first, second = replica(max_paths_per_connection=32, max_cids_per_connection=32), replica()
     connection = first.put(A, 0.0)
     # Over 64 bytes in one field: Redis keeps this hash unordered (hashtable encoding).
-    connection.functions["firewall"] = FirewallState(hello_prefix=bytes(200))
+    connection.firewall = FirewallState(hello_prefix=bytes(200))
     first.save(connection, 0.0)
     for port in range(20, 0, -1):
         first.associate_path(connection, FlowKey("10.0.5.1", port, "10.0.0.250", 4433), 0.0)
@@ -548,17 +548,15 @@ def test_function_states_round_trip_through_the_store_unchanged(
 ):
     first, second = replica(), replica()
     connection = first.put(FlowKey("10.0.1.1", 1, "10.0.0.250", 4433), 0.0)
-    connection.functions.update(
-        firewall=firewall,
-        ratelimit=RateLimitState(meter),
-        nat=NatState(tuple(nat.items())),
-        loadbalancer=LoadBalancerState(backend),
-    )
+    connection.firewall = firewall
+    connection.ratelimit = RateLimitState(meter)
+    connection.nat = NatState(tuple(nat.items()))
+    connection.loadbalancer = LoadBalancerState(backend)
     connection.owner, connection.observing = owner, True
     first.save(connection, 0.0)
     found = second.by_path(connection.paths[0], 0.0)
     assert fields(found) == fields(connection)
-    assert all(type(found.functions[name]) is kind for name, kind in STATE_TYPES.items())
+    assert all(type(getattr(found, name)) is kind for name, kind in STATE_TYPES.items())
 
 
 # --- connecting, and the private server ----------------------------------------------------------

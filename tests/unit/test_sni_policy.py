@@ -108,7 +108,7 @@ def test_an_allowed_server_name_is_admitted_with_its_rules():
     assert len([m for m in decision.messages if isinstance(m, FlowRule)]) == 3
     (connection,) = box.hops[0].table.connections()
     # Decided: nothing of the ClientHello is kept.
-    assert connection.functions["firewall"] == FirewallState()
+    assert connection.firewall == FirewallState()
 
 
 def test_a_clienthello_over_several_initials_is_decided_when_complete():
@@ -121,7 +121,7 @@ def test_a_clienthello_over_several_initials_is_decided_when_complete():
     # Forwarded, but no rules yet: the rest of the ClientHello must reach the controller.
     assert [type(m) for m in first.messages] == [PacketOut]
     (connection,) = box.hops[0].table.connections()
-    state = connection.functions["firewall"]
+    state = connection.firewall
     assert state.sni_pending and state.hello_prefix and state.original_dcid
     decisions = [one(box.packet_in(1, CLIENT_PORT, udp_frame(d), now=1.0)) for d in datagrams[1:]]
     last = decisions[-1].event

@@ -97,7 +97,7 @@ def connections(draw) -> Connection:
         owner=draw(st.none() | st.text(min_size=1, max_size=32)),
         migrations=draw(st.integers(0, 1000)),
         observing=draw(st.booleans()),
-        functions=functions,
+        **functions,
     )
 
 
@@ -110,10 +110,10 @@ def test_a_connection_round_trips_through_json(connection):
     # Typed again, not left as JSON values: keys are FlowKeys and ints, CIDs bytes.
     assert all(isinstance(p, FlowKey) for p in (*back.paths, *back.retired_paths))
     assert all(isinstance(cid, bytes) for cid in back.server_cids)
-    for name, state in back.functions.items():
+    for name, state in back.function_states().items():
         assert type(state) is STATE_TYPES[name]
-    if "firewall" in back.functions:
-        assert all(isinstance(k, int) for k in back.functions["firewall"].hello_pending)
+    if back.firewall is not None:
+        assert all(isinstance(k, int) for k in back.firewall.hello_pending)
 
 
 def client_hello_datagrams(server_name: str) -> list[bytes]:
@@ -138,17 +138,14 @@ def test_a_pending_sni_assembly_with_fragments_out_of_order_round_trips_and_resu
         id=7, created_at=1.0, last_seen=2.5, paths=(path, FlowKey("10.0.2.1", 6000, SERVER_IP, 4433)),
         retired_paths=(FlowKey("10.0.1.1", 49999, SERVER_IP, 4433),),
         server_cids=(b"\x01" * 8, b"\x02" * 8), owner="c1", migrations=1, observing=True,
-        functions={
-            "ratelimit": RateLimitState(7),
-            "nat": NatState(((path, 20000),)),
-            "loadbalancer": LoadBalancerState("10.0.4.2"),
-        },
+        ratelimit=RateLimitState(7), nat=NatState(((path, 20000),)),
+        loadbalancer=LoadBalancerState("10.0.4.2"),
     )  # fmt: skip
     firewall.opened(connection, first)
     # The first and the third Initial: a contiguous prefix and a fragment beyond a gap.
     assert firewall.inspect(connection, first) is Reason.SNI_PENDING
     assert firewall.inspect(connection, third) is Reason.SNI_PENDING
-    state = connection.functions["firewall"]
+    state = connection.firewall
     assert state.sni_pending and state.original_dcid and state.hello_prefix
     assert state.hello_pending and min(state.hello_pending) > len(state.hello_prefix)
     back = through_json(connection)
@@ -157,7 +154,7 @@ def test_a_pending_sni_assembly_with_fragments_out_of_order_round_trips_and_resu
     for copy in (back, connection):
         refusal = firewall.inspect(copy, second)
         assert refusal.reason is Reason.SNI_REFUSED, refusal
-        assert copy.functions["firewall"] == FirewallState()  # the buffered bytes are gone
+        assert copy.firewall == FirewallState()  # the buffered bytes are gone
 
 
 # --- events ---------------------------------------------------------------------------------

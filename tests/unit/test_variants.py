@@ -371,7 +371,7 @@ def test_cid_keeps_the_connections_backend_for_a_rebinding(quic_pair):
     box, backends = lb_middlebox("cid")
     establish(box, quic_pair)
     (connection,) = box.hops[0].table.connections()
-    chosen = connection.functions["loadbalancer"].backend
+    chosen = connection.loadbalancer.backend
     (backend,) = [b for b in backends if b.ip == chosen]
     rebound = rebind(box, quic_pair)
     assert rebound.event.reason is Reason.DCID_MATCH and rebound.event.backend == backend.ip
