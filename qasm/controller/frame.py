@@ -12,7 +12,7 @@ import struct
 import sys
 from dataclasses import dataclass
 
-from qasm.flow import FlowKey
+from qasm.flow import PORT_NUMBERS, FlowKey
 
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
@@ -100,7 +100,7 @@ def parse_frame(data: bytes) -> Frame:
         ip_src=src,
         ip_dst=dst,
         ip_proto=proto,
-        flow=FlowKey(src, src_port, dst, dst_port),
+        flow=FlowKey(src, PORT_NUMBERS[src_port], dst, PORT_NUMBERS[dst_port]),
         udp_payload=data[udp + _UDP_HEADER : udp + udp_len],
     )
 

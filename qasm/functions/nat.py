@@ -30,7 +30,7 @@ from qasm.controller.messages import (
     Match,
     SwitchMessage,
 )
-from qasm.flow import FlowKey
+from qasm.flow import PORT_NUMBERS, FlowKey
 from qasm.functions.base import Change, MiddleboxFunction, Refusal, Translation
 
 
@@ -85,6 +85,7 @@ class NatPool:
             candidate = self.settings.first_port + (self._next + step) % size
             if candidate not in self._path_of_port:
                 self._next = (self._next + step + 1) % size
+                candidate = PORT_NUMBERS[candidate]  # held by the path's NatState too
                 self._port_of_path[path] = candidate
                 self._path_of_port[candidate] = path
                 return candidate

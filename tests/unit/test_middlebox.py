@@ -35,7 +35,7 @@ from qasm.controller.pipeline import (
 )
 from qasm.flow import FlowKey
 from qasm.functions.firewall import client_initial_problem
-from qasm.functions.nat import NatSettings
+from qasm.functions.nat import NatPool, NatSettings
 from qasm.functions.ratelimit import RateLimit
 from tests.unit.conftest import (
     CLIENT_IP,
@@ -255,6 +255,16 @@ def test_malformed_frames_are_dropped_with_the_layer_named():
         lying = bytearray(good)
         lying[38:40] = (500).to_bytes(2, "big")
         parse_frame(bytes(lying))
+
+
+def test_port_numbers_parsed_or_allocated_are_shared_objects():
+    # Memory, not behaviour: the table keeps a 5-tuple per path of every connection and the
+    # NAT a port per path, so each holds the one int object of that number (qasm/flow.py).
+    first, second = (parse_frame(udp_frame(b"x" * 20, sport=50000)).flow for _ in range(2))
+    assert first.src_port is second.src_port and first.dst_port is second.dst_port
+    settings = NatSettings("10.0.100.1", "02:00:00:00:00:fd", first_port=20000, ports=4)
+    ports = [NatPool(settings).allocate(first) for _ in range(2)]
+    assert ports[0] == 20000 and ports[0] is ports[1]
 
 
 @settings(max_examples=500, deadline=None)
