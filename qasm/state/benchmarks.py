@@ -21,7 +21,7 @@ import time
 import tracemalloc
 import uuid
 
-from qasm.flow import FlowKey
+from qasm.flow import PORT_NUMBERS, FlowKey
 from qasm.functions.nat import NatPool, NatSettings, NatState
 from qasm.state.connections import ConnectionStore, ConnectionTable
 from qasm.state.redis_layout import StoreKeys, cid_field, path_field, retired_field
@@ -47,12 +47,14 @@ def _fill(
         host = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
         first = FlowKey(host, 40000, "10.0.0.250", 4433)
         connection = table.put(first, now=0.0)
-        port = (first, 20000 + i % 30000)
+        # The NAT's public port as its pool hands it out: the shared int of that number.
+        public_port = PORT_NUMBERS[20000 + i % 30000]
+        port = (first, public_port)
         if migrated:
             second = FlowKey(host, 40001, "10.0.0.250", 4433)
             table.associate_path(connection, second, now=0.0)
             table.retire_path(connection, first)
-            port = (second, 20000 + i % 30000)
+            port = (second, public_port)
         for _ in range(CIDS_PER_CONNECTION if migrated else 1):
             cid = os.urandom(8)
             table.associate_cid(connection, cid, now=0.0)
