@@ -58,7 +58,7 @@ class RecencyLinks:
     a circular doubly linked list through the connections themselves (the table holds the
     head), so it costs two pointers a connection where an OrderedDict entry cost 105 bytes
     (make bench: bytes per connection), and the indexes point at connections, not ids. Not
-    dataclass fields: they are the table's, never serialised; unset outside a table."""
+    dataclass fields: they are the table's, never serialised; unset or None outside a table."""
 
     __slots__ = ("newer", "older")
 
