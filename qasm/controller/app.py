@@ -1,8 +1,9 @@
 """The os-ken (Ryu API) app: a thin shell around `Controller` (every datapath of the run).
 
-Each handler is one delegation call; `_apply` is the one place that turns decisions into
-OpenFlow 1.3 messages, sent to the datapath each decision names, and writes the decision log
-(one typed event per line, qasm/controller/events.py). An unhandled
+Each handler is one delegation call, run on the receiving datapath's thread; `_send_and_log`
+is the one place that turns decisions into OpenFlow 1.3 messages, written to the socket of the
+datapath each decision names, and writes the decision log (one typed event per line,
+qasm/controller/events.py). An unhandled
 exception ends the process loudly (faucet's kill_on_exception): the runner sees a dead
 controller and reports an infrastructure failure instead of measuring a half-dead middlebox.
 """
@@ -23,7 +24,7 @@ from dataclasses import replace
 from os_ken import cfg
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
-from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from os_ken.controller.handler import HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from os_ken.ofproto import ofproto_v1_3
 
 from qasm.controller.events import KernelPath, SwitchConnected
@@ -92,10 +93,30 @@ class MiddleboxApp(app_manager.OSKenApp):
         # packet-ins per second, measured three times against three).
         gc.freeze()
 
-    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _send_event(self, ev, state) -> None:
+        # Handled on the thread that read the message (the datapath's receive loop), not
+        # queued for the app's event thread: the thread handoff per packet-in cost more than
+        # deciding it. Events of one switch stay in the order it sent them; the lock keeps
+        # switches apart.
+        if ev is self._event_stop:
+            super()._send_event(ev, state)
+            return
+        for handler in self.get_handlers(ev, state):
+            handler(ev)
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, HANDSHAKE_DISPATCHER)
     @kill_on_exception
-    def switch_features(self, ev) -> None:
-        datapath = ev.msg.datapath
+    def switch_connecting(self, ev) -> None:
+        # Called while os-ken builds the Datapath, before its send thread exists: no write
+        # of os-ken's can be under way on the plain socket.
+        ev.datapath.socket = SerialSocket(ev.datapath.socket)
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, MAIN_DISPATCHER)
+    @kill_on_exception
+    def switch_ready(self, ev) -> None:
+        # Once os-ken's handshake (features, port description) is over: the switch's first
+        # packet-ins are answers to the rules sent here, never earlier than them.
+        datapath = ev.datapath
         self._datapaths[datapath.id] = datapath
         with self._lock:
             self._send_and_log([self.controller.switch_connected(datapath.id)])
@@ -125,25 +146,31 @@ class MiddleboxApp(app_manager.OSKenApp):
 
     def _send_and_log(self, decisions: list[Decision]) -> None:
         now = time.monotonic()
+        # Consecutive decisions for one switch are written at once (one write per packet-in,
+        # as a rule): os-ken's send() hands every buffer to the datapath's send thread, and
+        # that handoff cost more than the bytes. Writes keep the decisions' order across
+        # switches: push mode's installs on every hop go out before the agent's ack.
+        datapath, encoded = None, []
         for decision in decisions:
             if isinstance(decision.event, KernelPath):
                 # Carried out here, before the decisions after it (the agent's ack).
+                _write(datapath, encoded)
+                datapath, encoded = None, []
                 (change,) = decision.messages
                 ok, text = self.kernel.apply(change)
                 self._log(replace(decision.event, ok=ok, text=text), now)
                 continue
-            datapath = self._datapaths.get(decision.dpid)
-            if datapath is None:
+            target = self._datapaths.get(decision.dpid)
+            if target is None:
                 raise RuntimeError(f"decision for datapath {decision.dpid}, not connected")
-            if decision.messages:
-                # One buffer per decision: os-ken queues each send() to its send thread
-                # through a bounded queue, and the handoffs, not the bytes, were the cost.
-                encoded = []
-                for message in decision.messages:
-                    self._xid = (self._xid + 1) & 0xFFFFFFFF
-                    encoded.append(encode(message, self._xid))
-                datapath.send(b"".join(encoded))
+            if target is not datapath:
+                _write(datapath, encoded)
+                datapath, encoded = target, []
+            for message in decision.messages:
+                self._xid = (self._xid + 1) & 0xFFFFFFFF
+                encoded.append(encode(message, self._xid))
             self._log(decision.event, now)
+        _write(datapath, encoded)
         if now - self._stats_at >= STATS_INTERVAL_S:
             self._stats_at = now
             rss = _rss_kib()
@@ -170,6 +197,36 @@ class MiddleboxApp(app_manager.OSKenApp):
                 self._log(state, now)
             self.decision_log.flush()
         os._exit(0)
+
+
+class SerialSocket:
+    """A datapath's socket whose writes never interleave: this app's handlers write their
+    messages to it directly and os-ken's send thread writes its own (echo, port description)."""
+
+    def __init__(self, sock) -> None:
+        self._socket = sock
+        self._lock = threading.Lock()
+        self.recv = sock.recv  # os-ken's receive loop, once per read
+
+    def sendall(self, data: bytes) -> None:
+        with self._lock:
+            self._socket.sendall(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._socket, name)
+
+
+def _write(datapath, encoded: list[bytes]) -> None:
+    if not encoded:
+        return
+    try:
+        datapath.socket.sendall(b"".join(encoded))
+    except OSError as exc:
+        # The switch is gone, or stopped reading for os-ken's socket timeout: give up on it
+        # as os-ken's own send thread does (a partial write leaves the stream unreadable);
+        # its receive loop then ends.
+        print(f"datapath {datapath.id}: {exc!r}, closing", file=sys.stderr)
+        datapath.close()
 
 
 def _flow_of(match) -> FlowKey | None:
