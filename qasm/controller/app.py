@@ -25,11 +25,12 @@ from os_ken import cfg
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
-from os_ken.ofproto import ofproto_v1_3
+from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from qasm.controller.events import KernelPath, SwitchConnected
 from qasm.controller.kernel_anchor import ConntrackAnchor
 from qasm.controller.openflow import encode
+from qasm.controller.packet_in import parse_packet_in
 from qasm.controller.pipeline import Controller, Decision, MiddleboxConfig
 from qasm.flow import FlowKey
 
@@ -40,6 +41,9 @@ CONF.register_cli_opts(
         cfg.StrOpt("qasm-decision-log", help="JSON-lines decision log (appended)"),
     ]
 )
+# os-ken's table of OpenFlow 1.3 message parsers, by type: packet-ins of the usual shape are
+# unpacked by hand (qasm/controller/packet_in.py), the rest by os-ken as before.
+ofproto_v1_3_parser._MSG_PARSERS[ofproto_v1_3.OFPT_PACKET_IN] = parse_packet_in
 EXIT_HANDLER_CRASHED = 70
 # At most this often, a `stats` line (table and counter sizes) joins the decision log; written
 # from the event thread, so it never reads the tables while a handler changes them.

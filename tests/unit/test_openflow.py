@@ -1,7 +1,9 @@
-"""The hand-packed OpenFlow 1.3 encoder matches os-ken's serialiser byte for byte."""
+"""The hand-packed OpenFlow 1.3 encoder matches os-ken's serialiser byte for byte, and the
+hand-unpacked packet-in os-ken's parser field for field."""
 
 from __future__ import annotations
 
+import struct
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +21,7 @@ from qasm.controller.messages import (
     RemoveMeter,
 )
 from qasm.controller.openflow import encode
+from qasm.controller.packet_in import osken_parser, parse_packet_in
 from qasm.flow import FlowKey
 
 DATAPATH = SimpleNamespace(ofproto=ofproto_v1_3, ofproto_parser=ofproto_v1_3_parser)
@@ -166,3 +169,58 @@ def _match_fields(match: Match) -> dict:
         if match.ipv4_dst:
             fields["ipv4_dst"] = match.ipv4_dst
     return fields
+
+
+# --- packet-in, unpacked ------------------------------------------------------------------
+
+
+def _packet_in(oxms: bytes, frame: bytes, cookie: int = 0, total_len: int | None = None) -> bytes:
+    """OFPT_PACKET_IN (OpenFlow 1.3.5 §7.4.1) with these OXM TLVs as its match."""
+    match = struct.pack("!HH", ofproto_v1_3.OFPMT_OXM, 4 + len(oxms)) + oxms
+    match += bytes(-len(match) % 8)
+    total_len = len(frame) if total_len is None else total_len
+    body = struct.pack("!IHBBQ", ofproto_v1_3.OFP_NO_BUFFER, total_len, 1, 0, cookie)
+    body += match + bytes(2) + frame
+    return struct.pack("!BBHI", 4, ofproto_v1_3.OFPT_PACKET_IN, 8 + len(body), 77) + body
+
+
+IN_PORT = struct.pack("!II", ofproto_v1_3.OXM_OF_IN_PORT, 7)
+METADATA = struct.pack("!IQ", ofproto_v1_3.OXM_OF_METADATA, 0x1234)
+TUNNEL_ID = struct.pack("!IQ", ofproto_v1_3.OXM_OF_TUNNEL_ID, 99)
+FRAME = bytes(range(60))
+
+PACKET_INS = {
+    "in_port": _packet_in(IN_PORT, FRAME),
+    "cookie": _packet_in(IN_PORT, FRAME, cookie=0x0B5E),
+    "padded frame": _packet_in(IN_PORT, FRAME + bytes(4), total_len=len(FRAME)),
+    "in_port, metadata": _packet_in(IN_PORT + METADATA, FRAME),
+    "in_port, tunnel id": _packet_in(IN_PORT + TUNNEL_ID, FRAME),
+    "metadata only": _packet_in(METADATA, FRAME),
+    "empty frame": _packet_in(IN_PORT, b""),
+}
+
+
+def _fields(msg) -> dict:
+    return {
+        "header": (msg.version, msg.msg_type, msg.msg_len, msg.xid, bytes(msg.buf)),
+        "fixed": (msg.buffer_id, msg.total_len, msg.reason, msg.table_id, msg.cookie),
+        "match": (msg.match.type, msg.match.length, list(msg.match.items())),
+        "data": bytes(msg.data),
+        "class": type(msg),
+    }
+
+
+@pytest.mark.parametrize("name", list(PACKET_INS))
+def test_a_packet_in_is_unpacked_as_os_ken_unpacks_it(name):
+    buf = bytearray(PACKET_INS[name])
+    args = (DATAPATH, 4, ofproto_v1_3.OFPT_PACKET_IN, len(buf), 77)
+    ours, theirs = parse_packet_in(*args, buf), osken_parser(*args, buf)
+    assert _fields(ours) == _fields(theirs)
+    assert ours.match.get("in_port") == theirs.match.get("in_port")
+
+
+def test_the_app_installs_the_packet_in_parser():
+    import qasm.controller.app  # noqa: F401  (installs it)
+
+    parsers = ofproto_v1_3_parser._MSG_PARSERS
+    assert parsers[ofproto_v1_3.OFPT_PACKET_IN] is parse_packet_in
