@@ -828,7 +828,16 @@ class Switch:
         return self.arp_answers.get(frame.ip_dst)
 
     def decide(self, messages: list[SwitchMessage], **event) -> Decision:
-        """A packet-in decision; `event` holds PacketIn's fields but dpid and flow_mods."""
+        """A packet-in decision; `event` holds PacketIn's fields but dpid and flow_mods.
+
+        The packet goes out before the decision's rules: a switch carries out one
+        connection's messages in order, so the packet no longer waits for the rules to be
+        installed (a connection's first packet, a migration's). A packet-out carries its own
+        actions, so it needs none of them; and an answer to the packet (a server's, after a
+        link and its stack) reaches the switch long after the rules that follow it here."""
+        packet_outs = [m for m in messages if type(m) is PacketOut]
+        if packet_outs and type(messages[0]) is not PacketOut:
+            messages = [*packet_outs, *(m for m in messages if type(m) is not PacketOut)]
         packet_in = PacketIn(**event, flow_mods=_flow_mods(messages))
         return Decision(self.dpid, tuple(messages), packet_in)
 
@@ -852,7 +861,7 @@ class Switch:
         messages: list[SwitchMessage] = [PacketOut(in_port, out_port, data)]
         sent_port, sent_at = self._l2_rules_sent.get(frame.eth_dst, (None, None))
         if sent_port != out_port or _rules_due(sent_at, now):
-            messages.insert(0, FlowRule(PRIORITY_L2, Match(eth_dst=frame.eth_dst), out_port))
+            messages.append(FlowRule(PRIORITY_L2, Match(eth_dst=frame.eth_dst), out_port))
             self._l2_rules_sent[frame.eth_dst] = (out_port, now)
         return self.decide(messages, **context, verdict=Verdict.FORWARD, reason=Reason.L2)
 
@@ -1812,8 +1821,8 @@ class Middlebox(Switch):
             return self.decide(messages, **context, verdict=Verdict.FLOOD, reason=Reason.VIP_REPLY)
         match = Match(eth_dst=frame.eth_dst, ipv4_src=frame.ip_src)
         messages = [
-            FlowRule(PRIORITY_VIP_REPLY, match, out_port, set_fields=rewrite),
             PacketOut(in_port, out_port, data, rewrite),
+            FlowRule(PRIORITY_VIP_REPLY, match, out_port, set_fields=rewrite),
         ]
         return self.decide(messages, **context, verdict=Verdict.FORWARD, reason=Reason.VIP_REPLY)
 

@@ -314,7 +314,19 @@ def test_nat_translates_both_directions_of_a_path(quic_pair):
         ("udp_dst", 50000),
         ("eth_dst", CLIENT_MAC),
     )
-    assert decision.messages[-1].set_fields == upstream.set_fields  # the packet-in itself too
+    (packet_out,) = [m for m in decision.messages if isinstance(m, PacketOut)]
+    assert packet_out.set_fields == upstream.set_fields  # the packet-in itself too
+
+
+def test_an_admitted_packet_goes_out_before_its_rules_and_a_meter_before_its_rule(quic_pair):
+    # The packet does not wait for the switch to install the rules; a rule still follows
+    # the meter it uses.
+    box = middlebox("tuple", functions=("ratelimit",))
+    first_client, _ = quic_pair.handshake()
+    decision = one(box.packet_in(1, CLIENT_PORT, from_client(first_client[0]), now=1.0))
+    assert decision.event.verdict is Verdict.ADMIT
+    kinds = [type(m) for m in decision.messages]
+    assert kinds[:2] == [PacketOut, MeterRule] and set(kinds[2:]) == {FlowRule}, kinds
 
 
 def test_qasm_releases_the_retired_paths_port_while_cid_holds_it(quic_pair):
