@@ -154,7 +154,7 @@ class MiddleboxApp(app_manager.OSKenApp):
         # as a rule): os-ken's send() hands every buffer to the datapath's send thread, and
         # that handoff cost more than the bytes. Writes keep the decisions' order across
         # switches: push mode's installs on every hop go out before the agent's ack.
-        datapath, encoded = None, []
+        datapath, encoded, events = None, [], []
         for decision in decisions:
             if isinstance(decision.event, KernelPath):
                 # Carried out here, before the decisions after it (the agent's ack).
@@ -162,7 +162,7 @@ class MiddleboxApp(app_manager.OSKenApp):
                 datapath, encoded = None, []
                 (change,) = decision.messages
                 ok, text = self.kernel.apply(change)
-                self._log(replace(decision.event, ok=ok, text=text), now)
+                events.append(replace(decision.event, ok=ok, text=text))
                 continue
             target = self._datapaths.get(decision.dpid)
             if target is None:
@@ -173,8 +173,12 @@ class MiddleboxApp(app_manager.OSKenApp):
             for message in decision.messages:
                 self._xid = (self._xid + 1) & 0xFFFFFFFF
                 encoded.append(encode(message, self._xid))
-            self._log(decision.event, now)
+            events.append(decision.event)
         _write(datapath, encoded)
+        # Logged once the switches have their messages: encoding a line (~10 µs) no longer
+        # holds back the packet-out, which a connection's handshake waits for.
+        for event in events:
+            self._log(event, now)
         if now - self._stats_at >= STATS_INTERVAL_S:
             self._stats_at = now
             rss = _rss_kib()
