@@ -360,7 +360,13 @@ class MiddleboxConfig:
 # Not frozen: one per packet-in (see qasm/controller/messages.py).
 @dataclass(slots=True)
 class Decision:
-    """The switch messages for one datapath and the event the controller logs for them."""
+    """The switch messages for one datapath and the event the controller logs for them.
+
+    A packet-in's packet goes out first, before the decision's rules: a switch carries out
+    one connection's messages in order, so the packet does not wait for the rules to be
+    installed (a connection's first packet, a migration's). A packet-out carries its own
+    actions, so it needs none of them; and an answer to the packet (a server's, after a link
+    and its stack) reaches the switch long after the rules that follow it."""
 
     dpid: int
     messages: tuple[SwitchMessage, ...]
@@ -828,16 +834,7 @@ class Switch:
         return self.arp_answers.get(frame.ip_dst)
 
     def decide(self, messages: list[SwitchMessage], **event) -> Decision:
-        """A packet-in decision; `event` holds PacketIn's fields but dpid and flow_mods.
-
-        The packet goes out before the decision's rules: a switch carries out one
-        connection's messages in order, so the packet no longer waits for the rules to be
-        installed (a connection's first packet, a migration's). A packet-out carries its own
-        actions, so it needs none of them; and an answer to the packet (a server's, after a
-        link and its stack) reaches the switch long after the rules that follow it here."""
-        packet_outs = [m for m in messages if type(m) is PacketOut]
-        if packet_outs and type(messages[0]) is not PacketOut:
-            messages = [*packet_outs, *(m for m in messages if type(m) is not PacketOut)]
+        """A packet-in decision; `event` holds PacketIn's fields but dpid and flow_mods."""
         packet_in = PacketIn(**event, flow_mods=_flow_mods(messages))
         return Decision(self.dpid, tuple(messages), packet_in)
 
@@ -1215,7 +1212,7 @@ class Middlebox(Switch):
             # A side's location not learnt yet: deliver this packet, install rules later.
             _, forward, backward, _ = self._translations(connection, path)
             rewrite = forward if to_service else backward
-            messages.append(PacketOut(in_port, PORT_FLOOD, data, rewrite))
+            messages.insert(0, PacketOut(in_port, PORT_FLOOD, data, rewrite))
         else:
             ends, path_rules, forward, backward = rules
             learnt = self._learn_server_cids(connection, to_service, frame.udp_payload, now)
@@ -1228,7 +1225,8 @@ class Middlebox(Switch):
                 local.sent_at[path] = now
                 messages += self._probe(connection, path, rules.to_client)
             out_port = ends.service_port if to_service else ends.client_port
-            messages.append(PacketOut(in_port, out_port, data, forward if to_service else backward))
+            rewrite = forward if to_service else backward
+            messages.insert(0, PacketOut(in_port, out_port, data, rewrite))
         if not self.table.save(connection, now):
             # Another replica ended it (idle) since it was read: what this decision
             # allocated for it goes back, and the packet is dropped.
@@ -1866,7 +1864,7 @@ class Middlebox(Switch):
             return self._drop(context, refusal, backend=backend.ip)
         ends, messages, forward, backward = rules
         out_port = ends.service_port if to_service else ends.client_port
-        messages.append(PacketOut(in_port, out_port, data, forward if to_service else backward))
+        messages.insert(0, PacketOut(in_port, out_port, data, forward if to_service else backward))
         return self.decide(
             messages, **context, verdict=Verdict.ADMIT, reason=reason, backend=backend.ip
         )

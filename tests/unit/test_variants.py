@@ -314,7 +314,8 @@ def test_nat_translates_both_directions_of_a_path(quic_pair):
         ("udp_dst", 50000),
         ("eth_dst", CLIENT_MAC),
     )
-    (packet_out,) = [m for m in decision.messages if isinstance(m, PacketOut)]
+    packet_out = decision.messages[0]  # sent first (Decision)
+    assert isinstance(packet_out, PacketOut)
     assert packet_out.set_fields == upstream.set_fields  # the packet-in itself too
 
 
@@ -405,4 +406,5 @@ def test_quic_lb_routes_a_migrated_packet_by_the_server_id_in_its_dcid():
     assert decision.event.verdict is Verdict.ADMIT
     upstream = [r for r in flow_rules(decision) if r.match.flow.dst_ip == SERVER_IP][0]
     assert upstream.out_port == backends[2].switch_port
+    assert isinstance(decision.messages[0], PacketOut)  # the packet before its rules
     assert len(box.hops[0].table) == 0  # stateless
