@@ -71,6 +71,19 @@ def icmp_frame(src=CLIENT_IP, dst=SERVER_IP) -> bytes:
     return bytes(Ether(src=CLIENT_MAC, dst=SERVER_MAC) / IP(src=src, dst=dst) / ICMP())
 
 
+class FakeDatagramSocket:
+    """What a client's Migrator uses of an asyncio datagram transport."""
+
+    def __init__(self, local: tuple[str, int]) -> None:
+        self.local, self.closed = local, False
+
+    def get_extra_info(self, name):
+        return self.local
+
+    def close(self) -> None:
+        self.closed = True
+
+
 class QuicPair:
     """A real aioquic client and server talking in memory (aioquic's own test pattern), so
     middlebox tests see genuine Initials, server SCIDs, short headers and spare CIDs."""

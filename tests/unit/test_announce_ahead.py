@@ -11,25 +11,15 @@ from types import SimpleNamespace
 from testbed.apps import client as client_app
 from testbed.apps.client import MigrationPlan
 from testbed.migration import MigrationKind
+from tests.unit.conftest import FakeDatagramSocket
 
 REPEAT_S = 0.02
 _ports = itertools.count(2000)
 
 
-class _Socket:
-    def __init__(self, local) -> None:
-        self.local, self.closed = local, False
-
-    def get_extra_info(self, name):
-        return self.local
-
-    def close(self) -> None:
-        self.closed = True
-
-
 class _Protocol:
     def __init__(self) -> None:
-        self.transport = _Socket(("10.0.1.1", 1000))
+        self.transport = FakeDatagramSocket(("10.0.1.1", 1000))
         self._quic = SimpleNamespace()
         self.close_event = None
         self.progress = asyncio.Event()
@@ -68,7 +58,7 @@ def _run(moves: int, stop_ahead_after_last: bool = False):
         loop = asyncio.get_running_loop()
 
         async def create_datagram_endpoint(factory, local_addr):
-            return _Socket((local_addr[0], next(_ports))), None
+            return FakeDatagramSocket((local_addr[0], next(_ports))), None
 
         loop.create_datagram_endpoint = create_datagram_endpoint
         protocol, agent = _Protocol(), _Agent()

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from testbed.apps import client as client_app
 from testbed.apps.client import MigrationPlan, RecentPorts
 from testbed.migration import MigrationKind
+from tests.unit.conftest import FakeDatagramSocket
 
 
 def test_a_port_is_recent_for_the_delay_after_its_last_use():
@@ -30,31 +31,20 @@ def test_pruning_keeps_the_recent_ports():
     assert not ports.recent(("10.0.1.1", 0), now=3.5)
 
 
-class _Socket:
-    def __init__(self, local) -> None:
-        self.local, self.closed = local, False
-
-    def get_extra_info(self, name):
-        return self.local
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def _open_paths(offered: list[int], recent: list[int]):
     """Opens one path while the OS offers `offered` ports in turn and `recent` were used."""
-    sockets: list[_Socket] = []
+    sockets: list[FakeDatagramSocket] = []
 
     async def scenario():
         loop = asyncio.get_running_loop()
         ports = iter(offered)
 
         async def create_datagram_endpoint(factory, local_addr):
-            sockets.append(_Socket((local_addr[0], next(ports))))
+            sockets.append(FakeDatagramSocket((local_addr[0], next(ports))))
             return sockets[-1], None
 
         loop.create_datagram_endpoint = create_datagram_endpoint
-        protocol = SimpleNamespace(transport=_Socket(("10.0.1.1", 1000)))
+        protocol = SimpleNamespace(transport=FakeDatagramSocket(("10.0.1.1", 1000)))
         plan = MigrationPlan(MigrationKind("nat-rebind"), ("10.0.1.1",), at_seconds=0.0)
         migrator = client_app.Migrator(protocol, plan, None, "c1", ("10.0.0.100", 4433))
         migrator.recent_ports = RecentPorts()
