@@ -431,6 +431,7 @@ class Migrator:
         self.recent_ports = RECENT_PORTS
         self.ahead_task: asyncio.Task | None = None  # its announcement, in flight
         self._ahead_timer: asyncio.TimerHandle | None = None
+        self._ahead_stopped = False
 
     @property
     def announces_ahead(self) -> bool:
@@ -476,7 +477,7 @@ class Migrator:
         if plan.in_network:
             return await self._rebind_in_network(new_local_ip, spare_cids)
         old = self.paths[-1]
-        self.stop_announcing_ahead()  # due before its next path was announced
+        self._cancel_ahead_timer()  # due before its next path was announced
         if self.ahead_task is not None:
             task, self.ahead_task = self.ahead_task, None
             with contextlib.suppress(Exception):  # failed: this migration announces its own
@@ -497,7 +498,7 @@ class Migrator:
         migrated_at = time.monotonic()
         protocol.switch_transport(new.transport, new_cid=plan.new_cid)
         self.paths.append(new)
-        if self.announces_ahead:
+        if self.announces_ahead and not self._ahead_stopped:
             # Half an interval later, when packets in flight on the path left have arrived:
             # announce the next path and retire that one, in one message.
             self._ahead_timer = loop.call_later(
@@ -601,7 +602,12 @@ class Migrator:
         }
 
     def stop_announcing_ahead(self) -> None:
-        """No next path will be opened and announced (one already under way carries on)."""
+        """No next path will be opened and announced, also after a migration still under
+        way (one announcement already under way carries on)."""
+        self._ahead_stopped = True
+        self._cancel_ahead_timer()
+
+    def _cancel_ahead_timer(self) -> None:
         if self._ahead_timer is not None:
             self._ahead_timer.cancel()
             self._ahead_timer = None

@@ -50,10 +50,11 @@ class _Agent:
 
     async def exchange(self, build, local_ip, what, name, rtt_s):
         build()
+        await asyncio.sleep(0)  # the ack is a round trip away: others run meanwhile
         return {"accepted": True}
 
 
-def _run(moves: int, stop_ahead_after_last: bool = False):
+def _run(moves: int, stop_ahead_after_last: bool = False, stop_during_last: bool = False):
     async def scenario():
         loop = asyncio.get_running_loop()
 
@@ -69,7 +70,11 @@ def _run(moves: int, stop_ahead_after_last: bool = False):
         moved = []
         for index in range(moves):
             exchanged_before = len(agent.reports)
-            record = await migrator.migrate(index)
+            migration = loop.create_task(migrator.migrate(index))
+            if stop_during_last and index == moves - 1:
+                await asyncio.sleep(0)  # under way
+                migrator.stop_announcing_ahead()  # the transfer ended meanwhile
+            record = await migration
             record["exchanges"] = len(agent.reports) - exchanged_before
             moved.append(record)
             if stop_ahead_after_last and index == moves - 1:
@@ -109,4 +114,14 @@ def test_once_stopped_no_next_path_is_announced():
     moved, reports, migrator = _run(moves=2, stop_ahead_after_last=True)
     announced = [r[2] for r in reports if r[0] == "announce"]
     assert announced == [tuple(m["to"]) for m in moved]  # none beyond the last move
+    assert migrator.ahead is None
+
+
+def test_a_migration_that_ends_after_the_stop_announces_no_next_path():
+    """The transfer ended while a migration was under way (client.py waits for it): that
+    migration must not set up the next announcement, which nobody would retire (measured:
+    a connection ending with two NAT mappings at 200 Hz)."""
+    moved, reports, migrator = _run(moves=1, stop_during_last=True)
+    announced = [r[2] for r in reports if r[0] == "announce"]
+    assert announced == [tuple(m["to"]) for m in moved]
     assert migrator.ahead is None
