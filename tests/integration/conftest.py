@@ -83,6 +83,19 @@ def run_scenario(scenario: Path, run_dir: Path, timeout_s: float = 900) -> str:
     return result.stdout
 
 
+def assert_each_path_announced_and_retired_once(exchanges: list[dict], migrations: int) -> None:
+    """A Client Agent's reports for a connection that migrated `migrations` times: one
+    announcement per migration, plus at most one for a path announced ahead that the transfer
+    ended before using; each old path, and that one, retired once, by the next announcement
+    or by a retirement of its own."""
+    announced = [e for e in exchanges if e["what"] == "announce"]
+    unused = len(announced) - migrations
+    assert unused in (0, 1), (len(announced), migrations)
+    retired = sum(1 for e in announced if e["retired_path"])
+    retirements = [e["what"] for e in exchanges].count("retire")
+    assert retired + retirements == migrations + unused, (retired, retirements, migrations)
+
+
 def assert_controller_logged_no_exception(run_dir: Path) -> None:
     for log in run_dir.glob("artifacts/*/controller.log"):
         assert "Traceback" not in log.read_text(), f"{log} has an exception"

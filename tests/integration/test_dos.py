@@ -12,7 +12,12 @@ import pytest
 
 from testbed.apps.client import OLD_SOCKET_GRACE_S
 from testbed.scenario import load_scenario
-from tests.integration.conftest import REPOSITORY, read_records, run_scenario
+from tests.integration.conftest import (
+    REPOSITORY,
+    assert_each_path_announced_and_retired_once,
+    read_records,
+    run_scenario,
+)
 
 pytestmark = pytest.mark.integration
 SCENARIO = REPOSITORY / "scenarios" / "dos.yaml"
@@ -61,12 +66,7 @@ def test_qasm_keeps_one_bucket_and_releases_every_retired_port(records, scenario
     assert record["migrations"] >= least_s / scenario.migration.repeat_every_s / 2
     # Every rebind was announced and its old path retired, and the Tracking Agent took all.
     exchanges = record["agent_exchanges"]
-    announced = [e for e in exchanges if e["what"] == "announce"]
-    assert len(announced) == record["migrations"]
-    # Each old path retired once: by the next announcement (one message per migration at a
-    # high rate) or, for the last ones, by a retirement of its own.
-    retired = sum(1 for e in announced if e["retired_path"])
-    assert retired + [e["what"] for e in exchanges].count("retire") == record["migrations"]
+    assert_each_path_announced_and_retired_once(exchanges, record["migrations"])
     assert all(e["accepted"] for e in exchanges), exchanges
     # Only live paths hold a port: the current one and those whose old socket is still in
     # its grace period (plus one in flight); one at the end.

@@ -13,7 +13,12 @@ from qasm.controller.events import HopStats, PacketIn, Reason, Verdict
 from testbed.apps.flood import AGENT_KINDS, SERVICE_KINDS
 from testbed.records.metrics import read_decisions
 from testbed.scenario import load_scenario
-from tests.integration.conftest import REPOSITORY, read_records, run_scenario
+from tests.integration.conftest import (
+    REPOSITORY,
+    assert_each_path_announced_and_retired_once,
+    read_records,
+    run_scenario,
+)
 
 pytestmark = pytest.mark.integration
 SCENARIO = REPOSITORY / "scenarios" / "flood.yaml"
@@ -89,14 +94,7 @@ def test_forged_and_replayed_reports_are_rejected_counted_and_change_nothing(run
     assert record["flood"]["captured_reports"] == sum(e["attempts"] for e in real), real
     assert all(e["accepted"] for e in real), real
     assert record["agent_reports_accepted"] == len(real)
-    # One announcement per migration, plus at most one for a path announced ahead that the
-    # transfer ended before using; each old path, and that one, retired once: by the next
-    # announcement or by a retirement of its own.
-    announced = [e for e in real if e["what"] == "announce"]
-    unused = len(announced) - record["migrations"]
-    assert unused in (0, 1)
-    retired = sum(1 for e in announced if e["retired_path"])
-    assert retired + [e["what"] for e in real].count("retire") == record["migrations"] + unused
+    assert_each_path_announced_and_retired_once(real, record["migrations"])
     # So the NAT released every retired path's port.
     assert record["nat_mappings"] == 1
     # The controller's own counters (its last stats line) agree.
