@@ -68,7 +68,7 @@ Message = Announce | Retire | Ack
 
 def derive_client_key(secret: bytes, client: str) -> bytes:
     """Per-client key from the scenario's secret: HMAC-SHA256(secret, client id)."""
-    return hmac.digest(secret, client.encode(), "sha256")
+    return _tag(secret, client.encode())
 
 
 def _tag(key: bytes, body: bytes) -> bytes:

@@ -1350,13 +1350,20 @@ class Middlebox(Switch):
         for cid in stale:
             self.table.forget_cid(connection, cid)
 
-    def _sent_within(self, connection: Connection, payload: bytes, now: float) -> bool:
-        """Whether a short-header packet's DCID is one of the connection's."""
+    def _short_header_dcids(self, payload: bytes) -> list[bytes]:
+        """The DCID a short-header packet carries at each server CID length seen, shortest
+        first; none for a long header."""
+        dcids = []
         for length in sorted(self.table.cid_lengths):
             try:
-                dcid = short_header_dcid(payload, length)
+                dcids.append(short_header_dcid(payload, length))
             except WireError:
-                return False
+                break  # a long header: not a migrated packet
+        return dcids
+
+    def _sent_within(self, connection: Connection, payload: bytes, now: float) -> bool:
+        """Whether a short-header packet's DCID is one of the connection's."""
+        for dcid in self._short_header_dcids(payload):
             found = self.table.by_cid(dcid, now)
             if found is not None and found.id == connection.id:
                 return True
@@ -1386,11 +1393,7 @@ class Middlebox(Switch):
     def _locate_by_dcid(
         self, path: FlowKey, payload: bytes, now: float
     ) -> tuple[Connection, Reason] | None:
-        for length in sorted(self.table.cid_lengths):
-            try:
-                dcid = short_header_dcid(payload, length)
-            except WireError:
-                return None  # a long header: not a migrated packet
+        for dcid in self._short_header_dcids(payload):
             connection = self.table.by_cid(dcid, now)
             reason = Reason.DCID_MATCH
             if connection is None and self._pull is not None:
