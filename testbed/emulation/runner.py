@@ -352,10 +352,7 @@ class ExperimentRunner:
                 emulation.kernel.apply(_kernel_settings(scenario, spec.variant, roles))
                 (artifacts / "router-rules.txt").write_text(emulation.kernel.ruleset())
         emulation.forget_neighbours()
-        decision_log = emulation.start_controller(config, artifacts)
-        controller_memory_start = emulation.controller.memory_kib()
-        # CPU spent starting up (imports, os-ken, the switches' connection): not the run's.
-        controller_cpu_start = emulation.controller.cpu_seconds()
+        decision_log = emulation.launch_controller(config, artifacts)
         seed = repetition_seed(self.seed, spec.repetition)
         servers = []
         for server in roles.servers(_load_balanced(scenario)):
@@ -375,6 +372,10 @@ class ExperimentRunner:
             (client, self._start_client(emulation, client, spec, seed, artifacts))
             for client in roles.clients
         ]
+        emulation.await_switches(decision_log)
+        controller_memory_start = emulation.controller.memory_kib()
+        # CPU spent starting up (imports, os-ken, the switches' connection): not the run's.
+        controller_cpu_start = emulation.controller.cpu_seconds()
         self._start_connections(clients, artifacts)
         start_at = float((artifacts / START_FILE).read_text())
         faults = FaultSchedule(scenario.faults, start_at, emulation.kill_replica).start()
