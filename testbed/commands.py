@@ -20,6 +20,7 @@ from testbed.scenario import ScenarioError, load_scenario
 from testbed.scenario.models import ALL_VARIANTS
 
 EXIT_OK, EXIT_INFRASTRUCTURE, EXIT_INVALID = 0, 1, 2
+EXIT_INTERRUPTED = 130  # as a shell reports a process ended by SIGINT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -137,6 +138,13 @@ def run_command(args: argparse.Namespace) -> int:
     except TimeoutError as exc:
         print(f"qasm: infrastructure failure: {exc}", file=sys.stderr)
         return EXIT_INFRASTRUCTURE
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (the runner's _Terminated)
+        print(
+            f"qasm: interrupted ({exc or 'SIGINT'}); finished runs kept in {out_dir}; "
+            f"go on with: qasm run --resume {out_dir}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     print(runner.table())
     print(f"qasm: results in {out_dir}")
     return EXIT_OK

@@ -193,8 +193,9 @@ def collect_metadata(scenario: Scenario, seed: int, variants, repetitions: int) 
     }
 
 
-class _Terminated(Exception):
-    """SIGTERM/SIGHUP received: unwind like Ctrl-C so teardown runs."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM/SIGHUP received: unwind like Ctrl-C so teardown runs (and be reported as
+    Ctrl-C is: `qasm run` names where the finished runs are)."""
 
 
 class _StopSignals:
@@ -324,7 +325,7 @@ class ExperimentRunner:
                     links["links"] = emulation.link_record().get("links", {})
                 self.stop_signals.check()
             metadata["status"] = "finished"
-        except (KeyboardInterrupt, _Terminated):
+        except KeyboardInterrupt:  # also SIGTERM and SIGHUP (_Terminated)
             metadata["status"] = "interrupted"
             raise
         except InfrastructureError as exc:

@@ -21,6 +21,7 @@ from qasm.controller.events import (
     Verdict,
 )
 from qasm.flow import FlowKey
+from testbed import cli
 from testbed.analysis.summary import bootstrap_interval, format_table, median_interval, summarize
 from testbed.emulation.runner import (
     ExperimentRunner,
@@ -302,3 +303,19 @@ def test_a_host_agents_figures_reach_the_record():
     )  # fmt: skip
     assert build_record(report=report(host_agent=host), **kwargs)["host_agent"] == host
     assert build_record(report=report(), **kwargs)["host_agent"] is None
+
+
+def test_a_run_stopped_by_sigterm_says_where_its_finished_runs_are(tmp_path, monkeypatch, capsys):
+    """`kill` of `qasm run` (SIGTERM, or SIGHUP when its terminal goes) ends it as Ctrl-C does:
+    exit 130 and the way to go on, not a traceback."""
+
+    def terminated(self):
+        raise _Terminated("signal SIGTERM")
+
+    monkeypatch.setattr(ExperimentRunner, "run", terminated)
+    out = tmp_path / "run"
+    code = cli.main(["run", str(REPOSITORY / "scenarios" / "default.yaml"), "--out", str(out)])
+    assert code == 130
+    err = capsys.readouterr().err
+    assert f"interrupted (signal SIGTERM); finished runs kept in {out}" in err
+    assert f"qasm run --resume {out}" in err
