@@ -1383,7 +1383,7 @@ class Middlebox(Switch):
             text = "from the client on a path it retired, and it holds no other"
             return self._drop(context, Refusal(Reason.RETIRED_PATH, text), connection=connection.id)
         flow, forward, _, service_port = self._translations(connection, held)
-        ends = self._local(connection).ends.get(held) or self._ends(held, flow, service_port)
+        ends = self._path_ends(self._local(connection), held, flow, service_port)
         out_port = ends.service_port if ends is not None else PORT_FLOOD
         return self.decide(
             [PacketOut(in_port, out_port, data, forward)], **context,
@@ -1538,6 +1538,13 @@ class Middlebox(Switch):
             service_port = translation.service_port or service_port
         return flow, forward, backward, service_port
 
+    def _path_ends(
+        self, local: OnSwitch, path: FlowKey, flow: FlowKey, service_port: int | None
+    ) -> PathEnds | None:
+        """Where `path`'s ends are on this switch: as its rules recorded them, else as
+        located now (None while one is not)."""
+        return local.ends.get(path) or self._ends(path, flow, service_port)
+
     def _ends(self, path: FlowKey, flow: FlowKey, service_port: int | None):
         """The two ends on this switch of `path`, which the service sees as `flow`, or None
         while one is not located. A replica takes what a sibling located (wired alike): the
@@ -1572,7 +1579,7 @@ class Middlebox(Switch):
         functions = self.functions if functions is None else functions
         local = local if local is not None else self._local(connection)
         flow, forward, backward, service_port = self._translations(connection, path, functions)
-        ends = ends or local.ends.get(path) or self._ends(path, flow, service_port)
+        ends = ends or self._path_ends(local, path, flow, service_port)
         if ends is None:
             return None
         local.ends[path] = ends
