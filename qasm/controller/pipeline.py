@@ -1185,7 +1185,7 @@ class Middlebox(Switch):
             return self._drop(context, located)
         connection, reason = located
         if reason is Reason.RETIRED_PATH:
-            return self._deliver_left_behind(in_port, connection, data, context)
+            return self._deliver_left_behind(in_port, connection, data, to_service, context)
         if not to_service:
             self._established(connection)  # the server answered (RFC 9312 §4.7)
         if to_service:
@@ -1284,10 +1284,13 @@ class Middlebox(Switch):
         if connection is not None:
             return connection, Reason.KNOWN_PATH
         if not to_service:
-            if self.table.retired_by(path) is not None:
-                # A server whose validation of the new path timed out goes back to the last
-                # validated one (RFC 9000 §9.3.2), which the client has left.
-                return Refusal(Reason.RETIRED_PATH, "from the service on a path its client retired")
+            retiring = self.table.retired_by(path)
+            if retiring is not None:
+                # Sent before the server saw the client move (at 100 migrations a second,
+                # a round trip is more than one path's life), or a server whose validation
+                # of the new path timed out going back to the last validated one (RFC 9000
+                # §9.3.2): delivered, not re-admitted.
+                return retiring, Reason.RETIRED_PATH
             return Refusal(Reason.NEVER_ADMITTED, "from the service on a 5-tuple never admitted")
         if self.cid_aware:
             retiring = self.table.retired_by(path)
@@ -1370,23 +1373,36 @@ class Middlebox(Switch):
         return False
 
     def _deliver_left_behind(
-        self, in_port: int, connection: Connection, data: bytes, context: dict
+        self, in_port: int, connection: Connection, data: bytes, to_service: bool, context: dict
     ) -> Decision:
-        """A packet its client sent on a path before leaving it, which a queue held until the
-        agent had retired the path: it goes on as from the oldest path the connection holds
-        (one the server has seen), with no path, rule or NAT port taken for it again, so a
-        connection holds at most two paths however late its packets come. Re-admitted by
-        its DCID instead, it took a third NAT port and, while Open vSwitch still cached the
-        retired path as "to the controller", tens of packet-ins (rate.yaml at 100 Hz)."""
+        """A packet on a path its client had left and the agent then retired: it goes on as
+        on the oldest path the connection holds (the client's, which the server has seen),
+        with no path, rule or NAT port taken for it again, so a connection holds at most two
+        paths however late its packets come.
+        - From the client: one a queue held until the path was retired. Re-admitted by its
+          DCID instead, it took a third NAT port and, while Open vSwitch still cached the
+          retired path as "to the controller", tens of packet-ins (rate.yaml at 100 Hz).
+        - From the service: one sent before the server saw the client move, or a server gone
+          back to the last path it validated. Dropped, each was a loss the connection had to
+          recover from; the client takes it on the path it uses now."""
         held = connection.paths[0] if connection.paths else None
         if held is None:
-            text = "from the client on a path it retired, and it holds no other"
+            text = "on a path its client retired, and the connection holds no other"
             return self._drop(context, Refusal(Reason.RETIRED_PATH, text), connection=connection.id)
-        flow, forward, _, service_port = self._translations(connection, held)
+        flow, forward, backward, service_port = self._translations(connection, held)
         ends = self._path_ends(self._local(connection), held, flow, service_port)
-        out_port = ends.service_port if ends is not None else PORT_FLOOD
+        if to_service:
+            out_port, actions = (ends.service_port if ends else PORT_FLOOD), forward
+        elif ends is None:
+            text = f"on a path its client retired, and {held.src_ip} is not located yet"
+            return self._drop(context, Refusal(Reason.RETIRED_PATH, text), connection=connection.id)
+        else:
+            # To the client's end of that path, whatever the translations (none without NAT).
+            to_client = {"ipv4_dst": held.src_ip, "udp_dst": held.src_port}
+            delivered = dict(backward) | to_client | {"eth_dst": ends.client_mac}
+            out_port, actions = ends.client_port, tuple(delivered.items())
         return self.decide(
-            [PacketOut(in_port, out_port, data, forward)], **context,
+            [PacketOut(in_port, out_port, data, actions)], **context,
             verdict=Verdict.FORWARD, reason=Reason.RETIRED_PATH, connection=connection.id,
         )  # fmt: skip
 

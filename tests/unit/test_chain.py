@@ -310,6 +310,47 @@ def test_a_packet_sent_before_its_path_was_retired_goes_on_as_on_a_held_path(hop
     assert not [e for e in bench.net.events if isinstance(e, PathInstalled)]
 
 
+@pytest.mark.parametrize("hops", [1, 2])
+def test_a_server_packet_to_a_retired_path_reaches_the_client_on_a_held_path(hops):
+    """Sent before the server saw the client move (at 100 migrations a second a round trip
+    outlives a path): the last hop delivers it to the client's end of the oldest path the
+    connection holds, with no path, rule or NAT port taken for it again."""
+    bench = ChainBench("qasm", hops)
+    bench.handshake()
+    (old_address,) = bench.server_macs
+    bench.migrate("nat-rebind", sport=6000, announce=True)  # wifi:50000 → wifi:6000
+    for _ in range(2):  # the server validates the new path
+        bench.round_trip("wifi", 6000)
+    _, datagram = bench.agent.announce(
+        bench.pair.client, (WIFI_IP, 6000), (WIFI_IP, 6001), False, retire=(WIFI_IP, 50000)
+    )
+    bench.report(datagram, "wifi")
+    bench.net.events.clear()
+    bench.pair.server.send_ping(12)
+    bench.pair.now += 0.001
+    late = [d for d, _ in bench.pair.server.datagrams_to_send(now=bench.pair.now)]
+    assert late
+    for payload in late:
+        frame = udp_frame(
+            payload, sport=4433, dport=old_address[1], src=SERVER_IP, dst=old_address[0],
+            eth_src=SERVER_MAC, eth_dst=bench.server_macs[old_address],
+        )  # fmt: skip
+        bench.net.send(bench.last, 1, frame, now=bench.pair.now)
+    frames = bench.net.received("wifi")
+    assert [(f.flow.dst_ip, f.flow.dst_port, f.eth_dst) for f in frames] == [
+        (WIFI_IP, 6000, WIFI_MAC)
+    ] * len(late)
+    for frame in frames:  # a datagram of its connection to the client
+        bench.pair.client.receive_datagram(frame.udp_payload, (SERVER_IP, 4433), bench.pair.now)
+    assert bench.pair.client._close_event is None
+    assert bench.hop_mappings() == [2] * hops
+    packet_ins = [e for e in bench.net.events if isinstance(e, PacketIn)]
+    assert [(e.verdict, e.reason) for e in packet_ins] == [
+        (Verdict.FORWARD, Reason.RETIRED_PATH)
+    ] * len(late)  # only the last hop: the ones before see the held path, ruled already
+    assert not [e for e in bench.net.events if isinstance(e, PathInstalled)]
+
+
 def test_an_announcement_cannot_retire_the_path_it_moves_from():
     bench = ChainBench("qasm", 1)
     bench.handshake()

@@ -185,6 +185,29 @@ def test_releasing_a_nat_port_returns_it_to_the_pool():
     assert connection.nat.ports == ()
 
 
+def test_a_retired_ports_inbound_side_names_its_path_until_the_port_is_reused():
+    """The service's datagrams to a port whose client retired its path still find the path
+    (the middlebox delivers them on a held one); once the port went to another path, or
+    was given back by a connection that ended, they find only the pool's own answer."""
+    nat = Nat(NatSettings("10.0.100.1", "02:00:00:00:00:fd", first_port=30000, ports=2))
+    a, b = Connection(id=1, created_at=0.0, last_seen=0.0), Connection(2, 0.0, 0.0)
+    first, second, third = path(WIFI, 1), path(WIFI, 2), path(WIFI, 3)
+
+    def to_public(port: int):
+        return nat.service_path(FlowKey(*SERVICE, "10.0.100.1", port))
+
+    nat.path_added(a, first, 0.0)  # 30000
+    nat.path_added(a, second, 0.0)  # 30001
+    nat.path_retired(a, first)
+    assert to_public(30000) == first and to_public(30001) == second
+    nat.path_added(b, third, 0.0)  # 30000 again: the pool's turn came round
+    assert to_public(30000) == third
+    nat.connection_ended(b)
+    assert to_public(30000).reason is Reason.NO_NAT_MAPPING
+    nat.connection_ended(a)
+    assert to_public(30001).reason is Reason.NO_NAT_MAPPING
+
+
 def test_an_announce_refused_on_a_later_hop_changes_no_hop():
     bench = ChainBench("qasm", 2)
     bench.handshake()

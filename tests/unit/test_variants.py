@@ -237,9 +237,15 @@ def test_qasm_retirement_removes_the_old_paths_rules(quic_pair):
     assert removed == {Match(flow=OLD_PATH), Match(flow=OLD_PATH.reversed())}
     assert box.hops[0].table.by_path(OLD_PATH, now=3.0) is None
     assert connection.paths == (NEW_PATH,) and connection.retired_paths == (OLD_PATH,)
-    # The server going back to the old path (its validation of the new one timed out).
+    # The server going back to the old path (its validation of the new one timed out): the
+    # client gets it on the path it holds.
     fallback = one(box.packet_in(1, SERVER_PORT, from_server(b"\x40" + bytes(40)), now=3.5))
-    assert (fallback.event.verdict, fallback.event.reason) == (Verdict.DROP, Reason.RETIRED_PATH)
+    assert (fallback.event.verdict, fallback.event.reason) == (Verdict.FORWARD, Reason.RETIRED_PATH)
+    (delivered,) = fallback.messages
+    assert delivered.out_port == LTE_PORT
+    assert dict(delivered.set_fields) == {
+        "ipv4_dst": LTE_IP, "udp_dst": 6000, "eth_dst": LTE_MAC
+    }  # fmt: skip
     stranger = one(
         box.packet_in(1, SERVER_PORT, from_server(b"\x40" + bytes(40), dport=50001), now=3.6)
     )
