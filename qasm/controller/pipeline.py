@@ -170,6 +170,12 @@ UNSPECIFIED_ADDRESS = "0.0.0.0"  # an ARP probe's sender (RFC 5227)
 # Initial (RFC 9002 §6.2.2: an initial PTO of ~1 s) arrives after the hold.
 SOURCE_HELD_REASONS = frozenset({Reason.ADMISSION_BUDGET, Reason.HALF_OPEN_QUOTA})
 SOURCE_HOLD_S = 1
+# A retired path's inbound rule stays this long, sending the server's datagrams still in
+# flight to it on to the client's end of a path the connection holds (`retire`): a round
+# trip at most, in OpenFlow's whole seconds. Its NAT port goes back at once; the pool hands
+# it out again only a whole round of ports later, and the new path's own inbound rule (the
+# same match and priority) then replaces this one.
+RETIRED_INBOUND_S = 1
 DEFAULT_ADMISSION_RATE_PER_S = 100.0
 DEFAULT_ADMISSION_BURST = 400
 
@@ -1389,18 +1395,17 @@ class Middlebox(Switch):
         if held is None:
             text = "on a path its client retired, and the connection holds no other"
             return self._drop(context, Refusal(Reason.RETIRED_PATH, text), connection=connection.id)
-        flow, forward, backward, service_port = self._translations(connection, held)
-        ends = self._path_ends(self._local(connection), held, flow, service_port)
         if to_service:
+            flow, forward, _, service_port = self._translations(connection, held)
+            ends = self._path_ends(self._local(connection), held, flow, service_port)
             out_port, actions = (ends.service_port if ends else PORT_FLOOD), forward
-        elif ends is None:
-            text = f"on a path its client retired, and {held.src_ip} is not located yet"
-            return self._drop(context, Refusal(Reason.RETIRED_PATH, text), connection=connection.id)
         else:
-            # To the client's end of that path, whatever the translations (none without NAT).
-            to_client = {"ipv4_dst": held.src_ip, "udp_dst": held.src_port}
-            delivered = dict(backward) | to_client | {"eth_dst": ends.client_mac}
-            out_port, actions = ends.client_port, tuple(delivered.items())
+            delivery = self._to_client_end(connection, held)
+            if delivery is None:
+                text = f"on a path its client retired, and {held.src_ip} is not located yet"
+                refusal = Refusal(Reason.RETIRED_PATH, text)
+                return self._drop(context, refusal, connection=connection.id)
+            out_port, actions = delivery
         return self.decide(
             [PacketOut(in_port, out_port, data, actions)], **context,
             verdict=Verdict.FORWARD, reason=Reason.RETIRED_PATH, connection=connection.id,
@@ -1554,6 +1559,21 @@ class Middlebox(Switch):
             service_port = translation.service_port or service_port
         return flow, forward, backward, service_port
 
+    def _to_client_end(
+        self, connection: Connection, path: FlowKey
+    ) -> tuple[int, tuple[tuple[str, str | int], ...]] | None:
+        """The switch port and the fields to set that bring a datagram from the service to
+        the client's end of `path`, whichever path it was sent on (None while that end is
+        not located)."""
+        flow, _, backward, service_port = self._translations(connection, path)
+        ends = self._path_ends(self._local(connection), path, flow, service_port)
+        if ends is None:
+            return None
+        # Whatever the translations set (nothing without NAT), the client's own address.
+        to_client = {"ipv4_dst": path.src_ip, "udp_dst": path.src_port}
+        delivered = dict(backward) | to_client | {"eth_dst": ends.client_mac}
+        return ends.client_port, tuple(delivered.items())
+
     def _path_ends(
         self, local: OnSwitch, path: FlowKey, flow: FlowKey, service_port: int | None
     ) -> PathEnds | None:
@@ -1624,15 +1644,26 @@ class Middlebox(Switch):
         ]  # fmt: skip
         return PathRules(ends, messages, forward, backward)
 
-    def _remove_path_rules(self, connection: Connection, path: FlowKey) -> list[SwitchMessage]:
+    def _remove_path_rules(
+        self, connection: Connection, path: FlowKey, inbound_to: FlowKey | None = None
+    ) -> list[SwitchMessage]:
+        """The path's rules go; with `inbound_to`, its inbound rule becomes, for
+        RETIRED_INBOUND_S, a redirect to the client's end of that path."""
         local = self._on_switch.get(connection.id)
         if local is None or path not in local.ends:
             return []
         flow = self._translations(connection, path)[0]
+        inbound = Match(flow=flow.reversed())
+        delivery = self._to_client_end(connection, inbound_to) if inbound_to else None
         messages: list[SwitchMessage] = [
             RemoveFlow(PRIORITY_ADMITTED_FLOW, Match(flow=path)),
-            RemoveFlow(PRIORITY_ADMITTED_FLOW, Match(flow=flow.reversed())),
-        ]
+            RemoveFlow(PRIORITY_ADMITTED_FLOW, inbound)
+            if delivery is None
+            else FlowRule(
+                PRIORITY_ADMITTED_FLOW, inbound, delivery[0], hard_timeout_s=RETIRED_INBOUND_S,
+                set_fields=delivery[1],
+            ),
+        ]  # fmt: skip
         if local.probe == path:
             messages.append(RemoveFlow(PRIORITY_PROBE, Match(flow=flow.reversed())))
             local.probe = None
@@ -1796,8 +1827,10 @@ class Middlebox(Switch):
     def retire(
         self, connection: Connection, path: FlowKey, client: str, now: float | None = None
     ) -> Decision | None:
-        """A path the client stopped using: its rules go, its NAT port goes back."""
-        messages = self._remove_path_rules(connection, path)
+        """A path the client stopped using: its rules go (the inbound one, for a moment, to
+        a path the connection holds), its NAT port goes back."""
+        held = next((p for p in connection.paths if p != path), None)
+        messages = self._remove_path_rules(connection, path, inbound_to=held)
         if not self.table.retire_path(connection, path):
             return None
         connection.owner = client

@@ -11,6 +11,7 @@ from qasm.agents.client import ClientAgent
 from qasm.agents.messages import derive_client_key
 from qasm.controller.events import PacketIn, PathInstalled, Reason, Verdict
 from qasm.controller.pipeline import (
+    RETIRED_INBOUND_S,
     Admission,
     AgentSettings,
     Controller,
@@ -313,8 +314,9 @@ def test_a_packet_sent_before_its_path_was_retired_goes_on_as_on_a_held_path(hop
 @pytest.mark.parametrize("hops", [1, 2])
 def test_a_server_packet_to_a_retired_path_reaches_the_client_on_a_held_path(hops):
     """Sent before the server saw the client move (at 100 migrations a second a round trip
-    outlives a path): the last hop delivers it to the client's end of the oldest path the
-    connection holds, with no path, rule or NAT port taken for it again."""
+    outlives a path): for RETIRED_INBOUND_S the retired path's inbound rule takes it to the
+    client's end of the oldest path the connection holds; after that the controller does.
+    No path, rule or NAT port is taken for it again."""
     bench = ChainBench("qasm", hops)
     bench.handshake()
     (old_address,) = bench.server_macs
@@ -325,30 +327,41 @@ def test_a_server_packet_to_a_retired_path_reaches_the_client_on_a_held_path(hop
         bench.pair.client, (WIFI_IP, 6000), (WIFI_IP, 6001), False, retire=(WIFI_IP, 50000)
     )
     bench.report(datagram, "wifi")
-    bench.net.events.clear()
-    bench.pair.server.send_ping(12)
-    bench.pair.now += 0.001
-    late = [d for d, _ in bench.pair.server.datagrams_to_send(now=bench.pair.now)]
-    assert late
-    for payload in late:
-        frame = udp_frame(
-            payload, sport=4433, dport=old_address[1], src=SERVER_IP, dst=old_address[0],
-            eth_src=SERVER_MAC, eth_dst=bench.server_macs[old_address],
-        )  # fmt: skip
-        bench.net.send(bench.last, 1, frame, now=bench.pair.now)
-    frames = bench.net.received("wifi")
-    assert [(f.flow.dst_ip, f.flow.dst_port, f.eth_dst) for f in frames] == [
-        (WIFI_IP, 6000, WIFI_MAC)
-    ] * len(late)
-    for frame in frames:  # a datagram of its connection to the client
-        bench.pair.client.receive_datagram(frame.udp_payload, (SERVER_IP, 4433), bench.pair.now)
-    assert bench.pair.client._close_event is None
-    assert bench.hop_mappings() == [2] * hops
-    packet_ins = [e for e in bench.net.events if isinstance(e, PacketIn)]
-    assert [(e.verdict, e.reason) for e in packet_ins] == [
-        (Verdict.FORWARD, Reason.RETIRED_PATH)
-    ] * len(late)  # only the last hop: the ones before see the held path, ruled already
-    assert not [e for e in bench.net.events if isinstance(e, PathInstalled)]
+    redirects = [r for s in bench.net.switches.values() for r in s.rules if r.hard_timeout_s]
+    assert [(r.hard_timeout_s, r.idle_timeout_s) for r in redirects] == [
+        (RETIRED_INBOUND_S, 0)
+    ] * hops  # one per hop, gone by itself
+
+    def server_sends_to_the_old_address() -> list:
+        bench.net.events.clear()
+        bench.pair.server.send_ping(12)
+        bench.pair.now += 0.001
+        late = [d for d, _ in bench.pair.server.datagrams_to_send(now=bench.pair.now)]
+        assert late
+        for payload in late:
+            frame = udp_frame(
+                payload, sport=4433, dport=old_address[1], src=SERVER_IP, dst=old_address[0],
+                eth_src=SERVER_MAC, eth_dst=bench.server_macs[old_address],
+            )  # fmt: skip
+            bench.net.send(bench.last, 1, frame, now=bench.pair.now)
+        frames = bench.net.received("wifi")
+        assert [(f.flow.dst_ip, f.flow.dst_port, f.eth_dst) for f in frames] == [
+            (WIFI_IP, 6000, WIFI_MAC)
+        ] * len(late)
+        for frame in frames:  # datagrams of its connection to the client
+            bench.pair.client.receive_datagram(frame.udp_payload, (SERVER_IP, 4433), bench.pair.now)
+        assert bench.pair.client._close_event is None
+        assert bench.hop_mappings() == [2] * hops
+        assert not [e for e in bench.net.events if isinstance(e, PathInstalled)]
+        return [(e.verdict, e.reason) for e in bench.net.events if isinstance(e, PacketIn)]
+
+    assert server_sends_to_the_old_address() == []  # the switches' redirects
+    for switch in bench.net.switches.values():  # RETIRED_INBOUND_S later
+        switch.rules = [r for r in switch.rules if r not in redirects]
+    packet_ins = server_sends_to_the_old_address()
+    # Only the last hop: the ones before see the held path, ruled already.
+    assert packet_ins == [(Verdict.FORWARD, Reason.RETIRED_PATH)] * len(packet_ins)
+    assert packet_ins
 
 
 def test_an_announcement_cannot_retire_the_path_it_moves_from():
