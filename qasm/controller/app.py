@@ -3,18 +3,23 @@
 Each handler is one delegation call, run on the receiving datapath's thread; `_send_and_log`
 is the one place that turns decisions into OpenFlow 1.3 messages, written to the socket of the
 datapath each decision names, and writes the decision log (one typed event per line,
-qasm/controller/events.py). An unhandled
+qasm/controller/events.py). A datapath's messages are read by `_receive` (in place of
+os-ken's receive loop): packet-ins of the usual shape go straight to `_packet_in`, the rest
+through os-ken's parsers and handlers as before. An unhandled
 exception ends the process loudly (faucet's kill_on_exception): the runner sees a dead
 controller and reports an infrastructure failure instead of measuring a half-dead middlebox.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import json
 import os
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -24,13 +29,18 @@ from dataclasses import replace
 from os_ken import cfg
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
-from os_ken.controller.handler import HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
-from os_ken.ofproto import ofproto_v1_3, ofproto_v1_3_parser
+from os_ken.controller.handler import (
+    DEAD_DISPATCHER,
+    HANDSHAKE_DISPATCHER,
+    MAIN_DISPATCHER,
+    set_ev_cls,
+)
+from os_ken.ofproto import ofproto_parser, ofproto_v1_3
 
 from qasm.controller.events import KernelPath, SwitchConnected
 from qasm.controller.kernel_anchor import ConntrackAnchor
 from qasm.controller.openflow import encode
-from qasm.controller.packet_in import parse_packet_in
+from qasm.controller.packet_in import unpack_packet_in
 from qasm.controller.pipeline import Controller, Decision, MiddleboxConfig
 from qasm.flow import FlowKey
 
@@ -41,9 +51,10 @@ CONF.register_cli_opts(
         cfg.StrOpt("qasm-decision-log", help="JSON-lines decision log (appended)"),
     ]
 )
-# os-ken's table of OpenFlow 1.3 message parsers, by type: packet-ins of the usual shape are
-# unpacked by hand (qasm/controller/packet_in.py), the rest by os-ken as before.
-ofproto_v1_3_parser._MSG_PARSERS[ofproto_v1_3.OFPT_PACKET_IN] = parse_packet_in
+_HEADER = struct.Struct(ofproto_v1_3.OFP_HEADER_PACK_STR)
+# One read takes whatever the switch has sent, up to this much: os-ken's loop read each
+# message in two (its header, then the rest), two system calls per packet-in.
+RECEIVE_BYTES = 1 << 16
 EXIT_HANDLER_CRASHED = 70
 # At most this often, a `stats` line (table and counter sizes) joins the decision log; written
 # from the event thread, so it never reads the tables while a handler changes them.
@@ -111,9 +122,15 @@ class MiddleboxApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPStateChange, HANDSHAKE_DISPATCHER)
     @kill_on_exception
     def switch_connecting(self, ev) -> None:
-        # Called while os-ken builds the Datapath, before its send thread exists: no write
-        # of os-ken's can be under way on the plain socket.
-        ev.datapath.socket = SerialSocket(ev.datapath.socket)
+        # Called while os-ken builds the Datapath, before its send thread and its receive
+        # loop exist: no write of os-ken's can be under way on the plain socket, and
+        # Datapath.serve() calls the `_recv_loop` set here.
+        datapath = ev.datapath
+        # Each write is a whole answer the switch waits for (a packet-out first): sent at
+        # once, not held by Nagle's algorithm until the previous one is acknowledged.
+        datapath.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        datapath.socket = SerialSocket(datapath.socket)
+        datapath._recv_loop = functools.partial(self._receive, datapath)
 
     @set_ev_cls(ofp_event.EventOFPStateChange, MAIN_DISPATCHER)
     @kill_on_exception
@@ -128,13 +145,63 @@ class MiddleboxApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     @kill_on_exception
     def packet_in(self, ev) -> None:
+        # A packet-in of another shape than `_receive` unpacks, parsed by os-ken.
         msg = ev.msg
-        self._datapaths.setdefault(msg.datapath.id, msg.datapath)
+        self._packet_in(msg.datapath, msg.match["in_port"], bytes(msg.data), msg.cookie)
+
+    @kill_on_exception
+    def _packet_in(self, datapath, in_port: int, frame: bytes, cookie: int) -> None:
+        self._datapaths.setdefault(datapath.id, datapath)
         with self._lock:
             decisions = self.controller.packet_in(
-                msg.datapath.id, msg.match["in_port"], bytes(msg.data), time.monotonic(), msg.cookie
+                datapath.id, in_port, frame, time.monotonic(), cookie
             )
             self._send_and_log(decisions)
+
+    def _receive(self, datapath) -> None:
+        """os-ken's Datapath._recv_loop, the same messages to the same handlers, cheaper:
+        one read for whatever has arrived, and a packet-in of the usual shape unpacked and
+        decided with no OFPPacketIn, OFPMatch or event object on the way (os-ken's framing,
+        parsing and dispatch cost ~40 µs of a packet-in's ~170 µs, measured with py-spy).
+        Plain TCP, as `python -m qasm.controller` listens."""
+        pending = bytearray()
+        try:
+            while datapath.state != DEAD_DISPATCHER:
+                try:
+                    chunk = datapath.socket.recv(RECEIVE_BYTES)
+                except TimeoutError:
+                    continue  # os-ken's socket timeout: read again, as its loop does
+                except (EOFError, OSError):
+                    break
+                if not chunk:
+                    break
+                pending += chunk
+                start = 0
+                while len(pending) - start >= _HEADER.size:
+                    version, msg_type, length, xid = _HEADER.unpack_from(pending, start)
+                    # As os-ken: a length shorter than the header is read as the header.
+                    length = max(length, _HEADER.size)
+                    if len(pending) - start < length:
+                        break
+                    message = pending[start : start + length]
+                    start += length
+                    packet_in = (
+                        unpack_packet_in(message)
+                        if msg_type == ofproto_v1_3.OFPT_PACKET_IN
+                        and datapath.state == MAIN_DISPATCHER
+                        else None
+                    )
+                    if packet_in is not None:
+                        # This app is the only observer of packet-ins: no event needed.
+                        in_port, cookie, frame = packet_in
+                        self._packet_in(datapath, in_port, frame, cookie)
+                    else:
+                        _dispatch(datapath, version, msg_type, length, xid, message)
+                del pending[:start]
+        finally:
+            # What os-ken's loop does once it ends (its `_deactivate`).
+            with contextlib.suppress(OSError):
+                datapath.socket.close()
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     @kill_on_exception
@@ -222,6 +289,24 @@ class SerialSocket:
 
     def __getattr__(self, name: str):
         return getattr(self._socket, name)
+
+
+def _dispatch(datapath, version: int, msg_type: int, length: int, xid: int, message) -> None:
+    """One message as os-ken's receive loop hands it on: parsed, as an event to the apps
+    that observe it, and to os-ken's own handlers (handshake, echo) in the datapath's state."""
+    msg = ofproto_parser.msg(datapath, version, msg_type, length, xid, message)
+    if not msg:
+        return
+    ev = ofp_event.ofp_msg_to_ev(msg)
+    brick = datapath.ofp_brick
+    if brick is None:
+        return
+    brick.send_event_to_observers(ev, datapath.state)
+    # Chosen before any runs, as os-ken does: a handshake handler changes the state.
+    state = datapath.state
+    handlers = [h for h in brick.get_handlers(ev) if state in h.callers[ev.__class__].dispatchers]
+    for handler in handlers:
+        handler(ev)
 
 
 def _write(datapath, encoded: list[bytes]) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import signal
+import struct
+import time
 from pathlib import Path
 
 from os_ken.ofproto import ofproto_v1_3 as ofp
@@ -50,3 +52,49 @@ def test_every_packet_in_is_answered_and_logged_in_order():
     assert clients == [bench._client(i)[0] for i in range(INITIALS)]  # in the order sent
     states = [r for r in records if r["event"] == "connection_state"]
     assert len(states) == INITIALS
+
+
+def test_a_packet_in_in_pieces_or_of_another_match_is_decided_once_whole():
+    """The app's own receive loop: a packet-in that arrives in pieces is decided once whole;
+    one whose match os-ken must parse (in_port and metadata) goes through os-ken's handler;
+    an echo request reaches os-ken's own handler, which answers it."""
+    config = bench._cid_config()
+    arp = bench._service_arp()
+    pieces, other_match = bench._initial_events(2)
+    whole = bench.packet_in_message(pieces.in_port, pieces.frame, 2)
+    with bench.ControllerProcess(config) as process:
+        sock = process.connect()
+        try:
+            switch = bench.FakeSwitch(sock, process.check_alive)
+            switch.handshake(bench._connect_messages(config))
+            switch.latencies([bench.packet_in_message(arp.in_port, arp.frame, 1)])
+            for start, end in ((0, 5), (5, 100), (100, len(whole))):
+                sock.sendall(whole[start:end])
+                time.sleep(0.05)  # each piece its own read
+            while not switch.pump():
+                pass
+            sock.sendall(_with_metadata(other_match, xid=3) + bench._message(ofp.OFPT_ECHO_REQUEST))
+            while not switch.pump():
+                pass
+            while not switch.received[ofp.OFPT_ECHO_REPLY]:
+                switch.pump()
+        finally:
+            sock.close()
+        process.popen.send_signal(signal.SIGTERM)
+        process.popen.wait(bench.STOP_GRACE_S)
+        log = Path(process.directory.name) / "decisions.jsonl"
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+    decided = [r for r in records if r["event"] == "packet_in"][1:]  # after the ARP
+    assert [(r["in_port"], r["reason"]) for r in decided] == [
+        (pieces.in_port, "opened_by_initial"),
+        (other_match.in_port, "opened_by_initial"),
+    ]
+
+
+def _with_metadata(event: bench.Event, xid: int) -> bytes:
+    """A packet-in whose match holds metadata after in_port (OpenFlow 1.3.5 §7.2.3)."""
+    oxms = struct.pack("!IIIQ", ofp.OXM_OF_IN_PORT, event.in_port, ofp.OXM_OF_METADATA, 7)
+    match = struct.pack("!HH", ofp.OFPMT_OXM, 4 + len(oxms)) + oxms
+    match += bytes(-len(match) % 8)
+    body = struct.pack(ofp.OFP_PACKET_IN_PACK_STR, ofp.OFP_NO_BUFFER, len(event.frame), 1, 0, 0)
+    return bench._message(ofp.OFPT_PACKET_IN, body + match + bytes(2) + event.frame, xid)
