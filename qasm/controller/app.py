@@ -56,6 +56,9 @@ _HEADER = struct.Struct(ofproto_v1_3.OFP_HEADER_PACK_STR)
 # message in two (its header, then the rest), two system calls per packet-in.
 RECEIVE_BYTES = 1 << 16
 EXIT_HANDLER_CRASHED = 70
+# A decision log line as json.dumps writes it; records are trees that to_json_value built,
+# never cyclic, so the encoder need not track what it is inside (0.7 us of ~5.5 us a line).
+_JSON = json.JSONEncoder(check_circular=False)
 # At most this often, a `stats` line (table and counter sizes) joins the decision log; written
 # from the event thread, so it never reads the tables while a handler changes them.
 STATS_INTERVAL_S = 1.0
@@ -261,7 +264,7 @@ class MiddleboxApp(app_manager.OSKenApp):
 
     def _log(self, event, now: float) -> None:
         record = event.to_record(now, self.config.variant)
-        self.decision_log.write(json.dumps(record) + "\n")
+        self.decision_log.write(_JSON.encode(record) + "\n")
 
     def _stop(self, _signum, _frame) -> None:
         # A handler may hold the lock while blocked on a dead switch: give up after a while
