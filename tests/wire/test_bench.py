@@ -70,11 +70,16 @@ def test_sans_io_controller_figures_are_named_numbers():
 
 def test_the_controller_process_answers_a_fake_openflow_switch_and_is_stopped():
     before = _children()
-    figures = dict(controller.openflow_decisions(events=40, latency_events=10, window=8))
+    figures = dict(
+        controller.openflow_decisions(
+            round_events=20, rounds=3, warmup_events=10, latency_events=10, window=8
+        )
+    )
     assert list(figures) == [
         "oskens_initial_decisions_per_s",
         "oskens_initial_p50_us",
         "oskens_initial_p99_us",
+        "oskens_initial_controller_cpu_us",
         "oskens_vs_sans_io",
     ]
     assert all(float(value.removesuffix("x")) > 0 for value in figures.values()), figures
