@@ -37,7 +37,7 @@ from os_ken.controller.handler import (
 )
 from os_ken.ofproto import ofproto_parser, ofproto_v1_3
 
-from qasm.controller.events import KernelPath, SwitchConnected
+from qasm.controller.events import KernelPath
 from qasm.controller.kernel_anchor import ConntrackAnchor
 from qasm.controller.openflow import encode
 from qasm.controller.packet_in import unpack_packet_in
@@ -144,6 +144,7 @@ class MiddleboxApp(app_manager.OSKenApp):
         self._datapaths[datapath.id] = datapath
         with self._lock:
             self._send_and_log([self.controller.switch_connected(datapath.id)])
+            self.decision_log.flush()  # at once: the runner waits for the switch's line
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     @kill_on_exception
@@ -255,10 +256,9 @@ class MiddleboxApp(app_manager.OSKenApp):
             for stats in self.controller.stats():
                 self._log(replace(stats, rss_kib=rss), now)
         # A write per decision cost a tenth of a packet-in's time: the log is flushed at most
-        # every FLUSH_INTERVAL_S, at once for a switch's connection (the runner waits for
-        # it), and when the controller stops.
-        connected = any(isinstance(d.event, SwitchConnected) for d in decisions)
-        if connected or now - self._flushed_at >= FLUSH_INTERVAL_S:
+        # every FLUSH_INTERVAL_S, at once for a switch's connection (`switch_ready`), and
+        # when the controller stops.
+        if now - self._flushed_at >= FLUSH_INTERVAL_S:
             self._flushed_at = now
             self.decision_log.flush()
 

@@ -460,14 +460,15 @@ class FakeSwitch:
     """The switch end of one OpenFlow 1.3 connection, as cbench plays it: it answers what the
     controller asks (features, port description, echo, barrier) and counts the rest."""
 
-    def __init__(self, sock: socket.socket, alive: Callable[[], None]) -> None:
+    def __init__(self, sock: socket.socket, alive: Callable[[], None], dpid: int = DPID) -> None:
         self.sock = sock
+        self.dpid = dpid
         self._alive = alive  # raises when the controller process is gone
         self._buffer = bytearray()
         self.received: Counter = Counter()  # message type → count
 
     def handshake(self, connect_messages: int) -> None:
-        """HELLO, FEATURES_REPLY (datapath id 1), an empty port description; then waits for
+        """HELLO, FEATURES_REPLY (its datapath id), an empty port description; then waits for
         the `connect_messages` flow and meter mods the controller sends a new switch."""
         self.sock.sendall(_message(ofp.OFPT_HELLO, xid=1))
         while self.received[ofp.OFPT_FLOW_MOD] + self.received[ofp.OFPT_METER_MOD] < (
@@ -517,7 +518,7 @@ class FakeSwitch:
             self.sock.sendall(_message(ofp.OFPT_ECHO_REPLY, body, xid))
         elif msg_type == ofp.OFPT_FEATURES_REQUEST:
             features = struct.pack(
-                ofp.OFP_SWITCH_FEATURES_PACK_STR, DPID, 0, 254, 0,
+                ofp.OFP_SWITCH_FEATURES_PACK_STR, self.dpid, 0, 254, 0,
                 ofp.OFPC_FLOW_STATS | ofp.OFPC_PORT_STATS, 0,
             )  # fmt: skip
             self.sock.sendall(_message(ofp.OFPT_FEATURES_REPLY, features, xid))
@@ -659,10 +660,10 @@ def _flow_mods_per_initial(config: MiddleboxConfig) -> int:
     return controller.packet_in(DPID, event.in_port, event.frame, event.now)[-1].flow_mods
 
 
-def _connect_messages(config: MiddleboxConfig) -> int:
+def _connect_messages(config: MiddleboxConfig, dpid: int = DPID) -> int:
     """How many OpenFlow messages the controller sends a switch that connects (ClearFlows is
     a flow mod and a meter mod, qasm/controller/app.py)."""
-    messages = Controller(config).switch_connected(DPID).messages
+    messages = Controller(config).switch_connected(dpid).messages
     return sum(2 if isinstance(m, ClearFlows) else 1 for m in messages)
 
 

@@ -91,6 +91,36 @@ def test_a_packet_in_in_pieces_or_of_another_match_is_decided_once_whole():
     ]
 
 
+def test_each_switch_is_logged_at_once_when_it_connects():
+    """The runner waits for a switch's line before it goes on: it is flushed then, not with
+    the next decision (the log is otherwise flushed at most every FLUSH_INTERVAL_S)."""
+    config = bench._cid_config()
+    with bench.ControllerProcess(config) as process:
+        sockets = []
+        try:
+            for dpid in (1, 2):  # the second one within the first one's flush interval
+                sockets.append(process.connect())
+                switch = bench.FakeSwitch(sockets[-1], process.check_alive, dpid)
+                switch.handshake(bench._connect_messages(config, dpid))
+            assert _logged_within(process, "switch_connected", 2, timeout_s=2.0)
+        finally:
+            for sock in sockets:
+                sock.close()
+
+
+def _logged_within(
+    process: bench.ControllerProcess, event: str, count: int, timeout_s: float
+) -> bool:
+    """Whether the decision log file holds `count` lines of `event` within `timeout_s`."""
+    log = Path(process.directory.name) / "decisions.jsonl"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log.read_text().count(f'"event": "{event}"') >= count:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 def _with_metadata(event: bench.Event, xid: int) -> bytes:
     """A packet-in whose match holds metadata after in_port (OpenFlow 1.3.5 §7.2.3)."""
     oxms = struct.pack("!IIIQ", ofp.OXM_OF_IN_PORT, event.in_port, ofp.OXM_OF_METADATA, 7)
