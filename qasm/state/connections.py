@@ -28,6 +28,7 @@ a connection in place and then `save` it (a no-op here; a write-back to Redis th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import typing
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from qasm.codec import from_json_value, to_json_value
+from qasm.compact import compact, expand
 from qasm.flow import FlowKey
 
 # RFC 9312 §4.2: "a state timeout of at least two minutes is recommended for QUIC traffic".
@@ -73,37 +75,106 @@ class PathEnds:
     service_port: int
 
 
-@dataclass(eq=False, slots=True)
+# What a connection serialises besides its functions' states, in order; the three index
+# fields are held `compact` (see `Connection`) but read and written as tuples.
+SERIALISED_FIELDS = (
+    "id", "created_at", "last_seen", "paths", "retired_paths", "server_cids", "owner",
+    "migrations", "observing", "established", "probing",
+)  # fmt: skip
+
+
+@dataclass(eq=False, slots=True, init=False)
 class Connection(RecencyLinks):
     id: int
     created_at: float
     last_seen: float
-    # Tuples, not sets: a connection holds a handful of each, and an empty set costs 216
-    # bytes where an empty tuple costs none (make bench: bytes per connection).
-    paths: tuple[FlowKey, ...] = ()  # client→service 5-tuples
-    retired_paths: tuple[FlowKey, ...] = ()
-    server_cids: tuple[bytes, ...] = ()  # DCIDs the client sends to
-    owner: str | None = None  # the client agent that reported this connection, if any
-    migrations: int = 0
+    # The client→service 5-tuples, the retired ones and the server CIDs (the DCIDs the
+    # client sends to), read and written through the tuple-valued properties `paths`,
+    # `retired_paths` and `server_cids`. Tuples, not sets: an empty set costs 216 bytes
+    # where an empty tuple costs none; held `compact`: a connection usually holds one path
+    # and one CID, and a tuple of one costs 48 bytes (make bench: bytes per connection).
+    _paths: FlowKey | tuple[FlowKey, ...]
+    _retired_paths: FlowKey | tuple[FlowKey, ...]
+    _server_cids: bytes | tuple[bytes, ...]
+    owner: str | None  # the client agent that reported this connection, if any
+    migrations: int
     # cid/qasm: the service's packets are copied to the controller until a server CID is
     # learnt from a long header (RFC 9312 §3.5).
-    observing: bool = False
+    observing: bool
     # Evidence that the server answered (its packet seen, a probe rule that forwarded some,
     # an authenticated Client Agent's report); until then the connection is half-open.
-    established: bool = False
+    established: bool
     # A switch holds a probe rule for the connection's service-side packets that reports
     # when it goes (pipeline.py): the half-open timeout is the switch's, not the table's.
-    probing: bool = False
+    probing: bool
     # Where a path's ends are on a switch and when its rules went there are the switch's,
     # not the connection's (pipeline.py: OnSwitch), so replicas never share them.
     # Each function's typed state (qasm/functions/: FirewallState, RateLimitState, NatState,
     # LoadBalancerState), in the slot named after the function; None until it keeps one.
     # Slots, not a dict of name → state: a dict holding one state cost 184 bytes a
     # connection, four slots cost 32 (make bench: bytes per connection).
-    firewall: Any = None
-    ratelimit: Any = None
-    nat: Any = None
-    loadbalancer: Any = None
+    firewall: Any
+    ratelimit: Any
+    nat: Any
+    loadbalancer: Any
+
+    def __init__(
+        self,
+        id: int,
+        created_at: float,
+        last_seen: float,
+        paths: tuple[FlowKey, ...] = (),
+        retired_paths: tuple[FlowKey, ...] = (),
+        server_cids: tuple[bytes, ...] = (),
+        owner: str | None = None,
+        migrations: int = 0,
+        observing: bool = False,
+        established: bool = False,
+        probing: bool = False,
+        firewall: Any = None,
+        ratelimit: Any = None,
+        nat: Any = None,
+        loadbalancer: Any = None,
+    ) -> None:
+        self.id = id
+        self.created_at = created_at
+        self.last_seen = last_seen
+        self._paths = compact(paths)
+        self._retired_paths = compact(retired_paths)
+        self._server_cids = compact(server_cids)
+        self.owner = owner
+        self.migrations = migrations
+        self.observing = observing
+        self.established = established
+        self.probing = probing
+        self.firewall = firewall
+        self.ratelimit = ratelimit
+        self.nat = nat
+        self.loadbalancer = loadbalancer
+
+    @property
+    def paths(self) -> tuple[FlowKey, ...]:
+        return expand(self._paths)
+
+    @paths.setter
+    def paths(self, paths: tuple[FlowKey, ...]) -> None:
+        self._paths = compact(paths)
+
+    @property
+    def retired_paths(self) -> tuple[FlowKey, ...]:
+        return expand(self._retired_paths)
+
+    @retired_paths.setter
+    def retired_paths(self, paths: tuple[FlowKey, ...]) -> None:
+        self._retired_paths = compact(paths)
+
+    @property
+    def server_cids(self) -> tuple[bytes, ...]:
+        return expand(self._server_cids)
+
+    @server_cids.setter
+    def server_cids(self, cids: tuple[bytes, ...]) -> None:
+        self._server_cids = compact(cids)
 
     def function_states(self) -> dict[str, Any]:
         """Function name → its state, for the functions that keep one."""
@@ -111,11 +182,7 @@ class Connection(RecencyLinks):
         return {name: state for name, state in states.items() if state is not None}
 
     def to_json_value(self) -> dict:
-        value = {
-            name: to_json_value(getattr(self, name))
-            for name in self.__dataclass_fields__
-            if name not in FUNCTION_NAMES
-        }
+        value = {name: to_json_value(getattr(self, name)) for name in SERIALISED_FIELDS}
         value["functions"] = {name: to_json_value(s) for name, s in self.function_states().items()}
         return value
 
@@ -123,18 +190,24 @@ class Connection(RecencyLinks):
     def from_json_value(cls, value: dict, state_types: dict[str, type]) -> Connection:
         """The inverse of `to_json_value`; `state_types` maps function names to their state
         dataclass."""
-        hints = typing.get_type_hints(cls)
+        types = _serialised_field_types()
         return cls(
             **{
-                name: from_json_value(hints[name], value[name], f"connection.{name}")
-                for name in cls.__dataclass_fields__
-                if name not in FUNCTION_NAMES
+                name: from_json_value(types[name], value[name], f"connection.{name}")
+                for name in SERIALISED_FIELDS
             },
             **{
                 name: from_json_value(state_types[name], state, f"connection.functions.{name}")
                 for name, state in value.get("functions", {}).items()
             },
         )
+
+
+@functools.cache
+def _serialised_field_types() -> dict[str, Any]:
+    """Each of `SERIALISED_FIELDS`' type as `Connection.__init__` takes it (the index fields as
+    tuples, not as they are held)."""
+    return typing.get_type_hints(Connection.__init__)
 
 
 class ConnectionStore(Protocol):
