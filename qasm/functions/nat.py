@@ -21,7 +21,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
+from qasm.codec import CodecError, from_json_value, to_json_value
+from qasm.compact import compact, expand
 from qasm.controller.events import NatMapping, Reason
 from qasm.controller.messages import (
     PORT_CONTROLLER,
@@ -113,26 +116,49 @@ class NatPool:
 class NatState:
     """The public port of each path of the connection (retired ones until released).
 
-    (path, port) pairs, not a dict: a connection holds one or two, and a dict of one costs
-    224 bytes where a tuple of one pair costs 112 (make bench: bytes per connection). Its
-    JSON is the same list of [path, port] pairs either way."""
+    Paths and their ports side by side, each held compact (qasm/compact.py): a connection
+    usually holds one of each, which then cost nothing beyond this object, where a tuple of
+    one (path, port) pair cost 104 bytes (make bench: bytes per connection).
 
-    ports: tuple[tuple[FlowKey, int], ...] = ()
+    Its JSON is still the list of [path, port] pairs: as {"paths": [...], "ports": [...]}
+    one NAT port's text grew past 64 bytes, Redis's bound for a hash's compact (listpack)
+    encoding, and a connection's hash in Redis went from 581 to 1,004 bytes (make bench:
+    redis_bytes_per_connection)."""
+
+    paths: FlowKey | tuple[FlowKey, ...] = ()
+    ports: int | tuple[int, ...] = ()
+
+    def to_json_value(self) -> dict:
+        return {"ports": [[to_json_value(path), port] for path, port in self.pairs()]}
+
+    @classmethod
+    def from_json_value(cls, value: Any, where: str) -> NatState:
+        if not isinstance(value, dict) or set(value) != {"ports"}:
+            raise CodecError(f'{where}: expected {{"ports": [[path, port], ...]}}, got {value!r}')
+        pairs = from_json_value(tuple[tuple[FlowKey, int], ...], value["ports"], f"{where}.ports")
+        return cls(compact(tuple(p for p, _ in pairs)), compact(tuple(port for _, port in pairs)))
+
+    def pairs(self) -> tuple[tuple[FlowKey, int], ...]:
+        """(path, public port), in the order the paths were added."""
+        return tuple(zip(expand(self.paths), expand(self.ports), strict=True))
 
     def port(self, path: FlowKey) -> int | None:
-        for held, port in self.ports:
+        for held, port in zip(expand(self.paths), expand(self.ports), strict=True):
             if held == path:
                 return port
         return None
 
     def add(self, path: FlowKey, port: int) -> None:
-        self.ports += ((path, port),)
+        self.paths = compact((*expand(self.paths), path))
+        self.ports = compact((*expand(self.ports), port))
 
     def remove(self, path: FlowKey) -> int | None:
         """Forgets the path's port and returns it (None if it held none)."""
         port = self.port(path)
         if port is not None:
-            self.ports = tuple(pair for pair in self.ports if pair[0] != path)
+            kept = [pair for pair in self.pairs() if pair[0] != path]
+            self.paths = compact(tuple(held for held, _ in kept))
+            self.ports = compact(tuple(public for _, public in kept))
         return port
 
 
@@ -213,7 +239,7 @@ class Nat(MiddleboxFunction):
     def connection_ended(self, connection) -> Change:
         change = Change()
         state = connection.nat
-        for path, _ in state.ports if state else ():
+        for path, _ in state.pairs() if state else ():
             change.merge(self._release(connection, path))
         return change
 
@@ -235,4 +261,4 @@ class Nat(MiddleboxFunction):
 
     def mappings(self, connection) -> list[NatMapping]:
         state = connection.nat
-        return [self._mapping(p, port) for p, port in (state.ports if state else ())]
+        return [self._mapping(p, port) for p, port in (state.pairs() if state else ())]

@@ -49,17 +49,17 @@ def _fill(
         connection = table.put(first, now=0.0)
         # The NAT's public port as its pool hands it out: the shared int of that number.
         public_port = PORT_NUMBERS[20000 + i % 30000]
-        port = (first, public_port)
+        nat_path = first
         if migrated:
             second = FlowKey(host, 40001, "10.0.0.250", 4433)
             table.associate_path(connection, second, now=0.0)
             table.retire_path(connection, first)
-            port = (second, public_port)
+            nat_path = second
         for _ in range(CIDS_PER_CONNECTION if migrated else 1):
             cid = os.urandom(8)
             table.associate_cid(connection, cid, now=0.0)
             cids.append(cid)
-        connection.nat = NatState((port,))
+        connection.nat = NatState(nat_path, public_port)
         connection.established = established
         table.save(connection, now=0.0)
     return cids
@@ -132,7 +132,7 @@ def _new_connections(
         path = _client_path(i, 40000)
         connection = table.put(path, 1.0)
         table.associate_cid(connection, _cid(i, 0), 1.0)
-        connection.nat = NatState(((path, pool.allocate(path)),))
+        connection.nat = NatState(path, pool.allocate(path))
         table.save(connection, 1.0)
 
 

@@ -182,7 +182,7 @@ def test_releasing_a_nat_port_returns_it_to_the_pool():
     ended = nat.connection_ended(connection)
     assert ended.nat_released == [NatMapping(second, "10.0.100.1", 30001)]
     assert nat.pool.in_use == 0 and nat.pool.path_of(30001) is None
-    assert connection.nat.ports == ()
+    assert connection.nat.pairs() == ()
 
 
 def test_a_retired_ports_inbound_side_names_its_path_until_the_port_is_reused():

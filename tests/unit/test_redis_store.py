@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from qasm.compact import compact
 from qasm.flow import FlowKey
 from qasm.functions.firewall import FirewallState
 from qasm.functions.loadbalancer import LoadBalancerState
@@ -323,7 +324,7 @@ def test_a_connection_put_by_one_replica_is_found_by_path_and_cid_by_the_other(r
     first, second = replica(), replica()
     connection = first.put(A, 0.0)
     first.associate_cid(connection, b"\xaa" * 8, 0.0)
-    connection.nat = NatState(((A, 20001),))
+    connection.nat = NatState(A, 20001)
     connection.loadbalancer = LoadBalancerState("10.0.0.11")
     connection.ratelimit = RateLimitState(connection.id)
     assert first.save(connection, 0.0)
@@ -412,7 +413,7 @@ def test_replicas_changing_different_fields_keep_both_changes(replica):
     first, second = replica(), replica()
     connection = first.put(A, 0.0)
     other = second.by_path(A, 0.0)
-    connection.nat = NatState(((A, 20003),))
+    connection.nat = NatState(A, 20003)
     other.owner = "h1"
     assert first.save(connection, 1.0) and second.save(other, 1.0)
     # An unsaved change here survives a lookup that brings in the other replica's changes,
@@ -423,7 +424,7 @@ def test_replicas_changing_different_fields_keep_both_changes(replica):
     assert (connection.owner, connection.migrations) == ("h1", 1)
     first.save(connection, 2.0)
     assert second.by_path(A, 3.0) is other
-    assert (other.nat, other.migrations) == (NatState(((A, 20003),)), 1)
+    assert (other.nat, other.migrations) == (NatState(A, 20003), 1)
 
 
 def test_a_put_on_a_path_whose_connection_is_idle_ends_it_and_makes_a_new_one(replica):
@@ -452,7 +453,7 @@ def test_a_replica_cannot_bring_back_a_connection_another_ended(replica):
     stale = second.by_path(A, 1.0)
     first.expire(20.0)
     assert first.take_ended() == [(connection, EXPIRED)]
-    stale.nat = NatState(((B, 20004),))
+    stale.nat = NatState(B, 20004)
     assert not second.save(stale, 20.0) and not second.associate_path(stale, B, 20.0)
     assert len(second) == 0 and second.by_path(B, 20.0) is None
 
@@ -550,7 +551,7 @@ def test_function_states_round_trip_through_the_store_unchanged(
     connection = first.put(FlowKey("10.0.1.1", 1, "10.0.0.250", 4433), 0.0)
     connection.firewall = firewall
     connection.ratelimit = RateLimitState(meter)
-    connection.nat = NatState(tuple(nat.items()))
+    connection.nat = NatState(compact(tuple(nat)), compact(tuple(nat.values())))
     connection.loadbalancer = LoadBalancerState(backend)
     connection.owner, connection.observing = owner, True
     first.save(connection, 0.0)

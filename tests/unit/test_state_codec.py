@@ -12,6 +12,7 @@ from aioquic.quic.connection import QuicConnection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qasm.compact import compact
 from qasm.controller.events import (
     EVENTS,
     AgentReport,
@@ -84,7 +85,8 @@ def connections(draw) -> Connection:
     if draw(st.booleans()):
         functions["ratelimit"] = RateLimitState(draw(st.none() | st.integers(1, 2**32)))
     if draw(st.booleans()):
-        functions["nat"] = NatState(tuple((p, draw(st.integers(1024, 65535))) for p in known))
+        ports = tuple(draw(st.integers(1024, 65535)) for _ in known)
+        functions["nat"] = NatState(compact(tuple(known)), compact(ports))
     if draw(st.booleans()):
         functions["loadbalancer"] = LoadBalancerState(draw(st.none() | ips))
     return Connection(
@@ -138,7 +140,7 @@ def test_a_pending_sni_assembly_with_fragments_out_of_order_round_trips_and_resu
         id=7, created_at=1.0, last_seen=2.5, paths=(path, FlowKey("10.0.2.1", 6000, SERVER_IP, 4433)),
         retired_paths=(FlowKey("10.0.1.1", 49999, SERVER_IP, 4433),),
         server_cids=(b"\x01" * 8, b"\x02" * 8), owner="c1", migrations=1, observing=True,
-        ratelimit=RateLimitState(7), nat=NatState(((path, 20000),)),
+        ratelimit=RateLimitState(7), nat=NatState(path, 20000),
         loadbalancer=LoadBalancerState("10.0.4.2"),
     )  # fmt: skip
     firewall.opened(connection, first)
