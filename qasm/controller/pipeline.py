@@ -1915,7 +1915,7 @@ class Middlebox(Switch):
                 reason = Reason.INITIAL_DCID_HASH if long_header else Reason.UNDECODABLE_DCID_HASH
         # quic-lb keeps no connection: its rules are built for a placeholder that names the
         # backend (the pipeline's one rule builder, with the balancer as the only function).
-        placeholder = Connection(id=0, created_at=0.0, last_seen=0.0)
+        placeholder = Connection(id=0, last_seen=0.0)
         placeholder.loadbalancer = LoadBalancerState(backend.ip)
         rules = self._rules(placeholder, path, functions=[balancer], local=OnSwitch())
         if rules is None:

@@ -78,15 +78,16 @@ class PathEnds:
 # What a connection serialises besides its functions' states, in order; the three index
 # fields are held `compact` (see `Connection`) but read and written as tuples.
 SERIALISED_FIELDS = (
-    "id", "created_at", "last_seen", "paths", "retired_paths", "server_cids", "owner",
-    "migrations", "observing", "established", "probing",
+    "id", "last_seen", "paths", "retired_paths", "server_cids", "owner", "migrations",
+    "observing", "established", "probing",
 )  # fmt: skip
 
 
 @dataclass(eq=False, slots=True, init=False)
 class Connection(RecencyLinks):
     id: int
-    created_at: float
+    # No creation time: nothing read it, and it cost 32 bytes a connection (its slot and a
+    # float of its own, `now` of its first packet).
     last_seen: float
     # The client→service 5-tuples, the retired ones and the server CIDs (the DCIDs the
     # client sends to), read and written through the tuple-valued properties `paths`,
@@ -121,7 +122,6 @@ class Connection(RecencyLinks):
     def __init__(
         self,
         id: int,
-        created_at: float,
         last_seen: float,
         paths: tuple[FlowKey, ...] = (),
         retired_paths: tuple[FlowKey, ...] = (),
@@ -137,7 +137,6 @@ class Connection(RecencyLinks):
         loadbalancer: Any = None,
     ) -> None:
         self.id = id
-        self.created_at = created_at
         self.last_seen = last_seen
         self._paths = compact(paths)
         self._retired_paths = compact(retired_paths)
@@ -392,7 +391,7 @@ class ConnectionTable(TableBounds):
     def put(self, path: FlowKey, now: float) -> Connection:
         """A new connection first seen on `path`; the least recently used ones beyond the
         bound are evicted (see `take_ended`)."""
-        connection = Connection(next(self._ids), created_at=now, last_seen=now)
+        connection = Connection(next(self._ids), last_seen=now)
         head = self._recency
         connection.older, connection.newer = head.older, head
         head.older.newer = head.older = connection

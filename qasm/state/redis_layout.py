@@ -21,7 +21,7 @@ one field per index entry it owns, named as the index key without the prefix (`p
 from its hash alone, and the connection's paths and CIDs change in the same atomic step as
 the index. Those fields' values are a per-connection sequence number (`_seq`) that keeps the
 order the memory table keeps. The rest of a connection is one field per `Connection` field
-(`created_at`, `owner`, ...), and one per function state (`fn:nat`, ...), each the compact
+(`owner`, `migrations`, ...), and one per function state (`fn:nat`, ...), each the compact
 JSON of `qasm.codec.to_json_value`: a replica writes back only the fields it changed, so two
 replicas changing different parts of one connection do not undo each other. `last_seen` is
 the score in `{prefix}:lru`, not a field; `_touched` is when the keys' TTLs were last
@@ -44,7 +44,7 @@ PATH, RETIRED, CID = "path", "retired", "cid"
 FUNCTION = "fn"
 # Connection fields stored one per hash field (id is in the key; last_seen is the LRU score;
 # the index-owned ones are `path:`/`retired:`/`cid:` fields).
-DATA_FIELDS = ("created_at", "owner", "migrations", "observing", "established", "probing")
+DATA_FIELDS = ("owner", "migrations", "observing", "established", "probing")
 SEQUENCE = "_seq"
 TOUCHED = "_touched"
 
@@ -140,7 +140,7 @@ def apply_index_fields(connection: Connection, fields: dict[str, str]) -> None:
 def connection_from_fields(
     connection_id: int, last_seen: float, fields: dict[str, str], state_types: dict[str, type]
 ) -> Connection:
-    connection = Connection(connection_id, created_at=0.0, last_seen=last_seen)
+    connection = Connection(connection_id, last_seen=last_seen)
     for field, text in fields.items():
         if is_data_field(field):
             apply_data_field(connection, field, text, state_types)

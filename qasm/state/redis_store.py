@@ -514,7 +514,7 @@ class RedisConnectionTable(TableBounds):
         connections last seen at the same `now`, the lower id as text goes first, never the
         new one)."""
         now = float(now)
-        stored = data_fields(Connection(0, created_at=now, last_seen=now))
+        stored = data_fields(Connection(0, last_seen=now))
         args = [
             _number(now), _number(self.idle_timeout_s), self._ttl_ms, self.max_connections,
             path_field(path), _number(self.half_open_timeout_s), *_flatten(stored),
@@ -527,7 +527,7 @@ class RedisConnectionTable(TableBounds):
         self.last_put_existing = state == "existing"
         if state == "existing":
             return self._adopt(*_found_fields(found))
-        connection = Connection(int(found[0]), created_at=now, last_seen=now, paths=(path,))
+        connection = Connection(int(found[0]), last_seen=now, paths=(path,))
         self._track(connection, stored)
         return connection
 

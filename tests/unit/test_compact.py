@@ -27,7 +27,7 @@ def test_one_item_is_held_as_itself_and_none_or_several_as_the_tuple():
 
 
 def test_a_connection_reads_and_writes_its_index_fields_as_tuples():
-    connection = Connection(1, 0.0, 0.0, paths=(A,), server_cids=(b"\x01" * 8,))
+    connection = Connection(1, 0.0, paths=(A,), server_cids=(b"\x01" * 8,))
     assert connection.paths == (A,) and connection.server_cids == (b"\x01" * 8,)
     assert connection.retired_paths == ()
     connection.paths += (B,)

@@ -172,7 +172,7 @@ def test_releasing_a_nat_port_returns_it_to_the_pool():
     assert pool.allocate(third) == 20000 and pool.path_of(20000) == third
     # Through the function: a retired path's port, then everything a connection ends with.
     nat = Nat(NatSettings("10.0.100.1", "02:00:00:00:00:fd", first_port=30000, ports=4))
-    connection = Connection(id=1, created_at=0.0, last_seen=0.0)
+    connection = Connection(id=1, last_seen=0.0)
     for p in (first, second):
         nat.path_added(connection, p, 0.0)
     assert nat.pool.in_use == 2

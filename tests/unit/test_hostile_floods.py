@@ -67,7 +67,7 @@ def _path(ip: str, port: int) -> FlowKey:
 
 def test_a_source_holds_at_most_its_nat_ports_and_gets_one_back_when_a_path_goes():
     nat = Nat(NatSettings("10.0.100.1", "02:00:00:00:64:01", ports=16, ports_per_source=2))
-    connections = [Connection(i, 0.0, 0.0) for i in range(4)]
+    connections = [Connection(i, 0.0) for i in range(4)]
     changes = [nat.path_added(c, _path(WIFI_IP, 2000 + c.id), 0.0) for c in connections[:3]]
     assert [c.refusal for c in changes[:2]] == [None, None]
     assert changes[2].refusal.reason is Reason.NAT_SOURCE_QUOTA

@@ -91,7 +91,6 @@ def connections(draw) -> Connection:
         functions["loadbalancer"] = LoadBalancerState(draw(st.none() | ips))
     return Connection(
         id=draw(st.integers(1, 2**40)),
-        created_at=draw(times),
         last_seen=draw(times),
         paths=tuple(live),
         retired_paths=tuple(retired),
@@ -137,7 +136,7 @@ def test_a_pending_sni_assembly_with_fragments_out_of_order_round_trips_and_resu
     first, second, third = client_hello_datagrams("blocked.example")
     path = FlowKey("10.0.1.1", 50000, SERVER_IP, 4433)
     connection = Connection(
-        id=7, created_at=1.0, last_seen=2.5, paths=(path, FlowKey("10.0.2.1", 6000, SERVER_IP, 4433)),
+        id=7, last_seen=2.5, paths=(path, FlowKey("10.0.2.1", 6000, SERVER_IP, 4433)),
         retired_paths=(FlowKey("10.0.1.1", 49999, SERVER_IP, 4433),),
         server_cids=(b"\x01" * 8, b"\x02" * 8), owner="c1", migrations=1, observing=True,
         ratelimit=RateLimitState(7), nat=NatState(path, 20000),
