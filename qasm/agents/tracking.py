@@ -235,20 +235,21 @@ class TrackingAgent:
         if connection.owner not in (None, message.client):
             return Refusal(Reason.CONNECTION_OF_ANOTHER_CLIENT, "")
         client_addresses = self.addresses[message.client]
-        if not any(path.src_ip in client_addresses for path in connection.paths):
+        paths = connection.paths
+        if not any(path.src_ip in client_addresses for path in paths):
             return Refusal(Reason.NOT_CLIENTS_CONNECTION, "")
         if isinstance(message, Retire):
             path = FlowKey(*message.path, *self.service)
-            if len(connection.paths) < 2 or path not in connection.paths:
+            if len(paths) < 2 or path not in paths:
                 return Refusal(Reason.NOT_RETIRABLE, f"{path}")
             return connection
         old_path = FlowKey(*message.old, *self.service)
         new_path = FlowKey(*message.new, *self.service)
-        if old_path not in connection.paths:
+        if old_path not in paths:
             return Refusal(Reason.OLD_ADDRESS_NOT_A_PATH, f"{old_path}")
         if message.retire is not None:
             retired = FlowKey(*message.retire, *self.service)
-            if retired not in connection.paths or retired in (old_path, new_path):
+            if retired not in paths or retired in (old_path, new_path):
                 return Refusal(Reason.NOT_RETIRABLE, f"{retired}")
         if message.new[0] not in client_addresses:
             return Refusal(Reason.NEW_ADDRESS_NOT_CLIENTS, f"new address {message.new[0]}")
@@ -257,7 +258,7 @@ class TrackingAgent:
         if table.by_path(new_path, now) not in (None, connection):
             return Refusal(Reason.NEW_PATH_OF_ANOTHER, f"{new_path}")
         live = self._live_paths(message.client, table, connection)
-        adds = new_path not in connection.paths
+        adds = new_path not in paths
         if live + adds - (message.retire is not None) > self.max_paths:
             return Refusal(Reason.PATH_QUOTA, f"{live} live paths, at most {self.max_paths}")
         return connection

@@ -1352,10 +1352,11 @@ class Middlebox(Switch):
         one it leaves (RFC 9000 §5.1.1-§5.1.2): repeated active migration moves to a fresh
         CID every time, so the oldest are retired ones. Refusing instead would fail the
         connection's 17th migration."""
-        excess = len(connection.server_cids) + adding - self.table.max_cids_per_connection
+        held = connection.server_cids
+        excess = len(held) + adding - self.table.max_cids_per_connection
         if excess <= 0:
             return
-        stale = [cid for cid in connection.server_cids if cid not in keep][:excess]
+        stale = [cid for cid in held if cid not in keep][:excess]
         for cid in stale:
             self.table.forget_cid(connection, cid)
 
@@ -1391,7 +1392,8 @@ class Middlebox(Switch):
         - From the service: one sent before the server saw the client move, or a server gone
           back to the last path it validated. Dropped, each was a loss the connection had to
           recover from; the client takes it on the path it uses now."""
-        held = connection.paths[0] if connection.paths else None
+        paths = connection.paths
+        held = paths[0] if paths else None
         if held is None:
             text = "on a path its client retired, and the connection holds no other"
             return self._drop(context, Refusal(Reason.RETIRED_PATH, text), connection=connection.id)
@@ -1691,8 +1693,9 @@ class Middlebox(Switch):
         if connection.observing or not local.copying:
             return []
         messages: list[SwitchMessage] = []
+        paths = connection.paths
         for path, ends in local.ends.items():
-            if path in connection.paths:
+            if path in paths:
                 messages.append(self._rules(connection, path, ends).to_client)
         local.copying = False
         return messages
@@ -1732,7 +1735,8 @@ class Middlebox(Switch):
         another connection's. The caller saves the connection once every hop agreed."""
         # The connection's current CID too: in push mode nothing else told this hop of it.
         cids = dict.fromkeys((message.connection_cid, message.next_cid))
-        added = [cid for cid in cids if cid not in connection.server_cids]
+        held = connection.server_cids
+        added = [cid for cid in cids if cid not in held]
         self._make_room_for_cids(connection, tuple(cids), len(added))
         associated = []
         for cid in added:

@@ -143,7 +143,9 @@ class NatState:
         return tuple(zip(expand(self.paths), expand(self.ports), strict=True))
 
     def port(self, path: FlowKey) -> int | None:
-        for held, port in zip(expand(self.paths), expand(self.ports), strict=True):
+        if type(self.paths) is not tuple:  # one path: the usual case, read per packet-in
+            return self.ports if self.paths == path else None  # type: ignore[return-value]
+        for held, port in zip(self.paths, self.ports, strict=True):
             if held == path:
                 return port
         return None

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from qasm.codec import from_json_value, to_json_value
-from qasm.compact import compact, expand
+from qasm.compact import compact
 from qasm.flow import FlowKey
 
 # RFC 9312 §4.2: "a state timeout of at least two minutes is recommended for QUIC traffic".
@@ -153,27 +153,30 @@ class Connection(RecencyLinks):
 
     @property
     def paths(self) -> tuple[FlowKey, ...]:
-        return expand(self._paths)
+        held = self._paths  # `expand`, inline: a packet-in reads these several times
+        return held if type(held) is tuple else (held,)
 
     @paths.setter
     def paths(self, paths: tuple[FlowKey, ...]) -> None:
-        self._paths = compact(paths)
+        self._paths = paths[0] if len(paths) == 1 else paths  # `compact`, inline
 
     @property
     def retired_paths(self) -> tuple[FlowKey, ...]:
-        return expand(self._retired_paths)
+        held = self._retired_paths  # `expand`, inline: a packet-in reads these several times
+        return held if type(held) is tuple else (held,)
 
     @retired_paths.setter
     def retired_paths(self, paths: tuple[FlowKey, ...]) -> None:
-        self._retired_paths = compact(paths)
+        self._retired_paths = paths[0] if len(paths) == 1 else paths  # `compact`, inline
 
     @property
     def server_cids(self) -> tuple[bytes, ...]:
-        return expand(self._server_cids)
+        held = self._server_cids  # `expand`, inline: a packet-in reads these several times
+        return held if type(held) is tuple else (held,)
 
     @server_cids.setter
     def server_cids(self, cids: tuple[bytes, ...]) -> None:
-        self._server_cids = compact(cids)
+        self._server_cids = cids[0] if len(cids) == 1 else cids  # `compact`, inline
 
     def function_states(self) -> dict[str, Any]:
         """Function name → its state, for the functions that keep one."""
@@ -418,12 +421,14 @@ class ConnectionTable(TableBounds):
         owner = self._by_path.get(path)
         if owner is not None and owner is not connection:
             return False
-        if path not in connection.paths:
-            if len(connection.paths) >= self.max_paths_per_connection:
+        paths = connection.paths
+        if path not in paths:
+            if len(paths) >= self.max_paths_per_connection:
                 return False
-            connection.paths += (path,)
-            if path in connection.retired_paths:
-                connection.retired_paths = _without(connection.retired_paths, path)
+            connection.paths = (*paths, path)
+            retired = connection.retired_paths
+            if path in retired:
+                connection.retired_paths = _without(retired, path)
                 self._by_retired_path.pop(path, None)
             self._by_path[path] = connection
         connection.last_seen = now
@@ -435,10 +440,11 @@ class ConnectionTable(TableBounds):
         owner = self._by_cid.get(cid)
         if owner is not None and owner is not connection:
             return False
-        if cid not in connection.server_cids:
-            if len(connection.server_cids) >= self.max_cids_per_connection:
+        cids = connection.server_cids
+        if cid not in cids:
+            if len(cids) >= self.max_cids_per_connection:
                 return False
-            connection.server_cids += (cid,)
+            connection.server_cids = (*cids, cid)
             self._by_cid[cid] = connection
             self.cid_lengths.add(len(cid))
         connection.last_seen = now
@@ -446,20 +452,23 @@ class ConnectionTable(TableBounds):
 
     def forget_path(self, connection: Connection, path: FlowKey) -> None:
         """Undoes `associate_path` (not a retirement: the path was never used)."""
-        if path in connection.paths:
-            connection.paths = _without(connection.paths, path)
+        paths = connection.paths
+        if path in paths:
+            connection.paths = _without(paths, path)
             self._by_path.pop(path, None)
 
     def forget_cid(self, connection: Connection, cid: bytes) -> None:
         """Undoes `associate_cid`."""
-        if cid in connection.server_cids:
-            connection.server_cids = _without(connection.server_cids, cid)
+        cids = connection.server_cids
+        if cid in cids:
+            connection.server_cids = _without(cids, cid)
             self._by_cid.pop(cid, None)
 
     def retire_path(self, connection: Connection, path: FlowKey) -> bool:
-        if path not in connection.paths:
+        paths = connection.paths
+        if path not in paths:
             return False
-        connection.paths = _without(connection.paths, path)
+        connection.paths = _without(paths, path)
         connection.retired_paths += (path,)
         self._by_path.pop(path, None)
         self._by_retired_path[path] = connection
