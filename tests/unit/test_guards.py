@@ -190,7 +190,7 @@ def test_a_retired_ports_inbound_side_names_its_path_until_the_port_is_reused():
     (the middlebox delivers them on a held one); once the port went to another path, or
     was given back by a connection that ended, they find only the pool's own answer."""
     nat = Nat(NatSettings("10.0.100.1", "02:00:00:00:00:fd", first_port=30000, ports=2))
-    a, b = Connection(id=1, created_at=0.0, last_seen=0.0), Connection(2, 0.0, 0.0)
+    a, b = Connection(id=1, last_seen=0.0), Connection(id=2, last_seen=0.0)
     first, second, third = path(WIFI, 1), path(WIFI, 2), path(WIFI, 3)
 
     def to_public(port: int):
