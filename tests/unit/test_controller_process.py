@@ -6,6 +6,7 @@ its decision log (one line per decision, in decision order)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import struct
@@ -19,16 +20,34 @@ from qasm.controller import benchmarks as bench
 INITIALS = 5
 
 
+@contextlib.contextmanager
+def _switch_past_the_arp(process: bench.ControllerProcess, config):
+    """A fake switch connected to the controller process, past the OpenFlow handshake and
+    the service's ARP request (the controller floods it); its socket closes after."""
+    sock = process.connect()
+    try:
+        switch = bench.FakeSwitch(sock, process.check_alive)
+        switch.handshake(bench._connect_messages(config))
+        arp = bench._service_arp()
+        switch.latencies([bench.packet_in_message(arp.in_port, arp.frame, 1)])
+        yield sock, switch
+    finally:
+        sock.close()
+
+
+def _log_once_stopped(process: bench.ControllerProcess) -> list[dict]:
+    """SIGTERM: the controller logs its tables and flushes the log before it exits."""
+    process.popen.send_signal(signal.SIGTERM)
+    process.popen.wait(bench.STOP_GRACE_S)
+    log = Path(process.directory.name) / "decisions.jsonl"
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
 def test_every_packet_in_is_answered_and_logged_in_order():
     config = bench._cid_config()
-    arp = bench._service_arp()
     initials = bench._initial_events(INITIALS)
     with bench.ControllerProcess(config) as process:
-        sock = process.connect()
-        try:
-            switch = bench.FakeSwitch(sock, process.check_alive)
-            switch.handshake(bench._connect_messages(config))
-            switch.latencies([bench.packet_in_message(arp.in_port, arp.frame, 1)])
+        with _switch_past_the_arp(process, config) as (_, switch):
             flow_mods = switch.received[ofp.OFPT_FLOW_MOD]
             messages = [
                 bench.packet_in_message(e.in_port, e.frame, xid)
@@ -36,13 +55,7 @@ def test_every_packet_in_is_answered_and_logged_in_order():
             ]
             switch.latencies(messages)  # each answered by its PACKET_OUT
             flow_mods = switch.received[ofp.OFPT_FLOW_MOD] - flow_mods
-        finally:
-            sock.close()
-        # SIGTERM: the controller logs its tables and flushes the log before it exits.
-        process.popen.send_signal(signal.SIGTERM)
-        process.popen.wait(bench.STOP_GRACE_S)
-        log = Path(process.directory.name) / "decisions.jsonl"
-        records = [json.loads(line) for line in log.read_text().splitlines()]
+        records = _log_once_stopped(process)
     assert flow_mods == INITIALS * bench._flow_mods_per_initial(config)
     decided = [r for r in records if r["event"] in ("switch_connected", "packet_in")]
     assert [r["event"] for r in decided] == ["switch_connected"] + ["packet_in"] * (1 + INITIALS)
@@ -59,15 +72,10 @@ def test_a_packet_in_in_pieces_or_of_another_match_is_decided_once_whole():
     one whose match os-ken must parse (in_port and metadata) goes through os-ken's handler;
     an echo request reaches os-ken's own handler, which answers it."""
     config = bench._cid_config()
-    arp = bench._service_arp()
     pieces, other_match = bench._initial_events(2)
     whole = bench.packet_in_message(pieces.in_port, pieces.frame, 2)
     with bench.ControllerProcess(config) as process:
-        sock = process.connect()
-        try:
-            switch = bench.FakeSwitch(sock, process.check_alive)
-            switch.handshake(bench._connect_messages(config))
-            switch.latencies([bench.packet_in_message(arp.in_port, arp.frame, 1)])
+        with _switch_past_the_arp(process, config) as (sock, switch):
             for start, end in ((0, 5), (5, 100), (100, len(whole))):
                 sock.sendall(whole[start:end])
                 time.sleep(0.05)  # each piece its own read
@@ -78,12 +86,7 @@ def test_a_packet_in_in_pieces_or_of_another_match_is_decided_once_whole():
                 pass
             while not switch.received[ofp.OFPT_ECHO_REPLY]:
                 switch.pump()
-        finally:
-            sock.close()
-        process.popen.send_signal(signal.SIGTERM)
-        process.popen.wait(bench.STOP_GRACE_S)
-        log = Path(process.directory.name) / "decisions.jsonl"
-        records = [json.loads(line) for line in log.read_text().splitlines()]
+        records = _log_once_stopped(process)
     decided = [r for r in records if r["event"] == "packet_in"][1:]  # after the ARP
     assert [(r["in_port"], r["reason"]) for r in decided] == [
         (pieces.in_port, "opened_by_initial"),
