@@ -595,9 +595,7 @@ class ExperimentRunner:
                 addresses={c.agent_id: list(c.ips) for c in roles.clients},
                 # netfilter-qasm anchors in conntrack, which cannot ask: push.
                 mode=spec.agent_mode or "push",
-                reports_per_s=scenario.agent.reports_per_s,
-                report_burst=scenario.agent.report_burst,
-                max_paths=scenario.agent.max_paths,
+                **scenario.agent.host_budget(scenario.workload.connections),
             )
         nat = scenario.nat
         # Shared state (redis) for the variants that keep state; the others keep none.

@@ -550,11 +550,12 @@ class Agent(Section):
     )
     reports_per_s: Number(0, MAX_AGENT_REPORTS_PER_S) = Field(
         DEFAULT_RATE_PER_S,
-        description="each client's authenticated reports the Tracking Agent takes per second "
-        "(a token bucket; a client migrating N times a second sends about N)",
+        description="each connection's authenticated reports the Tracking Agent takes per "
+        "second (a client host's token bucket gets this times workload.connections; a "
+        "connection migrating N times a second sends about N)",
     )
     report_burst: Integer(1, MAX_AGENT_REPORTS_PER_S) = Field(
-        DEFAULT_BURST, description="the bucket's size, reports"
+        DEFAULT_BURST, description="the bucket's size per connection, reports"
     )
     client: Choice(AGENT_CLIENTS) | None = Field(
         None,
@@ -569,9 +570,21 @@ class Agent(Section):
 
     max_paths: Integer(2, MAX_AGENT_PATHS) = Field(
         DEFAULT_MAX_PATHS,
-        description="live paths one client's connections may hold at once; announcements "
-        "beyond are refused (path_quota)",
+        description="live paths each connection may hold at once (a client host's quota is "
+        "this times workload.connections); announcements beyond are refused (path_quota)",
     )
+
+    def host_budget(self, connections: int) -> dict[str, float | int]:
+        """The budgets of the Client Agent of a host driving `connections` connections.
+        The Tracking Agent knows a host by its agent key, one per host, and 20 connections
+        of a host announce and retire together: a per-key budget sized for one connection
+        refused most of their retirements (scale.yaml's reduced run: 44 rate_limited,
+        3 of 200 connections left holding their old path's NAT port)."""
+        return {
+            "reports_per_s": self.reports_per_s * connections,
+            "report_burst": self.report_burst * connections,
+            "max_paths": self.max_paths * connections,
+        }
 
 
 class Ratelimit(Section):

@@ -54,6 +54,16 @@ def test_minimal_scenario_gets_defaults(tmp_path):
     assert scenario.regression == () and scenario.sweep == ()
 
 
+def test_a_client_hosts_agent_budget_is_its_connections_times_one_connections(tmp_path):
+    # One agent key per host: 20 connections announcing and retiring within a second need
+    # 20 connections' worth of reports, or the Tracking Agent refuses their retirements.
+    text = VALID.replace("  bytes: 4000\n", "  bytes: 4000\n  connections: 20\n")
+    text += "agent:\n  reports_per_s: 30\n  report_burst: 5\n  max_paths: 4\n"
+    scenario = load_scenario_text(tmp_path, text)
+    budget = scenario.agent.host_budget(scenario.workload.connections)
+    assert budget == {"reports_per_s": 600, "report_burst": 100, "max_paths": 80}
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
