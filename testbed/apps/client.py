@@ -131,6 +131,7 @@ START_POLL_S = 0.01  # how often a ready client looks for the run's start time
 # other_config:max-idle), and a new path on the same 4-tuple meets that entry until the
 # revalidators catch up with its rules, so its first packets go to the controller. Measured
 # in rate.yaml at 200 Hz: 8-50 migration packet-ins per run, all but 3 on reused ports.
+# Across runs the harness empties that cache instead (Emulation.forget_cached_flows).
 PORT_REUSE_DELAY_S = 10.0
 PORT_REUSE_TRIES = 8  # sockets held open at most, each making the OS hand out another port
 

@@ -353,6 +353,7 @@ class ExperimentRunner:
                 emulation.kernel.apply(_kernel_settings(scenario, spec.variant, roles))
                 (artifacts / "router-rules.txt").write_text(emulation.kernel.ruleset())
         emulation.forget_neighbours()
+        emulation.forget_cached_flows()
         decision_log = emulation.launch_controller(config, artifacts)
         seed = repetition_seed(self.seed, spec.repetition)
         servers = []

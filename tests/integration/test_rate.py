@@ -15,7 +15,10 @@ ASKED_HZ = 200
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
     scenario = yaml.safe_load((REPOSITORY / "scenarios" / "rate.yaml").read_text())
-    scenario.update(repetitions=1, variants=["baseline", "qasm"])
+    # Two repetitions: each run after the first meets the 4-tuples the run before used (the
+    # NAT hands out its public ports from the first again), which the switch's datapath
+    # cache holds for 10 s unless the harness empties it between runs.
+    scenario.update(repetitions=2, variants=["qasm"])
     # The scenario's 16 MB: on a quiet machine 6 MB went by in under a second (36
     # migrations). Links stay unshaped: behind a 20 Mbit/s HTB queue each announcement waits
     # behind the data and the client reaches only ~25 Hz.
@@ -26,18 +29,16 @@ def records(tmp_path_factory):
     path = run_dir.parent / "rate-reduced.yaml"
     path.write_text(yaml.safe_dump(scenario))
     run_scenario(path, run_dir, timeout_s=300)
-    return {(r["variant"], r["migration"]): r for r in read_records(run_dir)}
+    return {(r["migration"], r["repetition"]): r for r in read_records(run_dir)}
 
 
+@pytest.mark.parametrize("repetition", [0, 1])
 @pytest.mark.parametrize("kind", ["nat-rebind", "active"])
-def test_qasm_at_200_hz_pre_installs_every_path_and_holds_at_most_two(records, kind):
-    record = records[("qasm", kind)]
+def test_qasm_at_200_hz_pre_installs_every_path_and_holds_at_most_two(records, kind, repetition):
+    record = records[(kind, repetition)]
     assert record["completed"] and record["verified"], record["failure"]
     assert record["migrations"] >= 50 and record["migration_rate_hz"] > 20
-    # 0 in 4 of 6 full-scenario runs at 200 Hz, 1-3 in the others: the first packets of a
-    # never-used path, a few ms after its rules went out (README, "Migration rate"; cause not
-    # found). The port-reuse cause fixed this round cost 0.8-3 % of a run's migrations.
-    assert record["migration_packet_ins"] <= record["migrations"] // 100
+    assert record["migration_packet_ins"] == 0
     assert record["nat_mappings_peak"] <= 2 and record["nat_mappings"] == 1
     # One announcement per migration (it retires the path before), plus a last retirement.
     assert record["agent_messages"] <= 2 * record["migrations"]
@@ -45,7 +46,7 @@ def test_qasm_at_200_hz_pre_installs_every_path_and_holds_at_most_two(records, k
 
 
 def test_active_migration_finds_a_fresh_cid_every_time(records):
-    record = records[("qasm", "active")]
+    record = records[("active", 0)]
     detail = record["migration_detail"]
     assert detail["new_dcid"] != detail["old_dcid"]
     assert record["migration_rate_hz"] is not None
