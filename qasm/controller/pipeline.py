@@ -965,7 +965,6 @@ class Middlebox(Switch):
         self._evicted_established: list[int] = []  # of the evicted, the established
         self._ended_change = Change()
         self.firewall = next((f for f in self.functions if isinstance(f, Firewall)), None)
-        self._state_types = {f.name: f.State for f in self.functions if f.State}
         # Connection id → what this switch holds for it (rules, ends, meter).
         self._on_switch: dict[int, OnSwitch] = {}
 
