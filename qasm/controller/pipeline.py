@@ -926,8 +926,9 @@ class Middlebox(Switch):
 
     __slots__ = (
         "config", "variant", "stateful", "cid_aware", "observes", "_pull", "table", "siblings",
-        "admission", "_admitted", "half_open", "lb", "_backend_ips", "functions", "nat",
-        "_ended", "_evicted_established", "_ended_change", "firewall", "_on_switch",
+        "admission", "_admitted", "half_open", "lb", "_backend_ips", "functions",
+        "_adding_paths", "_translating", "_metering", "nat", "_ended", "_evicted_established",
+        "_ended_change", "firewall", "_on_switch",
     )  # fmt: skip
 
     def __init__(
@@ -972,6 +973,12 @@ class Middlebox(Switch):
         self.functions: list[MiddleboxFunction] = []
         if self.stateful:
             self.functions = [self._function(name, hop, nat_pool) for name in config.functions]
+        # Per path, the hop calls a hook only on the functions that implement it: the
+        # defaults change nothing, and a firewall's empty Change and Translation were 4% of
+        # a new connection's decision (instructions, callgrind).
+        self._adding_paths = [f for f in self.functions if f.implements("path_added")]
+        self._translating = [f for f in self.functions if f.implements("translate")]
+        self._metering = [f for f in self.functions if f.implements("meter")]
         for function in self.functions:
             self.arp_answers.update(function.arp_addresses())
         if self.lb:
@@ -1556,7 +1563,7 @@ class Middlebox(Switch):
 
     def _path_added(self, connection: Connection, path: FlowKey, now: float) -> Change:
         change = Change()
-        for function in self.functions:
+        for function in self._adding_paths:
             change.merge(function.path_added(connection, path, now))
             if change.refusal is not None:
                 break
@@ -1568,7 +1575,7 @@ class Middlebox(Switch):
         """The path as the service sees it, the fields to set each way, and the switch port
         of the service side if a function decides it."""
         flow, forward, backward, service_port = path, (), (), None
-        for function in self.functions if functions is None else functions:
+        for function in self._translating if functions is None else functions:
             translation = function.translate(connection, path, flow)
             flow = translation.service_flow
             forward += translation.to_service
@@ -1629,7 +1636,6 @@ class Middlebox(Switch):
         """The path's rules on this switch, or None while an end is not located. The
         client's direction goes under the connection's meter, installed on this switch
         first if it is not there yet."""
-        functions = self.functions if functions is None else functions
         local = local if local is not None else self._local(connection)
         flow, forward, backward, service_port = self._translations(connection, path, functions)
         ends = ends or self._path_ends(local, path, flow, service_port)
@@ -1640,7 +1646,7 @@ class Middlebox(Switch):
             backward += (("eth_dst", ends.client_mac),)
         messages: list[SwitchMessage] = []
         meter = None
-        for function in functions:
+        for function in self._metering if functions is None else functions:
             meter = function.meter(connection)
             if meter is not None:
                 if local.meter != meter:

@@ -72,6 +72,11 @@ class MiddleboxFunction:
     name: ClassVar[str]
     State: ClassVar[type | None] = None
 
+    def implements(self, hook: str) -> bool:
+        """Whether this function's class has its own `hook`: the defaults below change
+        nothing, so a hop need not call them."""
+        return getattr(type(self), hook) is not getattr(MiddleboxFunction, hook)
+
     def state(self, connection) -> object:
         """This function's typed state of `connection`, created on first use."""
         state = getattr(connection, self.name)
