@@ -161,7 +161,7 @@ def parse_datagram(datagram: bytes, short_dcid_length: int) -> list[PacketHeader
     offset = 0
     while offset < end:
         first_byte = datagram[offset]
-        if packets and first_byte == 0 and datagram.count(0, offset) == end - offset:
+        if packets and first_byte == 0 and datagram.endswith(bytes(end - offset)):
             break
         if first_byte & LONG_HEADER_BIT:
             if buf is None:

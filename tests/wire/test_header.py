@@ -115,6 +115,14 @@ def test_zero_padding_after_the_last_packet_is_not_a_packet():
     assert len(headers) == 1
 
 
+def test_zero_bytes_followed_by_others_are_a_packet_not_padding():
+    dcid = bytes(8)
+    initial = long_header(0xC0, QUIC_V1, dcid, b"", b"\x00\x15" + bytes(21))
+    headers = parse_datagram(initial + bytes(100) + b"\x01", 8)
+    assert [h.offset for h in headers] == [0, len(initial)]
+    assert headers[1].form is HeaderForm.SHORT and headers[1].length == 101
+
+
 @pytest.mark.parametrize(
     ("packet", "field"),
     [
