@@ -145,6 +145,7 @@ from qasm.state.redis_store import RedisConnectionTable, connect_redis
 from qasm.wire.errors import WireError
 from qasm.wire.header import (
     KNOWN_VERSIONS,
+    LONG_HEADER_BIT,
     HeaderForm,
     PacketType,
     parse_datagram,
@@ -1385,12 +1386,17 @@ class Middlebox(Switch):
     def _short_header_dcids(self, payload: bytes) -> list[bytes]:
         """The DCID a short-header packet carries at each server CID length seen, shortest
         first; none for a long header."""
+        if not payload or payload[0] & LONG_HEADER_BIT:
+            # Not a migrated packet (a client Initial, say). Asked first: once a server CID
+            # was learnt, the WireError each Initial raised here made its decision a sixth
+            # slower (measured interleaved, 6 runs each).
+            return []
         dcids = []
         for length in sorted(self.table.cid_lengths):
             try:
                 dcids.append(short_header_dcid(payload, length))
             except WireError:
-                break  # a long header: not a migrated packet
+                break  # too short for this length's DCID, so for the longer ones too
         return dcids
 
     def _sent_within(self, connection: Connection, payload: bytes, now: float) -> bool:
