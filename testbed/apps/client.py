@@ -395,6 +395,32 @@ class RecentPorts:
 RECENT_PORTS = RecentPorts()  # one per process: its connections share the host's ports
 
 
+async def open_fresh_endpoint(factory, local_ip: str, recent: RecentPorts):
+    """A datagram endpoint (transport, protocol, local address) on a local port no recent
+    path of the process used (PORT_REUSE_DELAY_S), if the OS hands one out within
+    PORT_REUSE_TRIES. A connection's first path too: the OS handed a connection of a
+    scale.yaml host the port another of its connections had left a second before, and the
+    middlebox met a new connection on a path it had just retired."""
+    loop = asyncio.get_running_loop()
+    held: list[asyncio.DatagramTransport] = []
+    try:
+        for _ in range(PORT_REUSE_TRIES):
+            transport, protocol = await loop.create_datagram_endpoint(
+                factory, local_addr=(local_ip, 0)
+            )
+            local = tuple(transport.get_extra_info("sockname")[:2])
+            if not recent.recent(local, time.monotonic()):
+                break
+            held.append(transport)
+        else:
+            held.pop()  # every port recent: the last one does
+    finally:
+        for rejected in held:
+            rejected.close()
+    recent.used(local, time.monotonic())
+    return transport, protocol, local
+
+
 @dataclass
 class _Path:
     local: tuple[str, int]
@@ -521,25 +547,9 @@ class Migrator:
         }
 
     async def _open_path(self, local_ip: str) -> _Path:
-        """A socket on a local port no recent path used (PORT_REUSE_DELAY_S), if the OS
-        hands one out within PORT_REUSE_TRIES."""
-        loop = asyncio.get_running_loop()
-        held: list[asyncio.DatagramTransport] = []
-        try:
-            for _ in range(PORT_REUSE_TRIES):
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _SocketForwarder(self.protocol), local_addr=(local_ip, 0)
-                )
-                local = tuple(transport.get_extra_info("sockname")[:2])
-                if not self.recent_ports.recent(local, time.monotonic()):
-                    break
-                held.append(transport)
-            else:
-                held.pop()  # every port recent: the last one does
-        finally:
-            for rejected in held:
-                rejected.close()
-        self.recent_ports.used(local, time.monotonic())
+        transport, _, local = await open_fresh_endpoint(
+            lambda: _SocketForwarder(self.protocol), local_ip, self.recent_ports
+        )
         return _Path(local, transport)
 
     async def _announce(self, old: _Path, new: _Path) -> bool:
@@ -711,7 +721,6 @@ def connection_specs(args: argparse.Namespace) -> list[ConnectionSpec]:
 async def run_transfer(
     args: argparse.Namespace, spec: ConnectionSpec, report: ClientReport, agent: AgentLink | None
 ) -> None:
-    loop = asyncio.get_running_loop()
     stack = load_stack(args.stack)
     configuration = stack.QuicConfiguration(
         is_client=True,
@@ -736,8 +745,8 @@ async def run_transfer(
         protocol.socket_buffer = args.socket_buffer
         return protocol
 
-    _, protocol = await loop.create_datagram_endpoint(make_protocol, local_addr=(args.local_ip, 0))
-    report.local_address = list(protocol.transport.get_extra_info("sockname")[:2])
+    _, protocol, local = await open_fresh_endpoint(make_protocol, args.local_ip, RECENT_PORTS)
+    report.local_address = list(local)
     migrator = Migrator(protocol, spec.plan, agent, spec.name, server) if spec.plan else None
     try:
         report.started_at = time.monotonic()
@@ -781,6 +790,9 @@ async def run_transfer(
                         "without a packet from the server)"
                     )
         protocol.close()
+        # Its last path was in use until now: no other connection of the process takes it.
+        last = tuple(protocol.transport.get_extra_info("sockname")[:2])
+        RECENT_PORTS.used(last, time.monotonic())
         protocol.transport.close()
         if qlog is not None:
             qlog.close()  # the trace of a connection that has not ended yet

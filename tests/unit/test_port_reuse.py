@@ -79,3 +79,27 @@ def test_closing_a_path_counts_as_its_last_use(monkeypatch):
     migrator.paths.append(path)
     migrator._close(path)  # 12 s after it was opened
     assert migrator.recent_ports.recent(path.local, now=opened + 15.0)
+
+
+def test_a_connections_first_socket_skips_a_port_another_connection_just_left():
+    # scale.yaml: the OS handed a connection the port another connection of its host had
+    # retired a second before, and the middlebox met a new connection on a retired path.
+    sockets: list[FakeDatagramSocket] = []
+    recent = RecentPorts()
+    recent.used(("10.0.1.2", 53579), client_app.time.monotonic())
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        ports = iter([53579, 40000])
+
+        async def create_datagram_endpoint(factory, local_addr):
+            sockets.append(FakeDatagramSocket((local_addr[0], next(ports))))
+            return sockets[-1], factory()
+
+        loop.create_datagram_endpoint = create_datagram_endpoint
+        return await client_app.open_fresh_endpoint(lambda: "protocol", "10.0.1.2", recent)
+
+    transport, protocol, local = asyncio.run(scenario())
+    assert local == ("10.0.1.2", 40000) and transport is sockets[1] and protocol == "protocol"
+    assert sockets[0].closed and not sockets[1].closed
+    assert recent.recent(local, client_app.time.monotonic())
