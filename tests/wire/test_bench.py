@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from qasm.controller import benchmarks as controller
+from qasm.state import benchmarks as state
 from qasm.wire import benchmarks
 from testbed import bench
 
@@ -32,6 +33,26 @@ def test_main_prints_one_parsable_line_per_figure(capsys):
     names = [line.split()[0] for line in lines]
     assert "dcid_extract_vs_slice" in names and "initial_decrypt_sni_median_us" in names
     assert lines[names.index("dcid_extract_vs_slice")].endswith("x")
+
+
+def test_connection_memory_fills_the_large_table_it_reports(monkeypatch):
+    filled = []
+    fill = state._fill
+
+    def recording_fill(table, connections, *args):
+        filled.append(connections)
+        return fill(table, connections, *args)
+
+    monkeypatch.setattr(state, "_fill", recording_fill)
+    figures = dict(state.connection_memory(connections=200, million=3000))
+    assert list(figures) == [
+        "connection_table_bytes_per_connection",
+        "connection_table_bytes_per_migrated_connection",
+        "connection_table_bytes_per_half_open_connection",
+        "connection_table_3000_mib",
+    ]
+    assert all(FIGURE_LINE.match(f"{name} {value}") for name, value in figures.items())
+    assert 3000 in filled  # measured on a table that large, not scaled up from 200
 
 
 CONTROLLER_FIGURES = [
