@@ -41,27 +41,30 @@ def _fill(
     retired) and three server CIDs, or fresh ones with their first path and CID. A hop
     knows a server CID once the server answered (a copy of its handshake, or the client's
     agent), so they are established unless asked for half-open ones (a flood's, which the
-    per-source quota and the half-open timeout bound)."""
+    per-source quota and the half-open timeout bound). They arrive 10,000 a second, each
+    last seen at a float of its own, as the controller's `time.monotonic()` of a packet-in
+    is: one constant shared by all hid those 24 B a connection."""
     cids = []
     for i in range(connections):
+        now = i * 1e-4
         host = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
         first = FlowKey(host, 40000, "10.0.0.250", 4433)
-        connection = table.put(first, now=0.0)
+        connection = table.put(first, now)
         # The NAT's public port as its pool hands it out: the shared int of that number.
         public_port = PORT_NUMBERS[20000 + i % 30000]
         nat_path = first
         if migrated:
             second = FlowKey(host, 40001, "10.0.0.250", 4433)
-            table.associate_path(connection, second, now=0.0)
+            table.associate_path(connection, second, now)
             table.retire_path(connection, first)
             nat_path = second
         for _ in range(CIDS_PER_CONNECTION if migrated else 1):
             cid = os.urandom(8)
-            table.associate_cid(connection, cid, now=0.0)
+            table.associate_cid(connection, cid, now)
             cids.append(cid)
         connection.nat = NatState(nat_path, public_port)
         connection.established = established
-        table.save(connection, now=0.0)
+        table.save(connection, now)
     return cids
 
 

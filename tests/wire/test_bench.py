@@ -9,6 +9,7 @@ from pathlib import Path
 
 from qasm.controller import benchmarks as controller
 from qasm.state import benchmarks as state
+from qasm.state.connections import ConnectionTable
 from qasm.wire import benchmarks
 from testbed import bench
 
@@ -53,6 +54,13 @@ def test_connection_memory_fills_the_large_table_it_reports(monkeypatch):
     ]
     assert all(FIGURE_LINE.match(f"{name} {value}") for name, value in figures.items())
     assert 3000 in filled  # measured on a table that large, not scaled up from 200
+
+
+def test_the_memory_figure_counts_a_last_seen_time_per_connection():
+    table = ConnectionTable()
+    state._fill(table, 3)
+    # A float object of its own each, as a controller's connections hold theirs.
+    assert len({id(connection.last_seen) for connection in table.connections()}) == 3
 
 
 CONTROLLER_FIGURES = [
