@@ -1462,7 +1462,6 @@ class Middlebox(Switch):
                         connection.owner = announcement.client
                     reason = Reason.PULLED_FROM_AGENT
             if connection and self.table.associate_path(connection, path, now):
-                connection.migrations += 1
                 return connection, reason
         return None
 
@@ -1773,7 +1772,6 @@ class Middlebox(Switch):
             for cid in associated:
                 self.table.forget_cid(connection, cid)
             return None
-        connection.migrations += 1
         # The client's agent reports a connection whose handshake it finished (its connection
         # CID is one the server issued): established.
         self._established(connection)
@@ -1852,7 +1850,6 @@ class Middlebox(Switch):
         if local is not None:
             local.ends.pop(path, None)
             local.sent_at.pop(path, None)
-        connection.migrations -= 1
 
     def retire(
         self, connection: Connection, path: FlowKey, client: str, now: float | None = None

@@ -163,7 +163,6 @@ def _migrations(table: ConnectionStore, pool: NatPool | SharedNatPool, connectio
         table.retire_path(connection, old)
         nat.remove(old)
         pool.release(old)
-        connection.migrations += 1
         table.save(connection, 3.0)
 
 

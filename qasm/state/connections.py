@@ -78,8 +78,8 @@ class PathEnds:
 # What a connection serialises besides its functions' states, in order; the three index
 # fields are held `compact` (see `Connection`) but read and written as tuples.
 SERIALISED_FIELDS = (
-    "id", "last_seen", "paths", "retired_paths", "server_cids", "owner", "migrations",
-    "observing", "established", "probing",
+    "id", "last_seen", "paths", "retired_paths", "server_cids", "owner", "observing",
+    "established", "probing",
 )  # fmt: skip
 
 
@@ -98,7 +98,7 @@ class Connection(RecencyLinks):
     _retired_paths: FlowKey | tuple[FlowKey, ...]
     _server_cids: bytes | tuple[bytes, ...]
     owner: str | None  # the client agent that reported this connection, if any
-    migrations: int
+    # No count of its migrations: nothing read it, and its slot cost 8 bytes a connection.
     # cid/qasm: the service's packets are copied to the controller until a server CID is
     # learnt from a long header (RFC 9312 §3.5).
     observing: bool
@@ -127,7 +127,6 @@ class Connection(RecencyLinks):
         retired_paths: tuple[FlowKey, ...] = (),
         server_cids: tuple[bytes, ...] = (),
         owner: str | None = None,
-        migrations: int = 0,
         observing: bool = False,
         established: bool = False,
         probing: bool = False,
@@ -142,7 +141,6 @@ class Connection(RecencyLinks):
         self._retired_paths = compact(retired_paths)
         self._server_cids = compact(server_cids)
         self.owner = owner
-        self.migrations = migrations
         self.observing = observing
         self.established = established
         self.probing = probing
@@ -217,7 +215,7 @@ class ConnectionStore(Protocol):
 
     A connection's paths, retired paths and server CIDs change only through the store's
     methods (they are indexes); everything else of it (its functions' states, `ends`,
-    `owner`, `migrations`...) the caller changes in place and then hands to `save`, before
+    `owner`, its flags...) the caller changes in place and then hands to `save`, before
     the decision that depends on it leaves the process (another replica may read it next).
     """
 

@@ -21,7 +21,7 @@ one field per index entry it owns, named as the index key without the prefix (`p
 from its hash alone, and the connection's paths and CIDs change in the same atomic step as
 the index. Those fields' values are a per-connection sequence number (`_seq`) that keeps the
 order the memory table keeps. The rest of a connection is one field per `Connection` field
-(`owner`, `migrations`, ...), and one per function state (`fn:nat`, ...), each the compact
+(`owner`, `established`, ...), and one per function state (`fn:nat`, ...), each the compact
 JSON of `qasm.codec.to_json_value`: a replica writes back only the fields it changed, so two
 replicas changing different parts of one connection do not undo each other. `last_seen` is
 the score in `{prefix}:lru`, not a field; `_touched` is when the keys' TTLs were last
@@ -44,7 +44,7 @@ PATH, RETIRED, CID = "path", "retired", "cid"
 FUNCTION = "fn"
 # Connection fields stored one per hash field (id is in the key; last_seen is the LRU score;
 # the index-owned ones are `path:`/`retired:`/`cid:` fields).
-DATA_FIELDS = ("owner", "migrations", "observing", "established", "probing")
+DATA_FIELDS = ("owner", "observing", "established", "probing")
 SEQUENCE = "_seq"
 TOUCHED = "_touched"
 

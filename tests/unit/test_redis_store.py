@@ -299,7 +299,7 @@ def test_round_trips_are_counted(replica):
     table.by_path(A, 1.0)
     table.save(connection, 1.0)  # nothing changed: nothing sent
     assert table.round_trips == start + 1
-    connection.migrations += 1
+    connection.owner = "h1"
     table.save(connection, 1.0)
     table.associate_cid(connection, b"\x01", 1.0)
     table.associate_cid(connection, b"\x01", 1.0)  # already held: nothing sent
@@ -333,10 +333,10 @@ def test_a_connection_put_by_one_replica_is_found_by_path_and_cid_by_the_other(r
     assert fields(by_cid) == fields(connection) | {"last_seen": 1.0}
     # The migrated path joins on the second replica; the first sees it at its next lookup.
     assert second.associate_path(by_cid, B, 2.0)
-    by_cid.migrations += 1
+    by_cid.owner = "h1"
     second.save(by_cid, 2.0)
     assert first.by_path(B, 3.0) is connection
-    assert (connection.paths, connection.migrations) == ((A, B), 1)
+    assert (connection.paths, connection.owner) == ((A, B), "h1")
 
 
 def test_racing_puts_for_one_path_end_in_one_connection(replica):
@@ -418,13 +418,14 @@ def test_replicas_changing_different_fields_keep_both_changes(replica):
     assert first.save(connection, 1.0) and second.save(other, 1.0)
     # An unsaved change here survives a lookup that brings in the other replica's changes,
     # also where both changed one field (the unsaved one is written at the next save).
-    connection.migrations, other.migrations = 1, 2
+    mine, theirs = LoadBalancerState("10.0.0.11"), LoadBalancerState("10.0.0.12")
+    connection.loadbalancer, other.loadbalancer = mine, theirs
     second.save(other, 1.5)
     assert first.by_path(A, 2.0) is connection
-    assert (connection.owner, connection.migrations) == ("h1", 1)
+    assert (connection.owner, connection.loadbalancer) == ("h1", mine)
     first.save(connection, 2.0)
     assert second.by_path(A, 3.0) is other
-    assert (other.nat, other.migrations) == (NatState(A, 20003), 1)
+    assert (other.nat, other.loadbalancer) == (NatState(A, 20003), mine)
 
 
 def test_a_put_on_a_path_whose_connection_is_idle_ends_it_and_makes_a_new_one(replica):

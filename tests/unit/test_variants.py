@@ -135,7 +135,7 @@ def test_cid_variant_follows_a_rebinding_by_dcid_but_drops_an_active_migration(q
         FlowKey(SERVER_IP, 4433, CLIENT_IP, 50001),
     }
     (connection,) = box.hops[0].table.connections()
-    assert rebound.event.connection == connection.id and connection.migrations == 1
+    assert rebound.event.connection == connection.id
     quic_pair.client.change_connection_id()
     datagram = quic_pair.short_header_datagram()
     moved = one(
