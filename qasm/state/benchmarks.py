@@ -16,6 +16,7 @@ migration, and Redis's bytes per connection (MEMORY USAGE of its keys).
 from __future__ import annotations
 
 import gc
+import multiprocessing
 import os
 import time
 import tracemalloc
@@ -79,24 +80,51 @@ def _table_bytes(connections: int, migrated: bool, established: bool = True) -> 
     return current
 
 
+def _resident_growth(connections: int) -> int:
+    """Bytes the process's resident set grows by while it fills a table of `connections`
+    fresh ones, without tracemalloc."""
+    gc.collect()
+    before = _resident_bytes()
+    table = ConnectionTable(max_connections=connections)
+    _fill(table, connections, migrated=False)
+    gc.collect()
+    grown = _resident_bytes() - before
+    assert len(table) == connections
+    return grown
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:  # Linux: sizes in pages, resident second
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def connection_memory(connections: int = 100_000, million: int = 1_000_000) -> list[Figure]:
     """Bytes per connection, everything the table allocates for it (indexes included), at
     `connections` (the table's default bound), and the MiB of a table filled with `million`
     fresh connections, measured, not extrapolated: an index dict's share of a connection
     depends on how full its power-of-two table is (52 B at 100,000 connections, 42 B at a
-    million), so the one figure does not scale to the other. The million takes ~35 s of CPU
-    under tracemalloc on this 2-core machine (a minute when another job shares it), most of
-    this benchmark's time."""
+    million), so the one figure does not scale to the other.
+
+    tracemalloc counts the bytes Python asked for; the process grows by more, as pymalloc
+    rounds every object up to a multiple of 16 bytes (a 24-byte float takes 32), so the
+    million is also reported as the growth of a fresh interpreter's resident set (in this
+    one, memory that earlier benchmarks freed would be reused without it growing): ~40 B a
+    connection more. The million takes ~35 s of CPU under tracemalloc and ~10 s without on
+    this 2-core machine (about twice that when another job shares it), most of this
+    benchmark's time."""
     fresh = _table_bytes(connections, migrated=False) / connections
     migrated = _table_bytes(connections, migrated=True) / connections
     half_open = _table_bytes(connections, migrated=False, established=False) / connections
     filled = _table_bytes(million, migrated=False)
+    with multiprocessing.get_context("spawn").Pool(1) as fresh_interpreter:
+        resident = fresh_interpreter.apply(_resident_growth, (million,))
     label = "1m" if million == 1_000_000 else f"{million}"
     return [
         ("connection_table_bytes_per_connection", f"{fresh:.0f}"),
         ("connection_table_bytes_per_migrated_connection", f"{migrated:.0f}"),
         ("connection_table_bytes_per_half_open_connection", f"{half_open:.0f}"),
         (f"connection_table_{label}_mib", f"{filled / 2**20:.0f}"),
+        (f"connection_table_{label}_resident_mib", f"{resident / 2**20:.0f}"),
     ]
 
 

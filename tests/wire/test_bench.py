@@ -51,6 +51,7 @@ def test_connection_memory_fills_the_large_table_it_reports(monkeypatch):
         "connection_table_bytes_per_migrated_connection",
         "connection_table_bytes_per_half_open_connection",
         "connection_table_3000_mib",
+        "connection_table_3000_resident_mib",
     ]
     assert all(FIGURE_LINE.match(f"{name} {value}") for name, value in figures.items())
     assert 3000 in filled  # measured on a table that large, not scaled up from 200
