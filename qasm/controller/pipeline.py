@@ -913,7 +913,6 @@ def state_types(functions: tuple[str, ...]) -> dict[str, type]:
     """The typed per-connection state of each configured function (to read a store)."""
     types = {
         "firewall": Firewall.State,
-        "ratelimit": RateLimiter.State,
         "nat": Nat.State,
         "loadbalancer": LoadBalancer.State,
     }

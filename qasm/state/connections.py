@@ -50,9 +50,10 @@ DEFAULT_HALF_OPEN_TIMEOUT_S = 2.0
 EXPIRED = "expired"
 EVICTED = "evicted"
 HALF_OPEN = "half_open"  # never established, ended by the half-open timeout or a probe
-# The middlebox functions that keep per-connection state (docs: DESIGN.md, `functions:`);
-# each one's state is the `Connection` slot of its name.
-FUNCTION_NAMES = ("firewall", "ratelimit", "nat", "loadbalancer")
+# The middlebox functions that keep per-connection state (docs: DESIGN.md, `functions:`; the
+# rate limiter's is the connection's id, its meter); each one's state is the `Connection`
+# slot of its name.
+FUNCTION_NAMES = ("firewall", "nat", "loadbalancer")
 
 
 class RecencyLinks:
@@ -110,12 +111,11 @@ class Connection(RecencyLinks):
     probing: bool
     # Where a path's ends are on a switch and when its rules went there are the switch's,
     # not the connection's (pipeline.py: OnSwitch), so replicas never share them.
-    # Each function's typed state (qasm/functions/: FirewallState, RateLimitState, NatState,
+    # Each function's typed state (qasm/functions/: FirewallState, NatState,
     # LoadBalancerState), in the slot named after the function; None until it keeps one.
     # Slots, not a dict of name → state: a dict holding one state cost 184 bytes a
-    # connection, four slots cost 32 (make bench: bytes per connection).
+    # connection, a slot costs 8 (make bench: bytes per connection).
     firewall: Any
-    ratelimit: Any
     nat: Any
     loadbalancer: Any
 
@@ -131,7 +131,6 @@ class Connection(RecencyLinks):
         established: bool = False,
         probing: bool = False,
         firewall: Any = None,
-        ratelimit: Any = None,
         nat: Any = None,
         loadbalancer: Any = None,
     ) -> None:
@@ -145,7 +144,6 @@ class Connection(RecencyLinks):
         self.established = established
         self.probing = probing
         self.firewall = firewall
-        self.ratelimit = ratelimit
         self.nat = nat
         self.loadbalancer = loadbalancer
 

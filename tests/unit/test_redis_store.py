@@ -19,7 +19,6 @@ from qasm.flow import FlowKey
 from qasm.functions.firewall import FirewallState
 from qasm.functions.loadbalancer import LoadBalancerState
 from qasm.functions.nat import NatSettings, NatState
-from qasm.functions.ratelimit import RateLimitState
 from qasm.state.connections import (
     EVICTED,
     EXPIRED,
@@ -41,7 +40,6 @@ B = FlowKey("10.0.2.1", 6000, "10.0.0.250", 4433)
 C = FlowKey("10.0.3.1", 7000, "10.0.0.250", 4433)
 STATE_TYPES = {
     "firewall": FirewallState,
-    "ratelimit": RateLimitState,
     "nat": NatState,
     "loadbalancer": LoadBalancerState,
 }
@@ -326,7 +324,6 @@ def test_a_connection_put_by_one_replica_is_found_by_path_and_cid_by_the_other(r
     first.associate_cid(connection, b"\xaa" * 8, 0.0)
     connection.nat = NatState(A, 20001)
     connection.loadbalancer = LoadBalancerState("10.0.0.11")
-    connection.ratelimit = RateLimitState(connection.id)
     assert first.save(connection, 0.0)
     by_cid = second.by_cid(b"\xaa" * 8, 1.0)
     assert by_cid is second.by_path(A, 1.0) and by_cid is not connection
@@ -540,18 +537,16 @@ def test_paths_and_cids_keep_their_order_in_a_large_connection(replica):
 )
 @given(
     firewall=firewall_states,
-    meter=st.none() | st.integers(1, 2**32),
     nat=st.dictionaries(paths, ports, max_size=4),
     backend=st.none() | st.ip_addresses(v=4).map(str),
     owner=st.none() | st.text(max_size=16),
 )
 def test_function_states_round_trip_through_the_store_unchanged(
-    replica, firewall, meter, nat, backend, owner
+    replica, firewall, nat, backend, owner
 ):
     first, second = replica(), replica()
     connection = first.put(FlowKey("10.0.1.1", 1, "10.0.0.250", 4433), 0.0)
     connection.firewall = firewall
-    connection.ratelimit = RateLimitState(meter)
     connection.nat = NatState(compact(tuple(nat)), compact(tuple(nat.values())))
     connection.loadbalancer = LoadBalancerState(backend)
     connection.owner, connection.observing = owner, True

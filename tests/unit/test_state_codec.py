@@ -36,13 +36,11 @@ from qasm.flow import FlowKey
 from qasm.functions.firewall import Firewall, FirewallState, SniPolicy
 from qasm.functions.loadbalancer import LoadBalancerState
 from qasm.functions.nat import NatState
-from qasm.functions.ratelimit import RateLimitState
 from qasm.state.connections import Connection
 
 SERVER_IP = "10.0.0.250"
 STATE_TYPES = {
     "firewall": FirewallState,
-    "ratelimit": RateLimitState,
     "nat": NatState,
     "loadbalancer": LoadBalancerState,
 }
@@ -82,8 +80,6 @@ def connections(draw) -> Connection:
     functions = {}
     if draw(st.booleans()):
         functions["firewall"] = draw(firewall_states)
-    if draw(st.booleans()):
-        functions["ratelimit"] = RateLimitState(draw(st.none() | st.integers(1, 2**32)))
     if draw(st.booleans()):
         ports = tuple(draw(st.integers(1024, 65535)) for _ in known)
         functions["nat"] = NatState(compact(tuple(known)), compact(ports))
@@ -138,7 +134,7 @@ def test_a_pending_sni_assembly_with_fragments_out_of_order_round_trips_and_resu
         id=7, last_seen=2.5, paths=(path, FlowKey("10.0.2.1", 6000, SERVER_IP, 4433)),
         retired_paths=(FlowKey("10.0.1.1", 49999, SERVER_IP, 4433),),
         server_cids=(b"\x01" * 8, b"\x02" * 8), owner="c1", observing=True,
-        ratelimit=RateLimitState(7), nat=NatState(path, 20000),
+        nat=NatState(path, 20000),
         loadbalancer=LoadBalancerState("10.0.4.2"),
     )  # fmt: skip
     firewall.opened(connection, first)
