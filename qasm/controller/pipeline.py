@@ -131,9 +131,12 @@ from qasm.state.connections import (
     DEFAULT_HALF_OPEN_TIMEOUT_S,
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
+    ESTABLISHED,
     EVICTED,
     EXPIRED,
     HALF_OPEN,
+    OBSERVING,
+    PROBING,
     Connection,
     ConnectionStore,
     ConnectionTable,
@@ -1128,7 +1131,7 @@ class Middlebox(Switch):
         removes its own rules and meter for them; their NAT ports go back once."""
         for connection, cause in self.table.take_ended():
             self._ended[cause].append(connection.id)
-            if cause == EVICTED and connection.established:
+            if cause == EVICTED and connection.flags & ESTABLISHED:
                 self._evicted_established.append(connection.id)
             self.half_open.discard(connection.id)
             for replica in self.siblings:
@@ -1360,7 +1363,8 @@ class Middlebox(Switch):
             self.half_open.add(source, connection)
         # Only a connection that starts with its handshake has server SCIDs to observe; one
         # first seen mid-flight would be copied to the controller packet by packet for nothing.
-        connection.observing = self.observes and initial
+        if self.observes and initial:
+            connection.flags |= OBSERVING
         if initial:
             for function in self.functions:
                 function.opened(connection, payload)
@@ -1488,22 +1492,21 @@ class Middlebox(Switch):
         # A shared store's liveness costs a round trip: there, ends are discarded as they
         # are found (`_release_ended`), and this checks the flag alone.
         shared = len(self.siblings) > 1
-        return not connection.established and (shared or self.table.is_live(connection))
+        return not connection.flags & ESTABLISHED and (shared or self.table.is_live(connection))
 
     def _established(self, connection: Connection) -> None:
         """Evidence that the server answered; the caller saves the connection."""
-        if not connection.established:
-            connection.established = True
-            connection.probing = False
+        if not connection.flags & ESTABLISHED:
+            connection.flags = connection.flags & ~PROBING | ESTABLISHED
             self.half_open.discard(connection.id)
 
     def _probe(self, connection: Connection, path: FlowKey, to_client: FlowRule) -> list:
         """The probe to send with a half-open connection's first rules on this switch, if
         it needs one: not while the service's packets are copied here (cid and pull learn
         from those copies, and a probe above the rule would keep copying after it)."""
-        if connection.established or connection.observing or connection.probing:
+        if connection.flags & (ESTABLISHED | OBSERVING | PROBING):
             return []
-        connection.probing = True
+        connection.flags |= PROBING
         local = self._local(connection)
         local.probe = path
         timeout_s = self.config.half_open_timeout_s * 2**local.probes_empty
@@ -1535,16 +1538,16 @@ class Middlebox(Switch):
         if packets > 0:
             self._established(connection)
             outcome = Reason.SERVER_ANSWERED
-        elif connection.established:
+        elif connection.flags & ESTABLISHED:
             outcome = Reason.SERVER_ANSWERED  # learnt otherwise meanwhile
         elif reason == REMOVED_DELETE:
             # Deleted without a verdict (the switch reconnected, or the path was retired):
             # the table's half-open clock takes over.
-            connection.probing = False
+            connection.flags &= ~PROBING
             outcome = Reason.PROBE_DELETED
         elif local is not None and local.probes_empty == 0 and path in local.ends:
             local.probes_empty = 1
-            connection.probing = False
+            connection.flags &= ~PROBING
             messages = self._probe(connection, path, self._rules(connection, path).to_client)
             outcome = Reason.PROBED_AGAIN
         else:
@@ -1659,7 +1662,7 @@ class Middlebox(Switch):
                     local.meter = meter
                 break
         idle = int(self.config.state_idle_timeout_s)
-        local.copying = connection.observing
+        observing = local.copying = connection.flags & OBSERVING != 0
         messages += [
             FlowRule(
                 PRIORITY_ADMITTED_FLOW, Match(flow=path), ends.service_port, idle,
@@ -1667,7 +1670,7 @@ class Middlebox(Switch):
             ),
             FlowRule(
                 PRIORITY_ADMITTED_FLOW, Match(flow=flow.reversed()), ends.client_port, idle,
-                copy_to_controller=connection.observing, set_fields=backward,
+                copy_to_controller=observing, set_fields=backward,
             ),
         ]  # fmt: skip
         return PathRules(ends, messages, forward, backward)
@@ -1714,9 +1717,9 @@ class Middlebox(Switch):
             if header.form is HeaderForm.LONG and header.version in KNOWN_VERSIONS and header.scid:
                 learnt |= self.table.associate_cid(connection, header.scid, now)
         if learnt:
-            connection.observing = False
+            connection.flags &= ~OBSERVING
         local = self._local(connection)
-        if connection.observing or not local.copying:
+        if connection.flags & OBSERVING or not local.copying:
             return []
         messages: list[SwitchMessage] = []
         paths = connection.paths

@@ -24,7 +24,7 @@ import uuid
 
 from qasm.flow import PORT_NUMBERS, FlowKey
 from qasm.functions.nat import NatPool, NatSettings, NatState
-from qasm.state.connections import ConnectionStore, ConnectionTable
+from qasm.state.connections import ESTABLISHED, ConnectionStore, ConnectionTable
 from qasm.state.redis_layout import StoreKeys, cid_field, path_field, retired_field
 from qasm.state.redis_nat import SharedNatPool
 from qasm.state.redis_store import RedisConnectionTable, connect_redis
@@ -64,7 +64,8 @@ def _fill(
             table.associate_cid(connection, cid, now)
             cids.append(cid)
         connection.nat = NatState(nat_path, public_port)
-        connection.established = established
+        if established:
+            connection.flags |= ESTABLISHED
         table.save(connection, now)
     return cids
 
@@ -108,7 +109,7 @@ def connection_memory(connections: int = 100_000, million: int = 1_000_000) -> l
     tracemalloc counts the bytes Python asked for; the process grows by more, as pymalloc
     rounds every object up to a multiple of 16 bytes (a 24-byte float takes 32), so the
     million is also reported as the growth of a fresh interpreter's resident set (in this
-    one, memory that earlier benchmarks freed would be reused without it growing): ~40 B a
+    one, memory that earlier benchmarks freed would be reused without it growing): 30-40 B a
     connection more. The million takes ~35 s of CPU under tracemalloc and ~10 s without on
     this 2-core machine (about twice that when another job shares it), most of this
     benchmark's time."""

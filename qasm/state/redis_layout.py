@@ -20,8 +20,8 @@ one field per index entry it owns, named as the index key without the prefix (`p
 `retired:...`, `cid:...`), so a Lua script can delete or refresh every key of a connection
 from its hash alone, and the connection's paths and CIDs change in the same atomic step as
 the index. Those fields' values are a per-connection sequence number (`_seq`) that keeps the
-order the memory table keeps. The rest of a connection is one field per `Connection` field
-(`owner`, `established`, ...), and one per function state (`fn:nat`, ...), each the compact
+order the memory table keeps. The rest of a connection is its `owner`, one field per bit of
+its `flags` (`established`, ...), and one per function state (`fn:nat`, ...), each the compact
 JSON of `qasm.codec.to_json_value`: a replica writes back only the fields it changed, so two
 replicas changing different parts of one connection do not undo each other. `last_seen` is
 the score in `{prefix}:lru`, not a field; `_touched` is when the keys' TTLs were last
@@ -36,7 +36,7 @@ import typing
 
 from qasm.codec import from_json_value, to_json_value
 from qasm.flow import FlowKey
-from qasm.state.connections import Connection
+from qasm.state.connections import ESTABLISHED, OBSERVING, PROBING, Connection
 
 # Index entries a connection owns; a hash field `{kind}:{token}` is the index key
 # `{prefix}:{kind}:{token}`.
@@ -44,7 +44,11 @@ PATH, RETIRED, CID = "path", "retired", "cid"
 FUNCTION = "fn"
 # Connection fields stored one per hash field (id is in the key; last_seen is the LRU score;
 # the index-owned ones are `path:`/`retired:`/`cid:` fields).
-DATA_FIELDS = ("owner", "observing", "established", "probing")
+PLAIN_FIELDS = ("owner",)
+# And each bit of `flags` a bool field of its own: two replicas setting different flags of
+# one connection do not undo each other, and the scripts read `established` and `probing`.
+FLAG_FIELDS = {"observing": OBSERVING, "established": ESTABLISHED, "probing": PROBING}
+DATA_FIELDS = (*PLAIN_FIELDS, *FLAG_FIELDS)
 SEQUENCE = "_seq"
 TOUCHED = "_touched"
 
@@ -98,7 +102,9 @@ def encode_json(value: object) -> str:
 
 def data_fields(connection: Connection) -> dict[str, str]:
     """Everything of a connection a caller may change in place, one JSON text per field."""
-    fields = {name: encode_json(getattr(connection, name)) for name in DATA_FIELDS}
+    fields = {name: encode_json(getattr(connection, name)) for name in PLAIN_FIELDS}
+    for name, bit in FLAG_FIELDS.items():
+        fields[name] = encode_json(connection.flags & bit != 0)
     for name, state in connection.function_states().items():
         fields[function_field(name)] = encode_json(state)
     return fields
@@ -113,7 +119,14 @@ def apply_data_field(
 ) -> None:
     """Sets the connection's part that `field` stores to its JSON `text`."""
     value = json.loads(text)
-    if field in DATA_FIELDS:
+    if field in FLAG_FIELDS:
+        bit = FLAG_FIELDS[field]
+        if from_json_value(bool, value, f"connection.{field}"):
+            connection.flags |= bit
+        else:
+            connection.flags &= ~bit
+        return
+    if field in PLAIN_FIELDS:
         hint = _connection_hints()[field]
         setattr(connection, field, from_json_value(hint, value, f"connection.{field}"))
         return

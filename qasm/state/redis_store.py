@@ -60,6 +60,7 @@ from qasm.flow import FlowKey
 from qasm.state.connections import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
+    ESTABLISHED,
     EXPIRED,
     HALF_OPEN,
     Connection,
@@ -640,7 +641,7 @@ class RedisConnectionTable(TableBounds):
     def end_half_open(self, connection: Connection) -> bool:
         """Ends a connection a probe found half-open (see `take_ended`); False when it is no
         longer in the table or was established meanwhile (here or by another replica)."""
-        if connection.established:
+        if connection.flags & ESTABLISHED:
             return False
         found = self._run(self._scripts.end_half_open, [], [connection.id])
         if not found:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from qasm.flow import FlowKey
-from qasm.state.connections import EVICTED, EXPIRED, ConnectionTable
+from qasm.state.connections import ESTABLISHED, EVICTED, EXPIRED, PROBING, ConnectionTable
 
 A = FlowKey("10.0.1.1", 5000, "10.0.0.250", 4433)
 B = FlowKey("10.0.2.1", 6000, "10.0.0.250", 4433)
@@ -60,7 +60,7 @@ def test_a_lookup_makes_a_connection_the_most_recently_used():
     table = ConnectionTable(max_connections=2, idle_timeout_s=10)
     first, second = table.put(A, 0.0), table.put(B, 1.0)
     for connection in (first, second):
-        connection.established = True
+        connection.flags |= ESTABLISHED
         table.save(connection, 1.0)
     assert table.by_path(A, 2.0) is first and table.connections() == [second, first]
     table.put(C, 3.0)
@@ -75,11 +75,11 @@ def test_an_established_connection_saved_keeps_no_half_open_entry():
     # reads the orders themselves: established ones leave on save, half-open ones stay.
     table = ConnectionTable()
     probed, answered, silent = table.put(A, 0.0), table.put(B, 0.0), table.put(C, 0.0)
-    probed.probing = True
+    probed.flags |= PROBING
     table.save(probed, 0.0)
     table.expire(0.0)  # moves the probed one to the probed order
     for connection in (probed, answered):
-        connection.established = True
+        connection.flags |= ESTABLISHED
         assert table.save(connection, 1.0)
     orders = (table._half_open, table._probed)
     assert [list(order) for order in orders] == [[silent.id], []]

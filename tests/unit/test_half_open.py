@@ -27,7 +27,7 @@ from qasm.controller.pipeline import (
 )
 from qasm.flow import FlowKey
 from qasm.functions.nat import NatSettings
-from qasm.state.connections import ConnectionTable
+from qasm.state.connections import ESTABLISHED, PROBING, ConnectionTable
 from qasm.state.half_open import HalfOpenBySource
 from testbed.records.metrics import connections_ended
 from tests.unit.conftest import (
@@ -53,9 +53,9 @@ def test_half_open_counts_per_source_forget_what_is_no_longer_half_open():
     first, second = table.put(A, 0.0), table.put(B, 0.0)
     counts.add("s", first)
     counts.add("s", second)
-    assert counts.count("s", lambda c: not c.established) == 2
-    first.established = True
-    assert counts.count("s", lambda c: not c.established) == 1
+    assert counts.count("s", lambda c: not c.flags & ESTABLISHED) == 2
+    first.flags |= ESTABLISHED
+    assert counts.count("s", lambda c: not c.flags & ESTABLISHED) == 1
     counts.discard(second.id)
     assert counts.count("s", lambda c: True) == 0 and len(counts) == 0
 
@@ -166,7 +166,7 @@ def test_a_probe_that_forwarded_packets_establishes_the_connection():
     (report,) = box.flow_removed(1, probe.match.flow, probe.cookie, 5, REMOVED_HARD_TIMEOUT, 3.0)
     assert report.event.reason is Reason.SERVER_ANSWERED
     (connection,) = hop.table.connections()
-    assert connection.established and not connection.probing
+    assert connection.flags & (ESTABLISHED | PROBING) == ESTABLISHED
     assert hop.nat.pool.in_use == 1 and hop.table.half_open_ended == 0
     # Established: past the half-open timeout it stays, and at the bound a half-open one
     # goes first, though newer (and its NAT port with it, for the next).
@@ -190,7 +190,7 @@ def test_a_stale_or_deleted_probe_ends_nothing():
     (deleted,) = box.flow_removed(1, probe.match.flow, probe.cookie, 0, REMOVED_DELETE, 3.0)
     assert deleted.event.reason is Reason.PROBE_DELETED
     (connection,) = hop.table.connections()
-    assert not connection.probing and not connection.established
+    assert not connection.flags & (ESTABLISHED | PROBING)
     hop.expire(5.5)
     assert (ended := hop.ended_decision()) is not None and ended.event.half_open == (connection.id,)
     assert hop.nat.pool.in_use == 0
@@ -220,7 +220,7 @@ def test_a_reply_from_the_service_establishes_the_connection():
     )  # fmt: skip
     box.packet_in(1, SERVER_PORT, reply, now=1.5)
     (connection,) = hop.table.connections()
-    assert connection.established
+    assert connection.flags & ESTABLISHED
     box.packet_in(1, CLIENT_PORT, arp_frame(CLIENT_MAC, CLIENT_IP, SERVER_IP), 10.0)
     assert hop.table.connections() == [connection]
 

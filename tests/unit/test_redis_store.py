@@ -20,9 +20,12 @@ from qasm.functions.firewall import FirewallState
 from qasm.functions.loadbalancer import LoadBalancerState
 from qasm.functions.nat import NatSettings, NatState
 from qasm.state.connections import (
+    ESTABLISHED,
     EVICTED,
     EXPIRED,
     HALF_OPEN,
+    OBSERVING,
+    PROBING,
     Connection,
     ConnectionTable,
 )
@@ -172,17 +175,17 @@ D = FlowKey("10.0.4.1", 8000, "10.0.0.250", 4433)
 def test_the_bound_evicts_a_half_open_connection_before_any_established_one(make_table):
     table = make_table(max_connections=3)
     old = table.put(A, 0.0)
-    old.established = True
+    old.flags |= ESTABLISHED
     table.save(old, 0.0)
     half_open = table.put(B, 1.0)
     probed = table.put(C, 2.0)
-    probed.probing = True
+    probed.flags |= PROBING
     table.save(probed, 2.0)
     newer = table.put(D, 3.0)
     # The oldest is established: the half-open one goes, though seen after it (an
     # unprobed one before a probed one: the probed may be answered yet).
     assert table.take_ended() == [(half_open, EVICTED)]
-    newer.established = True
+    newer.flags |= ESTABLISHED
     table.save(newer, 3.0)
     # Then the probed half-open one (never the new one, half-open too).
     table.put(FlowKey("10.0.5.1", 9000, "10.0.0.250", 4433), 4.0)
@@ -193,8 +196,8 @@ def test_the_bound_evicts_a_half_open_connection_before_any_established_one(make
 def test_a_half_open_connection_expires_at_the_half_open_timeout(make_table):
     table = make_table(idle_timeout_s=120, half_open_timeout_s=2)
     half_open, established, probed = table.put(A, 0.0), table.put(B, 0.0), table.put(C, 0.0)
-    established.established = True
-    probed.probing = True
+    established.flags |= ESTABLISHED
+    probed.flags |= PROBING
     for connection in (established, probed):
         table.save(connection, 0.0)
     table.expire(2.0)
@@ -219,7 +222,7 @@ def test_a_lookup_ends_a_half_open_connection_past_its_timeout(make_table):
 def test_end_half_open_refuses_an_established_or_ended_connection(make_table):
     table = make_table()
     connection, other = table.put(A, 0.0), table.put(B, 0.0)
-    other.established = True
+    other.flags |= ESTABLISHED
     table.save(other, 0.0)
     assert not table.end_half_open(other)
     assert table.end_half_open(connection) and not table.end_half_open(connection)
@@ -425,6 +428,22 @@ def test_replicas_changing_different_fields_keep_both_changes(replica):
     assert (other.nat, other.loadbalancer) == (NatState(A, 20003), mine)
 
 
+def test_replicas_setting_different_flags_keep_both(replica):
+    # One int on the connection, a hash field per flag in Redis.
+    first, second = replica(), replica()
+    connection = first.put(A, 0.0)
+    other = second.by_path(A, 0.0)
+    connection.flags |= ESTABLISHED
+    other.flags |= PROBING
+    assert first.save(connection, 1.0) and second.save(other, 1.0)
+    assert first.by_path(A, 2.0) is connection
+    assert connection.flags == ESTABLISHED | PROBING
+    assert replica().by_path(A, 3.0).flags == ESTABLISHED | PROBING
+    other.flags &= ~PROBING  # its probe went
+    assert second.save(other, 4.0)
+    assert first.by_path(A, 5.0) is connection and connection.flags == ESTABLISHED
+
+
 def test_a_put_on_a_path_whose_connection_is_idle_ends_it_and_makes_a_new_one(replica):
     first, second = replica(idle_timeout_s=10), replica(idle_timeout_s=10)
     old = first.put(A, 0.0)
@@ -549,7 +568,7 @@ def test_function_states_round_trip_through_the_store_unchanged(
     connection.firewall = firewall
     connection.nat = NatState(compact(tuple(nat)), compact(tuple(nat.values())))
     connection.loadbalancer = LoadBalancerState(backend)
-    connection.owner, connection.observing = owner, True
+    connection.owner, connection.flags = owner, OBSERVING
     first.save(connection, 0.0)
     found = second.by_path(connection.paths[0], 0.0)
     assert fields(found) == fields(connection)

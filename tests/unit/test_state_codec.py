@@ -36,7 +36,7 @@ from qasm.flow import FlowKey
 from qasm.functions.firewall import Firewall, FirewallState, SniPolicy
 from qasm.functions.loadbalancer import LoadBalancerState
 from qasm.functions.nat import NatState
-from qasm.state.connections import Connection
+from qasm.state.connections import ESTABLISHED, OBSERVING, PROBING, Connection
 
 SERVER_IP = "10.0.0.250"
 STATE_TYPES = {
@@ -92,7 +92,7 @@ def connections(draw) -> Connection:
         retired_paths=tuple(retired),
         server_cids=tuple(draw(st.sets(cids, max_size=8))),
         owner=draw(st.none() | st.text(min_size=1, max_size=32)),
-        observing=draw(st.booleans()),
+        flags=draw(st.integers(0, OBSERVING | ESTABLISHED | PROBING)),
         **functions,
     )
 
@@ -133,7 +133,7 @@ def test_a_pending_sni_assembly_with_fragments_out_of_order_round_trips_and_resu
     connection = Connection(
         id=7, last_seen=2.5, paths=(path, FlowKey("10.0.2.1", 6000, SERVER_IP, 4433)),
         retired_paths=(FlowKey("10.0.1.1", 49999, SERVER_IP, 4433),),
-        server_cids=(b"\x01" * 8, b"\x02" * 8), owner="c1", observing=True,
+        server_cids=(b"\x01" * 8, b"\x02" * 8), owner="c1", flags=OBSERVING,
         nat=NatState(path, 20000),
         loadbalancer=LoadBalancerState("10.0.4.2"),
     )  # fmt: skip

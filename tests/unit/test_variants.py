@@ -34,6 +34,7 @@ from qasm.functions.firewall import client_initial_problem
 from qasm.functions.loadbalancer import Backend, LoadBalancerSettings
 from qasm.functions.nat import NatSettings
 from qasm.functions.ratelimit import RateLimit
+from qasm.state.connections import OBSERVING
 from tests.unit.conftest import CLIENT_IP, CLIENT_MAC, SERVER_IP, SERVER_MAC, arp_frame, udp_frame
 
 CLIENT_PORT, SERVER_PORT, LTE_PORT = 2, 1, 3
@@ -122,7 +123,7 @@ def test_cid_variant_observes_the_handshake_then_leaves_the_fast_path_to_the_swi
     assert replaced.match.flow == OLD_PATH.reversed() and not replaced.copy_to_controller
     (connection,) = box.hops[0].table.connections()
     assert quic_pair.client._peer_cid.cid in connection.server_cids
-    assert not connection.observing
+    assert not connection.flags & OBSERVING
 
 
 def test_cid_variant_follows_a_rebinding_by_dcid_but_drops_an_active_migration(quic_pair):
