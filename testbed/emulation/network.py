@@ -554,15 +554,17 @@ class Emulation:
         their datapath port numbers, so an entry of that run (a retired path's "to the
         controller", kept until idle for other_config:max-idle, 10 s) matches this run's
         packets on the same 4-tuple until the revalidators catch up with the new rules, a
-        few ms. Measured at 200 Hz (rate.yaml): 4-38 migration packet-ins in every
-        repetition after the first, all on the NAT's public ports (each run's controller
-        hands them out from the first again) and on client ports the run before used; the
-        first repetition had 0. The cache is the whole machine's (one netdev datapath), but
-        only a cache: the next packet of any bridge fills it again from that bridge's tables,
-        and emulations run one at a time (the emulation lock)."""
-        subprocess.run(
-            ["ovs-appctl", "revalidator/purge"], check=True, capture_output=True, timeout=10
+        few ms. Measured at 200 Hz (rate.yaml), five series without this: the first run of
+        each had 0 migration packet-ins, 19 of the 24 runs after a first had 2-44, all on the
+        NAT's public ports (each run's controller hands them out from the first again) or on
+        client ports the run before used. The cache is the whole machine's (one netdev
+        datapath), but only a cache: the next packet of any bridge fills it again from that
+        bridge's tables, and emulations run one at a time (the emulation lock)."""
+        done = subprocess.run(
+            ["ovs-appctl", "revalidator/purge"], capture_output=True, text=True, timeout=10
         )
+        if done.returncode != 0:
+            raise InfrastructureError(f"ovs-appctl revalidator/purge: {done.stderr.strip()}")
 
     def start_on_host(
         self, host_name: str, argv: list[str], log_path: Path, what: str | None = None
