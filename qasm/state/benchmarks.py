@@ -43,8 +43,9 @@ def _fill(
     knows a server CID once the server answered (a copy of its handshake, or the client's
     agent), so they are established unless asked for half-open ones (a flood's, which the
     per-source quota and the half-open timeout bound). They arrive 10,000 a second, each
-    last seen at a float of its own, as the controller's `time.monotonic()` of a packet-in
-    is: one constant shared by all hid those 24 B a connection."""
+    at a `now` of its own, a float as the controller's `time.monotonic()` of a packet-in
+    is: one constant shared by all hid those 24 B a connection. The table shares one among
+    the connections it sees within `SEEN_RESOLUTION_S`, as it does a controller's."""
     cids = []
     for i in range(connections):
         now = i * 1e-4

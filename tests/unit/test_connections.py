@@ -1,7 +1,14 @@
 from __future__ import annotations
 
 from qasm.flow import FlowKey
-from qasm.state.connections import ESTABLISHED, EVICTED, EXPIRED, PROBING, ConnectionTable
+from qasm.state.connections import (
+    ESTABLISHED,
+    EVICTED,
+    EXPIRED,
+    PROBING,
+    SEEN_RESOLUTION_S,
+    ConnectionTable,
+)
 
 A = FlowKey("10.0.1.1", 5000, "10.0.0.250", 4433)
 B = FlowKey("10.0.2.1", 6000, "10.0.0.250", 4433)
@@ -54,6 +61,22 @@ def test_the_least_recently_used_connection_is_evicted_at_the_bound():
     assert table.by_cid(b"\x01", 1.0) is None
     assert table.associate_cid(second, b"\x02", 1.0) and table.associate_cid(second, b"\x03", 1.0)
     assert not table.associate_cid(second, b"\x04", 1.0)  # bounded per connection
+
+
+def test_connections_seen_within_the_resolution_share_one_last_seen_time():
+    # A memory property (make bench: a float a connection is 24 B), so it reads identities.
+    table = ConnectionTable()
+    start = 100.0
+    first = table.put(A, start)
+    second = table.put(B, start + SEEN_RESOLUTION_S / 2)
+    assert second.last_seen is first.last_seen == start
+    third = table.put(C, start + SEEN_RESOLUTION_S)  # a tick later: a float of its own
+    assert third.last_seen == start + SEEN_RESOLUTION_S
+    assert table.by_path(A, start + SEEN_RESOLUTION_S * 1.5) is first
+    assert first.last_seen is third.last_seen
+    # A time before the one held (another datapath's packet-in) is taken as it is.
+    assert table.by_path(B, start + SEEN_RESOLUTION_S / 4) is second
+    assert second.last_seen == start + SEEN_RESOLUTION_S / 4
 
 
 def test_a_lookup_makes_a_connection_the_most_recently_used():

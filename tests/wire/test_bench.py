@@ -57,11 +57,19 @@ def test_connection_memory_fills_the_large_table_it_reports(monkeypatch):
     assert 3000 in filled  # measured on a table that large, not scaled up from 200
 
 
-def test_the_memory_figure_counts_a_last_seen_time_per_connection():
-    table = ConnectionTable()
-    state._fill(table, 3)
-    # A float object of its own each, as a controller's connections hold theirs.
-    assert len({id(connection.last_seen) for connection in table.connections()}) == 3
+def test_the_memory_figure_fills_connections_seen_at_times_of_their_own(monkeypatch):
+    times = []
+    put = ConnectionTable.put
+
+    def recording_put(table, path, now):
+        times.append(now)
+        return put(table, path, now)
+
+    monkeypatch.setattr(ConnectionTable, "put", recording_put)
+    state._fill(ConnectionTable(), 3)
+    # A float object of its own each, as a controller's packet-ins bring theirs: connections
+    # share one only as the table shares it (SEEN_RESOLUTION_S), never by the fill's doing.
+    assert len({id(now) for now in times}) == 3
 
 
 CONTROLLER_FIGURES = [
