@@ -290,6 +290,12 @@ def _impaired(conditions: dict) -> bool:
     return any(conditions.get(name) for name in IMPAIRMENTS)
 
 
+def _datapath_fact(metadata: dict) -> str:
+    idle_ms = metadata.get("ovs_datapath_max_idle_ms")
+    idle = f", idle flows cached {idle_ms} ms" if idle_ms is not None else ""
+    return f"{metadata.get('ovs_datapath')}{idle}"
+
+
 def link_emulation_fact(link_emulation) -> str:
     """One line for the facts table: the method, bandwidth shaping, whether fidelity was
     measured; the per-link detail is `link_emulation_table`."""
@@ -526,7 +532,7 @@ def build_blocks(run: RunDir, summary: dict, images: list[Image]) -> list:
         ("git commit", f"{metadata.get('git_commit')}{dirty}"),
         ("started / ended", f"{metadata.get('started_at')} / {metadata.get('ended_at')}"),
         ("versions", ", ".join(f"{k} {v}" for k, v in versions.items())),
-        ("datapath", str(metadata.get("ovs_datapath"))),
+        ("datapath", _datapath_fact(metadata)),
         ("link emulation", link_emulation_fact(metadata.get("link_emulation"))),
     )
     blocks.append(Table(("", ""), facts))

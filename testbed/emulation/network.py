@@ -35,6 +35,12 @@ from mininet.net import Mininet
 from mininet.node import OVSSwitch, RemoteController
 
 from qasm.controller.pipeline import MiddleboxConfig
+from testbed.emulation.datapath import (
+    EMULATION_MAX_IDLE_MS,
+    DatapathSettingError,
+    read_max_idle,
+    write_max_idle,
+)
 from testbed.emulation.kernel import RouterKernel
 from testbed.emulation.link_emulation import EmulatedLinks, LinkEnd, LinkSetupError
 from testbed.emulation.ownership import (
@@ -277,12 +283,24 @@ class Emulation:
                     f"OVS bridge {bridge} was not created; see {self.log_dir / 'mininet.log'}"
                 )
         self._disable_offloads()
+        self._shorten_datapath_idle()
         self.topo.configure(self.net)
         if self.roles.router is not None:
             self.kernel = RouterKernel(self.net.get(self.roles.router.host).popen)
         if self.layout is not None:
             self._pin_switch()
         self._apply_link_conditions()
+
+    def _shorten_datapath_idle(self) -> None:
+        """Cached datapath flows go after EMULATION_MAX_IDLE_MS idle, not 10 s
+        (testbed.emulation.datapath). The value it replaces is saved in the run record first:
+        teardown's `remove_run_resources`, or `qasm clean` after a crash, puts it back."""
+        try:
+            self.record.datapath_max_idle = {"saved": read_max_idle()}
+            self.record.save()
+            write_max_idle(str(EMULATION_MAX_IDLE_MS))
+        except DatapathSettingError as exc:
+            raise InfrastructureError(str(exc)) from exc
 
     def _pin_switch(self) -> None:
         try:

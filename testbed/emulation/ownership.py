@@ -65,6 +65,9 @@ class RunRecord:
     # A machine-wide daemon this run pinned (testbed.emulation.pinning): {"process": OwnedProcess
     # fields, "saved": {tid: cpus}}; its threads get their saved CPUs back on removal.
     pinned: dict | None = None
+    # The datapath's idle time this run set (testbed.emulation.datapath): {"saved": the value
+    # it replaced, None for ovs-vswitchd's default}; put back on removal.
+    datapath_max_idle: dict | None = None
     # Directories the run made under STATE_DIR (recorded before they are made).
     directories: list[str] = field(default_factory=list)
 
@@ -94,6 +97,7 @@ class RunRecord:
             bridges=list(data["bridges"]),
             processes=[OwnedProcess(**p) for p in data["processes"]],
             pinned=data.get("pinned"),
+            datapath_max_idle=data.get("datapath_max_idle"),
             directories=list(data.get("directories", [])),
         )
 
@@ -152,6 +156,15 @@ def remove_run_resources(record: RunRecord) -> list[str]:
             saved = {int(tid): cpus for tid, cpus in record.pinned["saved"].items()}
             restore_affinity(daemon.pid, saved)
             removed.append(f"cpu pinning of process {daemon.pid} ({daemon.what})")
+    if record.datapath_max_idle:
+        from testbed.emulation.datapath import DatapathSettingError, write_max_idle
+
+        saved = record.datapath_max_idle["saved"]
+        try:
+            write_max_idle(saved)
+            removed.append(f"datapath max-idle (back to {saved or 'the default'})")
+        except DatapathSettingError as exc:
+            removed.append(f"datapath max-idle not restored: {exc}")
     for process in record.processes:
         if process.alive():
             with contextlib.suppress(ProcessLookupError):

@@ -41,6 +41,7 @@ from testbed.analysis.summary import format_table, summarize
 from testbed.apps.transfer import alpn
 from testbed.emulation import kernel as router_kernel
 from testbed.emulation.captures import start_captures, stop_captures
+from testbed.emulation.datapath import EMULATION_MAX_IDLE_MS
 from testbed.emulation.faults import FaultSchedule
 from testbed.emulation.kernel import ConntrackSampler
 from testbed.emulation.network import Emulation, InfrastructureError, ManagedProcess
@@ -183,6 +184,8 @@ def collect_metadata(scenario: Scenario, seed: int, variants, repetitions: int) 
             "kernel": platform.release(),
         },
         "ovs_datapath": "netdev (userspace)",
+        # other_config:max-idle while the emulation runs (testbed.emulation.datapath).
+        "ovs_datapath_max_idle_ms": EMULATION_MAX_IDLE_MS,
         # Filled in once each emulation is up (ExperimentRunner._record_emulation).
         "link_emulation": None,
         "cpu_pinning": None,

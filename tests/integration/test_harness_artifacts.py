@@ -1,6 +1,7 @@
-"""Link emulation, artifacts and CPU pinning in one real run (`qasm run`).
+"""Link emulation, artifacts, CPU pinning and the datapath's idle time in one real run
+(`qasm run`).
 
-One scenario exercises all three: 25 ms one-way delay and 1 % loss on the wifi link, every
+One scenario exercises them all: 25 ms one-way delay and 1 % loss on the wifi link, every
 artifact on, CPU pinning on; a baseline transfer migrates actively to the unimpaired lte link.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from testbed.emulation import links
+from testbed.emulation.datapath import EMULATION_MAX_IDLE_MS, read_max_idle
 from testbed.emulation.pinning import OVS_PIDFILE
 from testbed.records.wire_checks import CHECKS
 from tests.integration.conftest import (
@@ -64,12 +66,12 @@ def harness_run(tmp_path_factory):
     scenario = directory / "harness.yaml"
     scenario.write_text(textwrap.dedent(SCENARIO))
     run_dir = directory / "run"
-    before = _ovs_affinity()
+    before = _ovs_affinity(), read_max_idle()
     result = subprocess.run(
         [*QASM, "run", str(scenario), "--out", str(run_dir)],
         capture_output=True, text=True, timeout=600, cwd=REPOSITORY,
     )  # fmt: skip
-    after = _ovs_affinity()
+    after = _ovs_affinity(), read_max_idle()
     assert result.returncode == 0, result.stderr
     assert_controller_logged_no_exception(run_dir)
     (record,) = read_records(run_dir)
@@ -116,13 +118,19 @@ def test_metadata_records_the_method_the_asked_conditions_and_their_fidelity(har
 
 
 def test_cpu_pinning_is_recorded_and_ovs_gets_its_affinity_back(harness_run):
-    _, _, metadata, (before, after) = harness_run
+    _, _, metadata, ((before, _), (after, _)) = harness_run
     layout = metadata["cpu_pinning"]
     cpus = sorted(os.sched_getaffinity(0))
     assert layout["network"] == cpus[:1] and layout["endpoints"] == cpus[1:]
     for tid, mask in after.items():
         if tid in before:
             assert mask == before[tid]
+
+
+def test_the_datapath_idle_time_is_recorded_and_put_back(harness_run):
+    _, _, metadata, ((_, before), (_, after)) = harness_run
+    assert metadata["ovs_datapath_max_idle_ms"] == EMULATION_MAX_IDLE_MS
+    assert after == before
 
 
 def test_a_pcap_per_host_interface_that_wire_pcap_reads_as_quic(harness_run):

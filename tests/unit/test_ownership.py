@@ -67,3 +67,16 @@ def test_new_records_get_distinct_prefixes():
     assert first.prefix != second.prefix
     assert ownership.PREFIX_PATTERN.match(first.prefix)
     assert RunRecord.load(first.path).runner.pid == os.getpid()
+
+
+def test_clean_puts_back_the_datapath_idle_time_a_dead_run_changed(monkeypatch):
+    from testbed.emulation import datapath
+
+    written = []
+    monkeypatch.setattr(datapath, "write_max_idle", written.append)
+    record = RunRecord("qidle", OwnedProcess(_dead_pid(), 1, "runner"), "/tmp/w")
+    record.datapath_max_idle = {"saved": "2500"}
+    record.save()
+    assert RunRecord.load(record.path).datapath_max_idle == {"saved": "2500"}
+    report = clean_dead_runs()
+    assert written == ["2500"] and "max-idle" in report[0]
