@@ -128,7 +128,7 @@ START_POLL_S = 0.01  # how often a ready client looks for the run's start time
 # A new path does not take a local address a path of this process used in the last
 # PORT_REUSE_DELAY_S, the reason TCP has TIME_WAIT: Open vSwitch's datapath keeps a retired
 # path's cached entry (now "to the controller") until it has been idle for
-# other_config:max-idle (10 s by default, 1 s in an emulation: testbed.emulation.datapath),
+# other_config:max-idle (10 s by default, 500 ms in an emulation: testbed.emulation.datapath),
 # and a new path on the same 4-tuple meets that entry until the
 # revalidators catch up with its rules, so its first packets go to the controller. Measured
 # in rate.yaml at 200 Hz: 8-50 migration packet-ins per run, all but 3 on reused ports.

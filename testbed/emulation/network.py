@@ -570,7 +570,7 @@ class Emulation:
         """Empties Open vSwitch's datapath flow cache, so every run starts from its own
         tables. The cache outlives the run before and its controller: the switches keep
         their datapath port numbers, so an entry of that run (a retired path's "to the
-        controller", kept until idle for other_config:max-idle, 1 s here) matches this run's
+        controller", kept until idle for other_config:max-idle, 500 ms here) matches this run's
         packets on the same 4-tuple until the revalidators catch up with the new rules, a
         few ms. Measured at 200 Hz (rate.yaml), five series without this: the first run of
         each had 0 migration packet-ins, 19 of the 24 runs after a first had 2-44, all on the
