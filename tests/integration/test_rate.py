@@ -17,7 +17,7 @@ def records(tmp_path_factory):
     scenario = yaml.safe_load((REPOSITORY / "scenarios" / "rate.yaml").read_text())
     # Two repetitions: each run after the first meets the 4-tuples the run before used (the
     # NAT hands out its public ports from the first again), which the switch's datapath
-    # cache holds for 10 s unless the harness empties it between runs.
+    # cache holds for other_config:max-idle unless the harness empties it between runs.
     scenario.update(repetitions=2, variants=["qasm"])
     # The scenario's 16 MB: on a quiet machine 6 MB went by in under a second (36
     # migrations). Links stay unshaped: behind a 20 Mbit/s HTB queue each announcement waits
