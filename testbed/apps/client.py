@@ -129,10 +129,10 @@ START_POLL_S = 0.01  # how often a ready client looks for the run's start time
 # PORT_REUSE_DELAY_S, the reason TCP has TIME_WAIT: Open vSwitch's datapath keeps a retired
 # path's cached entry (now "to the controller") until it has been idle for
 # other_config:max-idle (10 s by default, 500 ms in an emulation: testbed.emulation.datapath),
-# and a new path on the same 4-tuple meets that entry until the
-# revalidators catch up with its rules, so its first packets go to the controller. Measured
-# in rate.yaml at 200 Hz: 8-50 migration packet-ins per run, all but 3 on reused ports.
-# Across runs the harness empties that cache instead (Emulation.forget_cached_flows).
+# and a new path on the same 4-tuple meets that entry until the revalidators catch up with
+# its rules, so its first packets go to the controller. Measured in rate.yaml at 200 Hz with
+# 10 s: 8-50 migration packet-ins per run, all but 3 on reused ports. Across runs the
+# harness empties that cache instead (Emulation.forget_cached_flows).
 PORT_REUSE_DELAY_S = 10.0
 PORT_REUSE_TRIES = 8  # sockets held open at most, each making the OS hand out another port
 
