@@ -10,8 +10,8 @@ table change: work growing with R². Measured, one 64 MB active transfer through
 ovs-vswitchd 5.6-6.8 s of CPU and 42-50 Mbit/s. With 1 s: ~150 flows at 100 Hz (75k), at
 200 Hz 190-204k, 3.1 s of CPU and 61-62 Mbit/s. The revalidator thread's CPU at 100 Hz
 (perf samples over 3 s, two runs each): 279-328 with 1 s, 208-213 with 500 ms, 155-166
-with 250 ms, 105-108 with 100 ms. A live flow is never idle that long, so forwarding is the same;
-an idle one comes back through one upcall (no controller).
+with 250 ms, 105-108 with 100 ms. A live flow is never idle that long, so forwarding is the
+same; an idle one comes back through one upcall (no controller).
 
 The setting is the whole machine's (one ovs-vswitchd), so the emulation saves what was there
 in its run record before changing it and puts it back at teardown, or `qasm clean` does after
