@@ -54,19 +54,24 @@ class _Agent:
         return {"accepted": True}
 
 
+def _migrator(repeat_every_s: float) -> tuple[_Agent, client_app.Migrator]:
+    """A nat-rebind Migrator with a recording agent, its sockets fakes of this event loop's."""
+
+    async def create_datagram_endpoint(factory, local_addr):
+        return FakeDatagramSocket((local_addr[0], next(_ports))), None
+
+    asyncio.get_running_loop().create_datagram_endpoint = create_datagram_endpoint
+    agent = _Agent()
+    plan = MigrationPlan(
+        MigrationKind("nat-rebind"), ("10.0.1.1",), at_seconds=0.0, repeat_every_s=repeat_every_s
+    )
+    return agent, client_app.Migrator(_Protocol(), plan, agent, "c1", ("10.0.0.100", 4433))
+
+
 def _run(moves: int, stop_ahead_before_last: bool = False, stop_during_last: bool = False):
     async def scenario():
         loop = asyncio.get_running_loop()
-
-        async def create_datagram_endpoint(factory, local_addr):
-            return FakeDatagramSocket((local_addr[0], next(_ports))), None
-
-        loop.create_datagram_endpoint = create_datagram_endpoint
-        protocol, agent = _Protocol(), _Agent()
-        plan = MigrationPlan(
-            MigrationKind("nat-rebind"), ("10.0.1.1",), at_seconds=0.0, repeat_every_s=REPEAT_S
-        )
-        migrator = client_app.Migrator(protocol, plan, agent, "c1", ("10.0.0.100", 4433))
+        agent, migrator = _migrator(REPEAT_S)
         moved = []
         for index in range(moves):
             exchanged_before = len(agent.reports)
@@ -132,17 +137,7 @@ def test_the_next_path_is_announced_as_soon_as_the_connection_moved():
     quarter to a half of the migrations found the next path still unannounced."""
 
     async def scenario():
-        loop = asyncio.get_running_loop()
-
-        async def create_datagram_endpoint(factory, local_addr):
-            return FakeDatagramSocket((local_addr[0], next(_ports))), None
-
-        loop.create_datagram_endpoint = create_datagram_endpoint
-        protocol, agent = _Protocol(), _Agent()
-        plan = MigrationPlan(
-            MigrationKind("nat-rebind"), ("10.0.1.1",), at_seconds=0.0, repeat_every_s=10.0
-        )
-        migrator = client_app.Migrator(protocol, plan, agent, "c1", ("10.0.0.100", 4433))
+        agent, migrator = _migrator(repeat_every_s=10.0)
         left = migrator.paths[0]
         moved = await migrator.migrate(0)
         for _ in range(5):  # no time passes: only what is already due runs
