@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from qasm.agents.messages import (
     Ack,
     Address,
+    Admit,
     AgentMessageError,
     Announce,
     Retire,
@@ -90,6 +91,11 @@ class ClientAgent:
     def retire_cid(self, connection_cid: bytes, path: Address) -> tuple[int, bytes]:
         counter = self._next_counter()
         return counter, self._sealed(Retire(self.client, counter, connection_cid, path))
+
+    def admit(self, path: Address) -> tuple[int, bytes]:
+        """Asks the hops to admit a connection about to open on `path` (its local address)."""
+        counter = self._next_counter()
+        return counter, self._sealed(Admit(self.client, counter, path))
 
     def read_ack(self, datagram: bytes, counter: int) -> Ack:
         """The Tracking Agent's verified answer to `counter`."""

@@ -11,6 +11,10 @@ protection). Bodies:
   (`retire`): a client that migrates faster than its old paths go quiet retires each one with
   its next announcement, one message per migration instead of two.
 - `retire`: the client no longer uses a path of the connection.
+- `admit`: before a new connection's first packet, the path (client address/port) it will
+  open on: the hops decide on it and install its rules now, so its Initial does not wait for
+  the controller (agent mode `ahead`). The server has issued no CID yet, so the path alone
+  names the connection, as it does in a first announcement.
 - `ack`: the Tracking Agent's answer to a counter: accepted, or rejected with the reason.
 
 Datagrams are bounded (MAX_DATAGRAM) and every field is checked, so malformed input ends in
@@ -56,6 +60,13 @@ class Retire:
 
 
 @dataclass(frozen=True)
+class Admit:
+    client: str
+    counter: int
+    path: Address
+
+
+@dataclass(frozen=True)
 class Ack:
     client: str
     counter: int
@@ -63,7 +74,7 @@ class Ack:
     reason: str
 
 
-Message = Announce | Retire | Ack
+Message = Announce | Retire | Admit | Ack
 
 
 def derive_client_key(secret: bytes, client: str) -> bytes:
@@ -91,6 +102,8 @@ def _body(message: Message) -> dict:
             body["retire"] = list(message.retire)
     elif isinstance(message, Retire):
         body.update(type="retire", conn=message.connection_cid.hex(), path=list(message.path))
+    elif isinstance(message, Admit):
+        body.update(type="admit", path=list(message.path))
     else:
         body.update(type="ack", accepted=message.accepted, reason=message.reason)
     return body
@@ -203,6 +216,8 @@ def _message(body: dict) -> Message:
         )  # fmt: skip
     if kind == "retire":
         return Retire(client, counter, _cid(body, "conn"), _address(body, "path"))
+    if kind == "admit":
+        return Admit(client, counter, _address(body, "path"))
     if kind == "ack":
         return Ack(client, counter, _field(body, "accepted", bool), _field(body, "reason", str))
-    raise AgentMessageError(f"type: expected announce, retire or ack, got {kind!r:.20}")
+    raise AgentMessageError(f"type: expected announce, retire, admit or ack, got {kind!r:.20}")

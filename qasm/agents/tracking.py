@@ -13,7 +13,9 @@ Checks, in order (cheap and unauthenticated first, so a flood costs little):
 size bound → known client → HMAC tag → fields → counter (replay window) → per-client rate →
 source address belongs to the client → the connection exists and the client owns it (its
 current path is the reported old address, which is one of the client's) → the new address is
-the client's and the next CID is not another connection's.
+the client's and the next CID is not another connection's. An admission (`Admit`) has no
+connection yet: its path must be the client's address, no connection's path, and within the
+client's path quota; `apply` then opens the connection on the hops and names it.
 
 The rate limit comes after the tag and the replay check: a report that only claims to be from
 a client (forged) or repeats one it sent (replayed) must not spend that client's budget, or a
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 
 from qasm.agents.messages import (
     Ack,
+    Admit,
     AgentMessageError,
     Announce,
     Retire,
@@ -88,11 +91,13 @@ class Report:
     text: str = ""
     client: str | None = None
     reply: bytes | None = None  # signed ack to send back, None when the sender is unverified
-    message: Announce | Retire | None = None  # the authenticated report, once it is one
+    message: Announce | Retire | Admit | None = None  # the authenticated report, once one
     service: tuple[str, int] = ("", 0)  # where the paths of `message` lead
 
     @property
     def new_path(self) -> FlowKey | None:
+        if isinstance(self.message, Admit):
+            return self._path(self.message.path)
         return self._path(self.message.new) if isinstance(self.message, Announce) else None
 
     @property
@@ -104,8 +109,9 @@ class Report:
 
 
 # What the controller does with a report the agent finds acceptable: carry it out on the
-# hops (the client-facing hop's connection, None without hops) or say why it cannot.
-Apply = Callable[[Announce | Retire, Connection | None], Refusal | None]
+# hops (the client-facing hop's connection, None without hops or for an admission) or say
+# why it cannot.
+Apply = Callable[[Announce | Retire | Admit, Connection | None], Refusal | None]
 
 
 @dataclass
@@ -199,7 +205,10 @@ class TrackingAgent:
         if refusal is not None:
             report = self._reject(key, message, refusal)
         else:
-            accepted = Reason.ANNOUNCED if isinstance(message, Announce) else Reason.RETIRED
+            accepted = _ACCEPTED[type(message)]
+            if isinstance(message, Admit) and table is not None:
+                # Opened by `apply`: counted in the client's paths from now on.
+                connection = table.by_path(FlowKey(*message.path, *self.service), now)
             owned = self._owned.setdefault(client, [])
             if connection is not None and not any(c is connection for c in owned):
                 owned.append(connection)
@@ -213,18 +222,23 @@ class TrackingAgent:
     def _report(self, accepted, reason, text="", client=None, reply=None, message=None) -> Report:
         return Report(accepted, reason, text, client, reply, message, self.service)
 
-    def _live_paths(self, client: str, table: ConnectionTable, connection: Connection) -> int:
+    def _live_paths(
+        self, client: str, table: ConnectionTable, connection: Connection | None = None
+    ) -> int:
         """The paths the client's connections hold now, `connection` (not yet anchored,
         maybe) included."""
         owned = self._owned.setdefault(client, [])
         owned[:] = [c for c in owned if table.is_live(c)]
-        counted = owned if any(c is connection for c in owned) else [*owned, connection]
+        anchored = connection is None or any(c is connection for c in owned)
+        counted = owned if anchored else [*owned, connection]
         return sum(len(c.paths) for c in counted)
 
-    def _check(self, table: ConnectionTable, message, now: float) -> Connection | Refusal:
+    def _check(self, table: ConnectionTable, message, now: float) -> Connection | Refusal | None:
         """The client-facing hop's connection the report is about, if the client owns it and
         the report is consistent with it (ownership: its current path is one of the
-        client's addresses)."""
+        client's addresses); None for an admission the client may ask for."""
+        if isinstance(message, Admit):
+            return self._check_admission(table, message, now)
         connection = table.by_cid(message.connection_cid, now)
         if connection is None and isinstance(message, Announce):
             # A hop that keeps the handshake in the fast path never saw the server's CID: the
@@ -263,13 +277,29 @@ class TrackingAgent:
             return Refusal(Reason.PATH_QUOTA, f"{live} live paths, at most {self.max_paths}")
         return connection
 
-    def _reject(self, key: bytes, message: Announce | Retire, refusal: Refusal) -> Report:
+    def _check_admission(
+        self, table: ConnectionTable, message: Admit, now: float
+    ) -> Refusal | None:
+        path = FlowKey(*message.path, *self.service)
+        if message.path[0] not in self.addresses[message.client]:
+            return Refusal(Reason.NEW_ADDRESS_NOT_CLIENTS, f"path address {message.path[0]}")
+        if table.by_path(path, now) is not None:
+            return Refusal(Reason.NEW_PATH_OF_ANOTHER, f"{path}: a connection holds it already")
+        live = self._live_paths(message.client, table)
+        if live + 1 > self.max_paths:
+            return Refusal(Reason.PATH_QUOTA, f"{live} live paths, at most {self.max_paths}")
+        return None
+
+    def _reject(self, key: bytes, message: Announce | Retire | Admit, refusal: Refusal) -> Report:
         reply = self._ack(key, message, False, _text(refusal))
         return self._report(False, refusal.reason, refusal.text, message.client, reply)
 
     @staticmethod
-    def _ack(key: bytes, message: Announce | Retire, accepted: bool, reason: str) -> bytes:
+    def _ack(key: bytes, message: Announce | Retire | Admit, accepted: bool, reason: str) -> bytes:
         return seal(Ack(message.client, message.counter, accepted, reason[:200]), key)
+
+
+_ACCEPTED = {Announce: Reason.ANNOUNCED, Retire: Reason.RETIRED, Admit: Reason.ADMITTED_AHEAD}
 
 
 def _text(refusal: Refusal) -> str:

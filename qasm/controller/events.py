@@ -75,6 +75,11 @@ class Reason(enum.StrEnum):
     # The Tracking Agent.
     ANNOUNCED = "announced"
     RETIRED = "retired"
+    ADMITTED_AHEAD = "admitted_ahead"  # a new connection, on its agent's word before its Initial
+    # Admission ahead declined: the hop must see the Initial (SNI policy), cannot tell which
+    # replica the front end will pick, has not located an end of the path yet, or the agent
+    # mode does not admit ahead. Not a verdict on the connection: its Initial decides.
+    NOT_ADMITTED_AHEAD = "not_admitted_ahead"
     NOT_AGENT_PORT = "not_agent_port"
     MALFORMED = "malformed"
     UNKNOWN_CLIENT = "unknown_client"
@@ -187,8 +192,9 @@ class AgentReport(Event):
 
 @dataclass(slots=True)
 class PathInstalled(Event):
-    """A hop's state and rules for a path the Tracking Agent told it about (push), or that it
-    pulled from the Tracking Agent; `path` is the path as this hop sees it."""
+    """A hop's state and rules for a path the Tracking Agent told it about (push; `opened`:
+    a new connection's first, admitted ahead), or that it pulled from the Tracking Agent;
+    `path` is the path as this hop sees it."""
 
     name: ClassVar[str] = "path_installed"
     dpid: int
@@ -199,6 +205,7 @@ class PathInstalled(Event):
     nat_exhausted: bool = False  # announced, but the path has no public port
     backend: str | None = None
     flow_mods: int = 0
+    opened: bool = False  # the connection's first path, admitted ahead of its Initial
 
 
 @dataclass(frozen=True)

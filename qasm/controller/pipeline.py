@@ -55,7 +55,7 @@ import socket
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import NamedTuple
 
-from qasm.agents.messages import Announce, Retire
+from qasm.agents.messages import Admit, Announce, Retire
 from qasm.agents.tracking import (
     DEFAULT_BURST,
     DEFAULT_MAX_PATHS,
@@ -160,7 +160,10 @@ CID_AWARE_VARIANTS = ("cid", "qasm")
 STATEFUL_VARIANTS = ("tuple", *CID_AWARE_VARIANTS)
 VARIANTS = ("baseline", *STATEFUL_VARIANTS, "quic-lb")
 FUNCTIONS = ("firewall", "ratelimit", "nat", "loadbalancer")
-AGENT_MODES = ("push", "pull")
+# How the Tracking Agent anchors announcements: push installs them on the hops, pull lets a
+# hop look them up; ahead is push, with each connection admitted by its agent before its
+# first packet (the Client Agent's side: the hop admits any time it is asked).
+AGENT_MODES = ("push", "pull", "ahead")
 # Where connection state lives: each hop's own memory, or Redis, shared by a hop's replicas.
 STATES = ("memory", "redis")
 # Packet-ins of a path (or a MAC) whose rules went out less than this long ago were already
@@ -192,7 +195,7 @@ class ConfigError(ValueError):
 class AgentSettings:
     """Where the Tracking Agent listens (a management address answered by the controller),
     who may report (per-client keys, hex, and each client's addresses) and how it anchors
-    announcements in the hops (`push` or `pull`)."""
+    announcements in the hops (AGENT_MODES)."""
 
     ip: str
     port: int
@@ -576,9 +579,13 @@ class Controller:
             return [Decision(switch.dpid, (), event)]
         installs: list[Decision] = []
 
-        def apply(message: Announce | Retire, connection: Connection | None) -> Refusal | None:
+        def apply(
+            message: Announce | Retire | Admit, connection: Connection | None
+        ) -> Refusal | None:
             if isinstance(message, Announce):
                 return self._announce(message, connection, switch, in_port, frame, now, installs)
+            if isinstance(message, Admit):
+                return self._admit(message, now, installs)
             self._retire(message, connection, now, installs, switch.dpid)
             return None
 
@@ -635,6 +642,40 @@ class Controller:
                 switch.dpid,
             )  # fmt: skip
         installs += [d for installed in done for d in installed.decisions()]
+        return None
+
+    def _admit(self, message: Admit, now: float, installs: list[Decision]) -> Refusal | None:
+        """Agent mode ahead: the connection about to open on the reported path is opened on
+        every hop, in path order, each seeing the path as the hops before it translated it;
+        all hops or none."""
+        mode = "netfilter-qasm" if self.config.kernel_netns_pid is not None else None
+        mode = mode or (self.config.agent.mode if self.config.agent.mode == "pull" else None)
+        if mode is not None:
+            return Refusal(Reason.NOT_ADMITTED_AHEAD, f"{mode} does not admit ahead")
+        path = FlowKey(*message.path, self.config.service_ip, self.config.service_port)
+        done: list[tuple[Middlebox, Connection, Decision]] = []
+        refusal = None
+        for replicas in self.positions:
+            if len(replicas) > 1:
+                refusal = Refusal(
+                    Reason.NOT_ADMITTED_AHEAD,
+                    f"hop {replicas[0].dpid} has {len(replicas)} replicas: which one carries "
+                    "the connection is the front end's hash of its first packet",
+                )
+                break
+            hop = replicas[0]
+            admitted = hop.admit_ahead(path, message.client, now)
+            if isinstance(admitted, Refusal):
+                refusal = admitted
+                break
+            connection, decision = admitted
+            done.append((hop, connection, decision))
+            path = hop.service_flow(connection, path)
+        if refusal is not None:
+            for hop, connection, _ in reversed(done):
+                hop.undo_admission(connection)
+            return refusal
+        installs += [decision for _, _, decision in done]
         return None
 
     def _holder(
@@ -794,14 +835,21 @@ class Switch:
     # of one became a dict lookup (+3.5% instructions a new connection's decision,
     # callgrind). Slots have no such bound.
     __slots__ = (
-        "dpid", "arp_answers", "_sources", "_port_of_mac", "_port_of_ip", "_mac_of_ip",
-        "_l2_rules_sent",
+        "dpid", "arp_answers", "_sources", "_bound_port", "_port_of_mac", "_port_of_ip",
+        "_mac_of_ip", "_l2_rules_sent",
     )  # fmt: skip
 
     def __init__(self, dpid: int, sources: tuple[tuple[int, tuple[str, ...]], ...] = ()) -> None:
         self.dpid = dpid
         self.arp_answers: dict[str, str] = {}  # IPv4 → MAC this datapath answers for
         self._sources = {port: frozenset(ips) for port, ips in sources}
+        # An address the bindings allow on one port only is reached through that port: where
+        # the service is, before any packet of it was seen (an admission ahead needs it).
+        ports_of_ip: dict[str, list[int]] = {}
+        for port, ips in self._sources.items():
+            for ip in ips:
+                ports_of_ip.setdefault(ip, []).append(port)
+        self._bound_port = {ip: ports[0] for ip, ports in ports_of_ip.items() if len(ports) == 1}
         self._port_of_mac: dict[str, int] = {}
         self._port_of_ip: dict[str, int] = {}
         self._mac_of_ip: dict[str, str] = {}
@@ -1336,6 +1384,14 @@ class Middlebox(Switch):
             refusal = function.admit(problem)
             if refusal is not None:
                 return refusal
+        return self._open(path, payload if problem is None else None, now)
+
+    def _open(
+        self, path: FlowKey, initial: bytes | None, now: float
+    ) -> tuple[Connection, Reason] | Refusal:
+        """A new connection on `path`, if its source is within its half-open quota and
+        admission budget. `initial`: the client Initial it opens with (None: its first
+        packet is not one, or its agent admitted it ahead, `admit_ahead`)."""
         source = self.admission.key(path.src_ip)
         if self.nat is not None:
             held = self.half_open.count(source, self._still_half_open)
@@ -1353,7 +1409,6 @@ class Middlebox(Switch):
                 f"new connections from {path.src_ip}/{self.admission.prefix_length} over "
                 f"{self.admission.rate_per_s:g}/s (burst {self.admission.burst})",
             )
-        initial = problem is None
         connection = self.table.put(path, now)
         self._release_ended()  # what the bound evicted, before this connection allocates
         if self.table.last_put_existing:
@@ -1363,11 +1418,11 @@ class Middlebox(Switch):
             self.half_open.add(source, connection)
         # Only a connection that starts with its handshake has server SCIDs to observe; one
         # first seen mid-flight would be copied to the controller packet by packet for nothing.
-        if self.observes and initial:
+        if self.observes and initial is not None:
             connection.flags |= OBSERVING
-        if initial:
+        if initial is not None:
             for function in self.functions:
-                function.opened(connection, payload)
+                function.opened(connection, initial)
             return connection, Reason.OPENED_BY_INITIAL
         return connection, Reason.NOT_LINKABLE
 
@@ -1618,7 +1673,11 @@ class Middlebox(Switch):
         while one is not located. A replica takes what a sibling located (wired alike): the
         front and back ends send ARP and the like through one replica only."""
         client_port = self._located(self._port_of_ip, path.src_ip)
-        service_port = service_port or self._located(self._port_of_ip, flow.dst_ip)
+        service_port = (
+            service_port
+            or self._located(self._port_of_ip, flow.dst_ip)
+            or self._bound_port.get(flow.dst_ip)
+        )
         client_mac = self._located(self._mac_of_ip, path.src_ip)
         if client_port is None or service_port is None or client_mac is None:
             return None
@@ -1745,6 +1804,55 @@ class Middlebox(Switch):
         return self.decide(messages, context, verdict=Verdict.OBSERVE, reason=Reason.HANDSHAKE_COPY)
 
     # --- what the Tracking Agent asks of a hop ----------------------------------------------
+
+    def admit_ahead(
+        self, path: FlowKey, client: str, now: float
+    ) -> tuple[Connection, Decision] | Refusal:
+        """Agent mode ahead: a connection about to open on `path` (as this hop sees it) is
+        decided now, on its agent's authenticated word, as its Initial would have been
+        (half-open quota, admission budget, NAT port, backend) and its rules installed, so
+        the Initial passes the switch without a round trip through the controller. Declined
+        (NOT_ADMITTED_AHEAD, nothing changed) where the hop must read the Initial itself or
+        has not located an end of the path: the Initial then decides as without an agent.
+        The caller sends the decision, or undoes it (`undo_admission`) if a later hop
+        refuses."""
+        readers = [f.name for f in self.functions if f.reads_first_packets()]
+        if readers:
+            text = f"hop {self.dpid}: {', '.join(readers)} reads the connection's Initial"
+            return Refusal(Reason.NOT_ADMITTED_AHEAD, text)
+        if self.table.by_path(path, now) is not None:
+            return Refusal(Reason.NEW_PATH_OF_ANOTHER, f"hop {self.dpid}: {path} is held")
+        opened = self._open(path, None, now)
+        if isinstance(opened, Refusal):
+            return opened
+        connection, _ = opened
+        connection.owner = client
+        change = self._path_added(connection, path, now)
+        rules = self._rules(connection, path) if change.refusal is None else None
+        if rules is None:
+            self.undo_admission(connection)
+            return change.refusal or Refusal(
+                Reason.NOT_ADMITTED_AHEAD, f"hop {self.dpid}: an end of {path} is not located yet"
+            )
+        self._local(connection).sent_at[path] = now
+        messages = [*change.messages, *rules.messages]
+        messages += self._probe(connection, path, rules.to_client)
+        if not self.table.save(connection, now):
+            self.undo_admission(connection)
+            return Refusal(Reason.CONNECTION_ENDED, "the connection ended meanwhile")
+        event = PathInstalled(
+            dpid=self.dpid, client=client, connection=connection.id, path=path,
+            nat_allocated=tuple(change.nat_allocated), backend=change.backend,
+            flow_mods=_flow_mods(messages), opened=True,
+        )  # fmt: skip
+        return connection, Decision(self.dpid, tuple(messages), event)
+
+    def undo_admission(self, connection: Connection) -> None:
+        """An admission ahead that is not carried out: the connection leaves the table and
+        gives back what it took (its NAT port); nothing of it was sent."""
+        self._remove(connection)
+        for function in self.functions:
+            function.connection_ended(connection)
 
     def install_announced(
         self,

@@ -100,6 +100,11 @@ class MiddleboxFunction:
     def opened(self, connection, payload: bytes) -> None:
         """A connection opened (after every function admitted it)."""
 
+    def reads_first_packets(self) -> bool:
+        """Whether the function decides on a connection from its first datagrams' contents
+        (so the hop cannot admit it ahead of them, on its agent's word)."""
+        return False
+
     def inspect(self, connection, payload: bytes) -> Refusal | Reason | None:
         """A later client datagram of a connection this function is still deciding on:
         a Refusal ends the connection, a Reason says it is still pending (no rules yet) or

@@ -105,6 +105,9 @@ class Firewall(MiddleboxFunction):
         if self.sni is not None:
             self.state(connection).sni_pending = True
 
+    def reads_first_packets(self) -> bool:
+        return self.sni is not None  # the SNI policy reads the ClientHello
+
     def pending(self, connection) -> bool:
         state = connection.firewall
         return bool(state and state.sni_pending)

@@ -63,6 +63,7 @@ class ChainBench(RoundTrips):
     def __init__(
         self, variant: str, hops: int, functions=("nat",), mode="push", ports=16,
         kernel_netns_pid: int | None = None, sources=(), max_paths=256, admission=None,
+        sni=None,
     ) -> None:  # fmt: skip
         self.hops = hops
         agent = AgentSettings(
@@ -79,7 +80,7 @@ class ChainBench(RoundTrips):
                 for i in range(1, hops + 1)
             ),
             agent=agent if variant == "qasm" else None,
-            kernel_netns_pid=kernel_netns_pid, admission=admission or Admission(),
+            kernel_netns_pid=kernel_netns_pid, admission=admission or Admission(), sni=sni,
         )  # fmt: skip
         self.controller = Controller(config)
         self.net = FakeNetwork(self.controller)

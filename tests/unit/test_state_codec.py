@@ -176,7 +176,7 @@ EXAMPLES = [
     ),
     PathInstalled(
         dpid=2, client="c1", connection=5, path=NEW, nat_allocated=(OTHER,), nat_exhausted=True,
-        backend="10.0.4.2", flow_mods=2,
+        backend="10.0.4.2", flow_mods=2, opened=True,
     ),
     PathRetired(dpid=2, client="c1", connection=5, path=PATH, nat_released=(MAPPING,), flow_mods=2),
     KernelPath(
