@@ -68,7 +68,7 @@ OUTCOME_COLOURS = {
     "moved": "#f8e38b",  # yellow: survived, but on another backend
 }
 UNKNOWN_COLOUR = "#dddddd"
-VARIANT_ORDER = ("baseline", "tuple", "cid", "qasm", "qasm-pull", "quic-lb")
+VARIANT_ORDER = ("baseline", "tuple", "cid", "qasm", "qasm-ahead", "qasm-pull", "quic-lb")
 # The runner's controller CPU (see the module docstring) and the comparison made of it.
 CPU_LABEL = "controller CPU s/conn (after start-up)"
 CPU_NOTE = (

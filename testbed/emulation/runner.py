@@ -742,6 +742,8 @@ class ExperimentRunner:
             ]  # fmt: skip
             if _rebound_by_network(spec):
                 argv.append("--agent-register")
+            if spec.agent_mode == "ahead":
+                argv.append("--agent-admit")
         return emulation.start_on_host(client.host, argv, artifacts / f"client-{client.host}.log")
 
     def _start_host_agent(

@@ -53,8 +53,10 @@ from qasm.kernel.netfilter import ConntrackEntry, service_entries
 
 def arm(variant: str, agent_mode: str | None) -> str:
     """The name results give a variant: `qasm` with its agent in push mode (the default),
-    `qasm-pull` in pull mode; every other variant its own name."""
-    return f"{variant}-pull" if variant == "qasm" and agent_mode == "pull" else variant
+    `qasm-pull` and `qasm-ahead` in the other modes; every other variant its own name."""
+    if variant == "qasm" and agent_mode not in (None, "push"):
+        return f"{variant}-{agent_mode}"
+    return variant
 
 
 def read_decisions(path: Path) -> list[Logged]:
@@ -401,6 +403,15 @@ def drop_evidence(events: Iterable[Logged], since: float | None) -> str | None:
     return f"middlebox dropped {count} packets of {flow}: {reason}{detail}{more}"
 
 
+def opening_ms(report: dict) -> float | None:
+    """From asking for the connection to its handshake's end: its admission ahead (agent mode
+    ahead), if any, and its handshake. The handshake alone hides what the admission cost."""
+    handshake = report.get("handshake_ms")
+    if handshake is None:
+        return None
+    return handshake + (report.get("admission_ms") or 0.0)
+
+
 def build_record(
     *,
     variant: str,
@@ -460,6 +471,8 @@ def build_record(
         "completed": bool(report.get("completed")),
         "verified": bool(report.get("verified")),
         "handshake_ms": report.get("handshake_ms"),
+        "admission_ms": report.get("admission_ms"),
+        "opening_ms": opening_ms(report),
         "goodput_mbps": report.get("goodput_mbps"),
         "disruption_ms": disruption_ms(report, server_events),
         "packet_ins": sum(len(p) for p in packet_ins.values()),

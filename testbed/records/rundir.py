@@ -51,6 +51,8 @@ OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
     "agent_mode": (str, type(None)),
     "per_hop": (dict, type(None)),
     "migration_rate_hz": (int, float, type(None)),
+    "admission_ms": (int, float, type(None)),
+    "opening_ms": (int, float, type(None)),
 }
 TYPE_NAMES = {
     str: "a string",

@@ -546,7 +546,10 @@ class Agent(Section):
         DEFAULT_AGENT_MODES,
         alias="mode",
         description="how announcements reach the middlebox hops: push (the Tracking Agent "
-        "installs them) or pull (a hop looks them up); a list runs qasm in each",
+        "installs them), pull (a hop looks them up) or ahead (push, and each connection's "
+        "agent has it admitted before its first packet, so its Initial does not wait for the "
+        "controller: builtin Client Agent, one replica per hop, no SNI policy); a list runs "
+        "qasm in each",
     )
     reports_per_s: Number(0, MAX_AGENT_REPORTS_PER_S) = Field(
         DEFAULT_RATE_PER_S,
@@ -1024,6 +1027,24 @@ class Scenario(Section):
                 )
             )
         return agent
+
+    @model_validator(mode="after")
+    def _admission_ahead_where_a_hop_can_admit(self) -> "Scenario":
+        """Agent mode ahead needs a Client Agent that knows a connection's socket before its
+        first packet, a hop that need not read that packet, and one replica per hop (which
+        replica a connection lands on is the front end's hash of its first packet)."""
+        if "ahead" not in self.agent.modes or "qasm" not in self.variants:
+            return self
+        why = None
+        if self.agent.client_for(self.workload.client_stack) != "builtin":
+            why = "the host Client Agent sees a connection only once it sends"
+        elif isinstance(self.topology, ReplicasTopology):
+            why = "topology replicas: the front end picks a replica by the first packet"
+        elif self.firewall is not None and (self.firewall.sni_allow or self.firewall.sni_deny):
+            why = "the firewall's SNI policy reads each connection's Initial"
+        if why:
+            raise problems((("agent", "mode"), f"expected push or pull ({why})"))
+        return self
 
     @field_validator("ratelimit")
     @classmethod

@@ -405,13 +405,35 @@ def test_agent_modes(tmp_path):
     assert load_scenario_text(tmp_path, text).agent.modes == ("push", "pull")
     assert load_scenario_text(tmp_path, VALID + "agent: {mode: pull}\n").agent.modes == ("pull",)
     found = scenario_problems(tmp_path, VALID + "agent: {mode: poll, secret: 5}\n")
-    assert any("10: agent.mode: expected one of push, pull, got 'poll'" in p for p in found)
+    assert any("10: agent.mode: expected one of push, pull, ahead, got 'poll'" in p for p in found)
     assert any("10: agent.secret: expected a string, got 5" in p for p in found)
     sweep = VALID + "sweep:\n  agent.mode: [push, pull]\n"
     assert [p.agent.modes for p in load_scenario_text(tmp_path, sweep).points] == [
         ("push",),
         ("pull",),
     ]
+
+
+AHEAD = """\
+variants: [baseline, qasm]
+topology: {name: dualhomed, clients: 1}
+workload: {bytes: 4000}
+agent: {mode: [push, ahead]}
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "why"),
+    [
+        ("name: dualhomed", "name: replicas", "topology replicas"),
+        ("bytes: 4000", "bytes: 4000, client_stack: qh3", "host Client Agent"),
+        ("agent:", "firewall: {sni_deny: [blocked.example]}\nagent:", "SNI policy"),
+    ],
+)
+def test_agent_mode_ahead_is_refused_where_no_hop_could_admit_ahead(tmp_path, old, new, why):
+    assert load_scenario_text(tmp_path, AHEAD).agent.modes == ("push", "ahead")
+    found = scenario_problems(tmp_path, AHEAD.replace(old, new))
+    assert any("agent.mode: expected push or pull (" in p and why in p for p in found), found
 
 
 def test_repeated_migration_is_allowed_for_every_kind(tmp_path):
