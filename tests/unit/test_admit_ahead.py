@@ -10,7 +10,9 @@ import pytest
 
 from qasm.agents.messages import Admit, AgentMessageError, open_sealed, seal
 from qasm.controller.events import AgentReport, PacketIn, PathInstalled, Reason, Verdict
-from qasm.controller.pipeline import Admission
+from qasm.controller.messages import REMOVED_HARD_TIMEOUT
+from qasm.controller.pipeline import PRIORITY_PROBE, Admission
+from qasm.flow import FlowKey
 from qasm.functions.firewall import SniPolicy
 from tests.unit.conftest import QuicPair
 from tests.unit.test_chain import LTE_IP, SERVER_IP, WIFI_IP, ChainBench, public_address
@@ -64,7 +66,10 @@ def test_an_admitted_connection_opens_and_migrates_through_every_hop_with_no_pac
     bench.handshake()
     assert sum(bench.net.packet_ins.values()) == 0  # the Initial did not wait for anybody
     assert bench.hop_mappings() == before
-    # The connection the admission opened is the one later announcements name by its path.
+    # The client owns the connection its admission opened (no other client may announce
+    # for it), and later announcements name it by its path.
+    opened = bench.controller.hops[0].table.by_path(FlowKey(*PATH, SERVER_IP, 4433), 0.0)
+    assert opened.owner == "c1"
     bench.migrate("active", sport=6000, announce=True)
     sources, received = bench.migrated
     assert sources and received and sum(bench.net.packet_ins.values()) == 0
@@ -76,6 +81,10 @@ def test_a_connection_is_not_admitted_twice_on_one_path():
     again = _admit(bench)
     assert again.reason is Reason.NEW_PATH_OF_ANOTHER
     assert _held(bench) == [1] and bench.hop_mappings() == [1]
+    # A hop past the first checks too (the Tracking Agent checks the first hop's table).
+    hop = bench.controller.hops[0]
+    refused = hop.admit_ahead(FlowKey(*PATH, SERVER_IP, 4433), "c1", 1.0)
+    assert refused.reason is Reason.NEW_PATH_OF_ANOTHER and len(hop.table) == 1
 
 
 def test_an_admission_a_later_hop_refuses_is_undone_on_the_hops_before_it():
@@ -136,3 +145,19 @@ def test_where_the_service_is_comes_from_the_topologys_bindings_before_it_sent_a
         hop._port_of_ip.pop(SERVER_IP)  # as if the server's ARP had not come by
         report = _admit(bench)
         assert (report.reason is Reason.ADMITTED_AHEAD) is admitted, report
+
+
+def test_an_admitted_connection_the_server_never_answers_ends_as_half_open():
+    """Admitted on its agent's word, a connection is half-open like one opened by its
+    Initial: its probe rule reports no packet from the server, twice, and it ends, its NAT
+    port back in the pool (a valid key must not hold ports it never uses)."""
+    bench = ChainBench("qasm", 1, functions=("nat",), mode="ahead")
+    assert _admit(bench).reason is Reason.ADMITTED_AHEAD
+    hop, switch = bench.controller.hops[0], bench.net.switches[1]
+    (probe,) = [r for r in switch.rules if r.priority == PRIORITY_PROBE]
+    assert probe.notify_removed and hop.nat.pool.in_use == 1
+    for now in (3.0, 7.0):
+        bench.controller.flow_removed(
+            1, probe.match.flow, probe.cookie, 0, REMOVED_HARD_TIMEOUT, now
+        )
+    assert _held(bench) == [0] and hop.nat.pool.in_use == 0

@@ -18,7 +18,14 @@ import pytest
 
 from qasm.agents.client import ClientAgent
 from qasm.agents.messages import derive_client_key
-from qasm.controller.events import ConnectionsEnded, PacketIn, PathInstalled, Reason, Verdict
+from qasm.controller.events import (
+    AgentReport,
+    ConnectionsEnded,
+    PacketIn,
+    PathInstalled,
+    Reason,
+    Verdict,
+)
 from qasm.controller.messages import FlowRule, MeterRule, RemoveMeter
 from qasm.controller.pipeline import (
     AgentSettings,
@@ -368,3 +375,15 @@ def test_round_trips_per_new_connection_and_per_migration_are_logged(redis_url):
     assert stats[0].store_round_trips == stats[1].store_round_trips > 0
     (connection,) = bench.controller.hops[1].table.connections()
     assert FlowKey(LTE_IP, 6000, SERVER_IP, 4433) in connection.paths
+
+
+def test_replicas_in_memory_decline_an_admission_ahead_and_hold_nothing():
+    """Which replica a connection's first packet reaches is the front end's hash: no replica
+    can be told ahead, so none opens it and the Initial decides."""
+    bench = ReplicaBench("qasm", "memory", None, mode="ahead")
+    _, datagram = bench.agent.admit((WIFI_IP, 50000))
+    bench.net.events.clear()
+    bench.report(datagram, via="wifi")
+    (report,) = [e for e in bench.net.events if isinstance(e, AgentReport)]
+    assert report.reason is Reason.NOT_ADMITTED_AHEAD and "2 replicas" in report.text, report
+    assert [len(hop.table) for hop in bench.controller.hops] == [0, 0]

@@ -319,3 +319,22 @@ def test_a_run_stopped_by_sigterm_says_where_its_finished_runs_are(tmp_path, mon
     err = capsys.readouterr().err
     assert f"interrupted (signal SIGTERM); finished runs kept in {out}" in err
     assert f"qasm run --resume {out}" in err
+
+
+def test_an_admission_ahead_counts_in_the_opening_and_names_its_arm():
+    """qasm-ahead's handshake starts after its admission: opening_ms adds the two, so the
+    admission's cost shows; without one the opening is the handshake."""
+    kwargs = dict(
+        functions=["firewall"], migration_kind="active", repetition=0,
+        addresses=("10.0.0.1", "10.0.0.101"), server_events=SERVER_EVENTS, decisions=[],
+    )  # fmt: skip
+    ahead = build_record(
+        variant="qasm", agent_mode="ahead", report=report(admission_ms=1.5), **kwargs
+    )
+    assert (ahead["variant"], ahead["admission_ms"], ahead["opening_ms"]) == (
+        "qasm-ahead",
+        1.5,
+        10.5,
+    )
+    push = build_record(variant="qasm", agent_mode="push", report=report(), **kwargs)
+    assert (push["variant"], push["admission_ms"], push["opening_ms"]) == ("qasm", None, 9.0)
