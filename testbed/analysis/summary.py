@@ -566,7 +566,11 @@ def rate_rows(records: list[dict], seed: int = 0) -> list[dict]:
             continue
         baseline = groups.get((point, "baseline", kind), [])
         migrations = sum(r.get("migrations") or 0 for r in group)
-        messages = sum(r.get("agent_messages") or 0 for r in group)
+        # Per migration: a connection's admission ahead (one report, before its handshake) is
+        # not what migrating costs.
+        messages = sum(
+            (r.get("agent_messages") or 0) - (r.get("admission_ms") is not None) for r in group
+        )
         peaks = _values(group, "nat_mappings_peak")
         rows.append(
             {

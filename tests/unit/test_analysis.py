@@ -550,3 +550,15 @@ def test_a_sweep_over_middlebox_state_compares_redis_with_memory_per_point():
     assert rows[0]["redis_completed_fraction"] == rows[0]["memory_completed_fraction"] == 1.0
     # Without the sweep, nothing to compare.
     assert summarize(good_records())["state_comparison"] == []
+
+
+def test_an_admission_ahead_is_not_counted_as_a_migration_message():
+    records = [
+        record("baseline", 0, 45.0, migration_rate_hz=50.0, migrations=100),
+        record(
+            "qasm-ahead", 0, 44.0, migration_rate_hz=50.0, migrations=100, agent_messages=102,
+            admission_ms=1.5,
+        ),  # admit, 100 announcements, a last retirement
+    ]  # fmt: skip
+    (ahead,) = [r for r in summarize(records, seed=1)["rates"] if r["variant"] == "qasm-ahead"]
+    assert ahead["agent_messages_per_migration"] == 1.01
