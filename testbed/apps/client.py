@@ -40,11 +40,12 @@ in its record); the retired path's socket stays open a few RTTs more for the pac
 flight to it. A path announced but never used is retired when the transfer ends.
 
 With `--agent-admit` (agent mode ahead) the Client Agent also has each connection admitted
-before its first packet: once its socket is bound, it reports the socket's address and waits
-for the ack, and only then does the handshake start. The hops have then decided on the
+before its first packet: ADMIT_LEAD_S before the connection is due, its socket is bound and
+the agent reports the socket's address and waits for the ack; the handshake starts when the
+connection is due, or once admitted if that is later. The hops have then decided on the
 connection and installed its rules, so its Initial is not held at the switch for the
 controller (about 1 ms on these machines, handshake.yaml); the report's `admission_ms` says
-what the admission took.
+what the admission took and `admission_wait_ms` how long the connection waited for it.
 
 With `--repeat-every S`, after the first migration the client migrates again every S seconds
 while it sends, each time to the next `--migrate-ip` in turn (a fresh source port each time):
@@ -121,6 +122,10 @@ AGENT_ATTEMPTS = 3
 # An old path's socket stays open this long, or 3 smoothed RTTs if longer (RFC 9000 §9.4
 # keeps old path state for a while too), so the peer's packets in flight still arrive.
 OLD_SOCKET_GRACE_S = 1.0
+# --agent-admit: a connection's socket is opened and admitted this long before the connection
+# is due, as an agent that keeps admitted sockets ready would have done; a connection due at
+# the run's start (or one whose admission is slow) waits for its admission instead.
+ADMIT_LEAD_S = 0.1
 OLD_PATH_RTTS = 3
 # Acknowledged-bytes samples for goodput-over-time plots: fine enough to see a migration gap
 # (tens of ms) without bloating the report (a 60 s transfer gives 3000 samples at most).
@@ -166,8 +171,10 @@ class ClientReport:
     quic_close: dict | None = None
     digest: dict = field(default_factory=dict)
     agent: dict | None = None  # what the Client Agent sent and what the Tracking Agent said
-    # --agent-admit: how long the hops took to admit the connection, before its handshake.
+    # --agent-admit: how long the hops took to admit the connection, and how much of that
+    # came after the connection was due to start (its handshake started that much later).
     admission_ms: float | None = None
+    admission_wait_ms: float | None = None
     # [monotonic time, payload bytes acknowledged by the server], every PROGRESS_INTERVAL_S.
     progress: list = field(default_factory=list)
     client_stack: str | None = None
@@ -733,8 +740,14 @@ def connection_specs(args: argparse.Namespace) -> list[ConnectionSpec]:
 
 
 async def run_transfer(
-    args: argparse.Namespace, spec: ConnectionSpec, report: ClientReport, agent: AgentLink | None
+    args: argparse.Namespace,
+    spec: ConnectionSpec,
+    report: ClientReport,
+    agent: AgentLink | None,
+    wanted_at: float,
 ) -> None:
+    """One connection, started at `wanted_at` (monotonic); with --agent-admit its socket is
+    admitted before that, from ADMIT_LEAD_S ahead of it."""
     stack = load_stack(args.stack)
     configuration = stack.QuicConfiguration(
         is_client=True,
@@ -763,6 +776,9 @@ async def run_transfer(
     report.local_address = list(local)
     if agent is not None and args.agent_admit:
         await _admit(agent, local, spec.name, report)
+        late = time.monotonic() - wanted_at
+        report.admission_wait_ms = max(0.0, late) * 1000
+        await asyncio.sleep(max(0.0, -late))
     migrator = Migrator(protocol, spec.plan, agent, spec.name, server) if spec.plan else None
     try:
         report.started_at = time.monotonic()
@@ -817,8 +833,9 @@ async def run_transfer(
 async def _admit(agent: AgentLink, local: tuple[str, int], name: str, report) -> None:
     """Has the hops admit the connection on its socket before its first packet (agent mode
     ahead), so its Initial passes the switch without waiting for the controller: the time
-    that takes goes in `admission_ms`, not in the handshake's. Refused or unanswered, the
-    connection opens all the same and its Initial is decided as without an agent."""
+    that takes goes in `admission_ms`, not in the handshake's (the record's `opening_ms`
+    adds what of it the connection waited for). Refused or unanswered, the connection opens
+    all the same and its Initial is decided as without an agent."""
     result = await agent.exchange(
         lambda: agent.agent.admit(local), local[0], "admit", name, rtt_s=None
     )
@@ -1032,9 +1049,13 @@ async def run_connection(
         client_stack_version=stack.version,
         protocol=args.protocol,
     )
-    await asyncio.sleep(max(0.0, start_at + spec.start_offset_s - time.monotonic()))
+    wanted_at = start_at + spec.start_offset_s
+    lead = ADMIT_LEAD_S if agent is not None and args.agent_admit else 0.0
+    await asyncio.sleep(max(0.0, wanted_at - lead - time.monotonic()))
     try:
-        await asyncio.wait_for(run_transfer(args, spec, report, agent), timeout=args.timeout)
+        await asyncio.wait_for(
+            run_transfer(args, spec, report, agent, wanted_at), timeout=args.timeout
+        )
     except TimeoutError:
         report.failure = f"transfer did not finish within the {args.timeout:g} s run timeout"
     except TransferProtocolError as exc:

@@ -404,12 +404,13 @@ def drop_evidence(events: Iterable[Logged], since: float | None) -> str | None:
 
 
 def opening_ms(report: dict) -> float | None:
-    """From asking for the connection to its handshake's end: its admission ahead (agent mode
-    ahead), if any, and its handshake. The handshake alone hides what the admission cost."""
+    """From when the connection was due to its handshake's end: the handshake, and the part
+    of its admission (agent mode ahead) that came after the connection was due, which the
+    handshake alone would hide. An admission done ahead of time adds nothing."""
     handshake = report.get("handshake_ms")
     if handshake is None:
         return None
-    return handshake + (report.get("admission_ms") or 0.0)
+    return handshake + (report.get("admission_wait_ms") or 0.0)
 
 
 def build_record(

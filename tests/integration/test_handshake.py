@@ -48,9 +48,13 @@ def test_qasm_ahead_admits_every_connection_before_its_first_packet(run_dir):
         assert admit["accepted"], admit
         assert record["packet_ins"] == 0  # not even the Initial went to the controller
         assert record["admission_ms"] > 0
-        assert record["opening_ms"] == pytest.approx(
-            record["handshake_ms"] + record["admission_ms"]
-        )
+        # Admitted from ADMIT_LEAD_S before it is due, a connection waits for its admission
+        # only if it is due sooner: the first, due START_MARGIN_S after the run's start
+        # signal, if its admission takes longer than that; the others never.
+        waited = record["opening_ms"] - record["handshake_ms"]
+        assert 0 <= waited < record["admission_ms"], record["client"]
+        if not record["client"].endswith("/1"):
+            assert waited == 0, record["client"]
     assert_controller_logged_no_exception(run_dir)
 
 
@@ -67,9 +71,6 @@ def test_the_summary_compares_handshake_and_opening_against_baseline(run_dir):
     for variant in ("qasm", "qasm-ahead"):
         for name in ("handshake_ratio", "opening_ratio"):
             assert compared[variant][name]["estimate"] > 0, (variant, name)
-    # Opening a qasm-ahead connection includes its admission: it takes longer than its
-    # handshake alone; in push mode the two are the same.
-    ahead = compared["qasm-ahead"]
-    assert ahead["opening_ratio"]["estimate"] > ahead["handshake_ratio"]["estimate"]
+    # In push mode the opening is the handshake.
     push = compared["qasm"]
     assert push["opening_ratio"] == push["handshake_ratio"]

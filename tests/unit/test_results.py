@@ -321,20 +321,23 @@ def test_a_run_stopped_by_sigterm_says_where_its_finished_runs_are(tmp_path, mon
     assert f"qasm run --resume {out}" in err
 
 
-def test_an_admission_ahead_counts_in_the_opening_and_names_its_arm():
-    """qasm-ahead's handshake starts after its admission: opening_ms adds the two, so the
-    admission's cost shows; without one the opening is the handshake."""
+def test_an_admission_ahead_counts_in_the_opening_as_far_as_it_was_waited_for():
+    """qasm-ahead's handshake starts after its admission: opening_ms adds what of the
+    admission came after the connection was due, so its cost shows where it was paid; an
+    admission done ahead adds nothing, and without one the opening is the handshake."""
     kwargs = dict(
         functions=["firewall"], migration_kind="active", repetition=0,
         addresses=("10.0.0.1", "10.0.0.101"), server_events=SERVER_EVENTS, decisions=[],
     )  # fmt: skip
-    ahead = build_record(
-        variant="qasm", agent_mode="ahead", report=report(admission_ms=1.5), **kwargs
-    )
+    waited = report(admission_ms=1.5, admission_wait_ms=1.25)
+    ahead = build_record(variant="qasm", agent_mode="ahead", report=waited, **kwargs)
     assert (ahead["variant"], ahead["admission_ms"], ahead["opening_ms"]) == (
-        "qasm-ahead",
-        1.5,
-        10.5,
+        "qasm-ahead", 1.5, 10.25,
+    )  # fmt: skip
+    in_time = report(admission_ms=1.5, admission_wait_ms=0.0)
+    assert (
+        build_record(variant="qasm", agent_mode="ahead", report=in_time, **kwargs)["opening_ms"]
+        == 9.0
     )
     push = build_record(variant="qasm", agent_mode="push", report=report(), **kwargs)
     assert (push["variant"], push["admission_ms"], push["opening_ms"]) == ("qasm", None, 9.0)
