@@ -280,6 +280,7 @@ class TrackingAgent:
     def _check_admission(
         self, table: ConnectionTable, message: Admit, now: float
     ) -> Refusal | None:
+        """Why the client may not have a connection admitted on the reported path, if not."""
         path = FlowKey(*message.path, *self.service)
         if message.path[0] not in self.addresses[message.client]:
             return Refusal(Reason.NEW_ADDRESS_NOT_CLIENTS, f"path address {message.path[0]}")

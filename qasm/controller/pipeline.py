@@ -648,10 +648,11 @@ class Controller:
         """Agent mode ahead: the connection about to open on the reported path is opened on
         every hop, in path order, each seeing the path as the hops before it translated it;
         all hops or none."""
-        mode = "netfilter-qasm" if self.config.kernel_netns_pid is not None else None
-        mode = mode or (self.config.agent.mode if self.config.agent.mode == "pull" else None)
-        if mode is not None:
-            return Refusal(Reason.NOT_ADMITTED_AHEAD, f"{mode} does not admit ahead")
+        if self.config.kernel_netns_pid is not None:
+            text = "netfilter-qasm does not admit ahead (conntrack decides on the first packet)"
+            return Refusal(Reason.NOT_ADMITTED_AHEAD, text)
+        if self.config.agent.mode == "pull":
+            return Refusal(Reason.NOT_ADMITTED_AHEAD, "pull does not admit ahead")
         path = FlowKey(*message.path, self.config.service_ip, self.config.service_port)
         done: list[tuple[Middlebox, Connection, Decision]] = []
         refusal = None
