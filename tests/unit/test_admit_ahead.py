@@ -33,15 +33,6 @@ def _held(bench: ChainBench) -> list[int]:
     return [len(hop.table) for hop in bench.controller.hops]
 
 
-def _connect(bench: ChainBench, sport: int) -> None:
-    """A fresh connection's handshake from wifi:`sport`."""
-    bench.pair = QuicPair()
-    bench.pair.client.connect((SERVER_IP, 4433), now=bench.pair.now)
-    for _ in range(6):
-        bench.round_trip(sport=sport)
-    assert bench.pair.client._handshake_confirmed
-
-
 @pytest.mark.parametrize("hops", [1, 3])
 def test_an_admitted_connection_opens_and_migrates_through_every_hop_with_no_packet_in(hops):
     bench = ChainBench("qasm", hops, functions=("firewall", "nat"), mode="ahead")
@@ -51,7 +42,7 @@ def test_an_admitted_connection_opens_and_migrates_through_every_hop_with_no_pac
         declined = _admit(bench, (WIFI_IP, 40000))
         assert declined.reason is Reason.NOT_ADMITTED_AHEAD, declined
         assert "is not located yet" in declined.text and _held(bench) == [0] * hops
-        _connect(bench, 40000)
+        bench.handshake(sport=40000)
         bench.pair = QuicPair()
     report = _admit(bench)
     assert report.reason is Reason.ADMITTED_AHEAD, report

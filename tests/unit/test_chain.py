@@ -50,10 +50,10 @@ class RoundTrips:
         self.server_replies()
         return sources, self.client_receives()
 
-    def handshake(self) -> None:
+    def handshake(self, sport: int = 50000) -> None:
         self.pair.client.connect((SERVER_IP, 4433), now=self.pair.now)
         for _ in range(6):
-            self.round_trip()
+            self.round_trip(sport=sport)
         assert self.pair.client._handshake_confirmed
 
 
