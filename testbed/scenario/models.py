@@ -1040,7 +1040,8 @@ class Scenario(Section):
             why = "the host Client Agent sees a connection only once it sends"
         elif isinstance(self.topology, ReplicasTopology):
             why = "topology replicas: the front end picks a replica by the first packet"
-        elif self.firewall is not None and (self.firewall.sni_allow or self.firewall.sni_deny):
+        elif self.firewall is not None:
+            # Any firewall section, empty lists too, becomes the hop's SNI policy (runner).
             why = "the firewall's SNI policy reads each connection's Initial"
         if why:
             raise problems((("agent", "mode"), f"expected push or pull ({why})"))

@@ -428,6 +428,7 @@ agent: {mode: [push, ahead]}
         ("name: dualhomed", "name: replicas", "topology replicas"),
         ("bytes: 4000", "bytes: 4000, client_stack: qh3", "host Client Agent"),
         ("agent:", "firewall: {sni_deny: [blocked.example]}\nagent:", "SNI policy"),
+        ("agent:", "firewall: {sni_allow: []}\nagent:", "SNI policy"),
     ],
 )
 def test_agent_mode_ahead_is_refused_where_no_hop_could_admit_ahead(tmp_path, old, new, why):
