@@ -14,8 +14,9 @@ size bound → known client → HMAC tag → fields → counter (replay window) 
 source address belongs to the client → the connection exists and the client owns it (its
 current path is the reported old address, which is one of the client's) → the new address is
 the client's and the next CID is not another connection's. An admission (`Admit`) has no
-connection yet: its path must be the client's address, no connection's path, and within the
-client's path quota; `apply` then opens the connection on the hops and names it.
+connection yet: its path must be the client's address and within the client's path quota;
+`apply` then opens the connection on the hops (each refuses a path it already holds) and
+names it.
 
 The rate limit comes after the tag and the replay check: a report that only claims to be from
 a client (forged) or repeats one it sent (replayed) must not spend that client's budget, or a
@@ -238,7 +239,7 @@ class TrackingAgent:
         the report is consistent with it (ownership: its current path is one of the
         client's addresses); None for an admission the client may ask for."""
         if isinstance(message, Admit):
-            return self._check_admission(table, message, now)
+            return self._check_admission(table, message)
         connection = table.by_cid(message.connection_cid, now)
         if connection is None and isinstance(message, Announce):
             # A hop that keeps the handshake in the fast path never saw the server's CID: the
@@ -277,15 +278,10 @@ class TrackingAgent:
             return Refusal(Reason.PATH_QUOTA, f"{live} live paths, at most {self.max_paths}")
         return connection
 
-    def _check_admission(
-        self, table: ConnectionTable, message: Admit, now: float
-    ) -> Refusal | None:
+    def _check_admission(self, table: ConnectionTable, message: Admit) -> Refusal | None:
         """Why the client may not have a connection admitted on the reported path, if not."""
-        path = FlowKey(*message.path, *self.service)
         if message.path[0] not in self.addresses[message.client]:
             return Refusal(Reason.NEW_ADDRESS_NOT_CLIENTS, f"path address {message.path[0]}")
-        if table.by_path(path, now) is not None:
-            return Refusal(Reason.NEW_PATH_OF_ANOTHER, f"{path}: a connection holds it already")
         live = self._live_paths(message.client, table)
         if live + 1 > self.max_paths:
             return Refusal(Reason.PATH_QUOTA, f"{live} live paths, at most {self.max_paths}")

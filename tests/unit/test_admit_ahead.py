@@ -72,7 +72,7 @@ def test_a_connection_is_not_admitted_twice_on_one_path():
     again = _admit(bench)
     assert again.reason is Reason.NEW_PATH_OF_ANOTHER
     assert _held(bench) == [1] and bench.hop_mappings() == [1]
-    # A hop past the first checks too (the Tracking Agent checks the first hop's table).
+    # Every hop checks its own table, the first (above) and any past it.
     hop = bench.controller.hops[0]
     refused = hop.admit_ahead(FlowKey(*PATH, SERVER_IP, 4433), "c1", 1.0)
     assert refused.reason is Reason.NEW_PATH_OF_ANOTHER and len(hop.table) == 1
